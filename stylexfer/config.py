@@ -1,0 +1,245 @@
+"""Structured config schema (dataclasses registered in Hydra's ConfigStore).
+
+The primary config ``conf/config.yaml`` starts from ``stylexfer_schema``, so every group option is
+merged into a typed node: an unknown key, a wrong type or an unknown enum value fails at compose time
+with the key named. Ranges that a type cannot express are checked by :func:`validate`, before any
+output is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from .errors import ConfigError
+
+
+class PriorMode(str, Enum):
+    none = "none"
+    shared = "shared"  # one class-image pool for all styles (the reference run's accidental setting)
+    per_style = "per_style"  # a pool per style, of that style's own objects
+
+
+class InitMode(str, Enum):
+    noise = "noise"  # text-to-image from Gaussian noise
+    avg_image = "avg_image"  # img2img from the pixel-average of the style's training images
+
+
+class SamplerName(str, Enum):
+    ddim = "ddim"
+    dpmpp = "dpmpp"  # DPM-Solver++ 2M
+    euler_a = "euler_a"  # Euler ancestral
+    pndm = "pndm"
+    euler = "euler"
+    unipc = "unipc"
+
+
+class LrSchedule(str, Enum):
+    constant = "constant"
+    constant_with_warmup = "constant_with_warmup"
+    linear = "linear"
+    cosine = "cosine"
+
+
+class Precision(str, Enum):
+    no = "no"  # float32 everywhere
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    # A hub id ("stabilityai/stable-diffusion-2-1") or a local diffusers folder; null = the embedded
+    # tiny model, built on first use under paths.cache_dir.
+    path: Optional[str] = None
+    revision: Optional[str] = None
+    variant: Optional[str] = None  # e.g. "fp16" for a hub repo's half-precision files
+    local_files_only: bool = False  # also forced by HF_HUB_OFFLINE=1
+    resolution: int = 64  # training and sampling resolution in pixels
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # dtype of the frozen weights (VAE, UNet, text encoder); LoRA weights always train in float32.
+    # "auto" = bfloat16 on CUDA, float32 on CPU.
+    dtype: str = "auto"
+
+
+@dataclass
+class LoraConfig:
+    unet_rank: int = 32
+    unet_alpha: Optional[float] = None  # null = rank (scale 1)
+    unet_target_modules: List[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    dropout: float = 0.0
+    text_encoder_rank: int = 0  # 0 = text encoder frozen
+    text_encoder_alpha: Optional[float] = None
+    text_encoder_target_modules: List[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"]
+    )
+    text_encoder_lr_scale: float = 0.1  # text-encoder LR = train.lr × this
+
+
+@dataclass
+class PriorConfig:
+    mode: PriorMode = PriorMode.shared
+    weight: float = 1.0
+    num_class_images: int = 200  # pool size (shared: all styles; per_style: each style)
+    class_prompt: str = "an image of {object}"
+    # generation of the class images with the base model (no LoRA)
+    sampler: SamplerName = SamplerName.ddim
+    steps: int = 25
+    guidance_scale: float = 7.5
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass
+class AugmentationConfig:
+    name: str = "crop"
+    scale: float = 1.04  # resize the shorter side to scale × resolution, then crop to resolution
+    random_crop: bool = True  # False = centre crop
+    hflip: bool = False  # random horizontal flip (p = 0.5)
+    rotation: float = 0.0  # random rotation in degrees, uniform in [-rotation, rotation]
+
+
+@dataclass
+class InitConfig:
+    mode: InitMode = InitMode.avg_image
+    strength: float = 0.9  # img2img strength for avg_image: 1.0 = pure noise
+
+
+@dataclass
+class SchedulerConfig:
+    name: SamplerName = SamplerName.ddim
+    steps: int = 40
+    guidance_scale: float = 7.5
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 800
+    lr: float = 1e-4
+    lr_scheduler: LrSchedule = LrSchedule.constant
+    lr_warmup_steps: int = 0
+    batch_size: int = 1  # instance images per step (as many class images join them under prior)
+    max_grad_norm: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    mixed_precision: Precision = Precision.no
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    # Folder of styles: <root>/<id>/images/*.png + <root>/<id>/prompt.json (competition layout) or
+    # <root>/<id>/*.png with data.objects as the prompts (plain layout). null = embedded demo set.
+    root: Optional[str] = None
+    styles: Optional[List[str]] = None  # subset of style ids; null = all
+    objects: List[str] = field(default_factory=list)  # objects to generate in the plain layout
+    max_objects: Optional[int] = None  # cap on objects generated per style (quick looks)
+    # prompt templates; fields: {object} (from the file name / prompt.json) and {style} (the folder id)
+    instance_prompt: str = "an image of {object} in style_{style}"
+    prompt: str = "an image of {object} in style_{style}"  # inference template
+
+
+@dataclass
+class SampleConfig:
+    seed: int = 0
+    images_per_prompt: int = 1
+    batch_size: int = 8
+
+
+@dataclass
+class EvalConfig:
+    metrics: List[str] = field(default_factory=lambda: ["hist"])
+    hist_bins: int = 64
+    skip_missing: bool = False
+
+
+@dataclass
+class PathsConfig:
+    # Stage store (embedded model, demo data, class images, adapters), shared by all runs.
+    cache_dir: str = "${oc.env:STYLEXFER_CACHE,${oc.env:HOME}/.cache/stylexfer}"
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class StylexferConfig:
+    name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def value(x):
+    """The plain value of an enum-typed config field (``SamplerName.ddim`` → ``"ddim"``)."""
+    return x.value if isinstance(x, Enum) else x
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="stylexfer_schema", node=StylexferConfig)
+
+
+def _check(ok: bool, key: str, value, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value}: {rule}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range checks that types cannot express; raises ConfigError naming the first bad key."""
+    lo, tr, pr, it, sc, au, da = cfg.lora, cfg.train, cfg.prior, cfg.init, cfg.scheduler, cfg.augmentation, cfg.data
+    _check(lo.unet_rank >= 1, "lora.unet_rank", lo.unet_rank, "must be >= 1")
+    _check(lo.text_encoder_rank >= 0, "lora.text_encoder_rank", lo.text_encoder_rank, "must be >= 0 (0 = frozen)")
+    _check(len(lo.unet_target_modules) > 0, "lora.unet_target_modules", list(lo.unet_target_modules), "must name at least one module")
+    _check(lo.text_encoder_lr_scale > 0, "lora.text_encoder_lr_scale", lo.text_encoder_lr_scale, "must be > 0")
+    _check(0.0 <= lo.dropout < 1.0, "lora.dropout", lo.dropout, "must be in [0, 1)")
+    for k in ("unet_alpha", "text_encoder_alpha"):
+        v = lo[k]
+        _check(v is None or v > 0, f"lora.{k}", v, "must be > 0 or null")
+    _check(0.0 < it.strength <= 1.0, "init.strength", it.strength, "must be in (0, 1]")
+    _check(sc.steps >= 1, "scheduler.steps", sc.steps, "must be >= 1")
+    _check(sc.guidance_scale >= 0, "scheduler.guidance_scale", sc.guidance_scale, "must be >= 0")
+    _check(it.mode == InitMode.noise or int(sc.steps * it.strength) >= 1, "init.strength", it.strength,
+           f"leaves no denoising step at scheduler.steps={sc.steps}")
+    _check(tr.steps >= 1, "train.steps", tr.steps, "must be >= 1")
+    _check(tr.lr > 0, "train.lr", tr.lr, "must be > 0")
+    _check(tr.batch_size >= 1, "train.batch_size", tr.batch_size, "must be >= 1")
+    _check(tr.lr_warmup_steps >= 0, "train.lr_warmup_steps", tr.lr_warmup_steps, "must be >= 0")
+    _check(tr.max_grad_norm > 0, "train.max_grad_norm", tr.max_grad_norm, "must be > 0")
+    _check(pr.weight >= 0, "prior.weight", pr.weight, "must be >= 0")
+    _check(pr.mode == PriorMode.none or pr.num_class_images >= 1, "prior.num_class_images", pr.num_class_images, "must be >= 1")
+    _check(pr.steps >= 1, "prior.steps", pr.steps, "must be >= 1")
+    _check(pr.batch_size >= 1, "prior.batch_size", pr.batch_size, "must be >= 1")
+    _check("{object}" in pr.class_prompt, "prior.class_prompt", pr.class_prompt, "must contain {object}")
+    _check(au.scale >= 1.0, "augmentation.scale", au.scale, "must be >= 1.0")
+    _check(0.0 <= au.rotation <= 180.0, "augmentation.rotation", au.rotation, "must be in [0, 180] degrees")
+    res = cfg.model.resolution
+    _check(res >= 8 and res % 8 == 0, "model.resolution", res, "must be a positive multiple of 8")
+    for k in ("instance_prompt", "prompt"):
+        try:
+            da[k].format(object="x", style="00")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"data.{k}={da[k]!r}: bad template ({e!r}); fields are {{object}} and {{style}}") from None
+    _check(da.max_objects is None or da.max_objects >= 1, "data.max_objects", da.max_objects, "must be >= 1 or null")
+    _check(cfg.sample.images_per_prompt >= 1, "sample.images_per_prompt", cfg.sample.images_per_prompt, "must be >= 1")
+    _check(cfg.sample.batch_size >= 1, "sample.batch_size", cfg.sample.batch_size, "must be >= 1")
+    from .score import METRICS
+
+    unknown = [m for m in cfg.eval.metrics if m not in METRICS]
+    _check(not unknown, "eval.metrics", list(cfg.eval.metrics), f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")
+    _check(cfg.eval.hist_bins >= 2, "eval.hist_bins", cfg.eval.hist_bins, "must be >= 2")
+    _check(cfg.model.dtype in ("auto", "float32", "float16", "bfloat16"), "model.dtype", cfg.model.dtype,
+           "must be one of auto, float32, float16, bfloat16")

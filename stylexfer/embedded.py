@@ -1,0 +1,241 @@
+"""The embedded default: a tiny SD-shaped model and a small procedural demo data set.
+
+Both are built on first use under ``paths.cache_dir`` (no network) and then loaded exactly like real
+ones: the model through the same ``from_pretrained`` calls as SD 2.1 (it is saved in the diffusers
+folder layout, safetensors), the data through the same competition-layout reader.
+
+The tiny UNet and text encoder have **random weights**; the tiny VAE is fitted for a few hundred steps
+on procedural shapes so that decoded images keep their colours. The model exists to show and test the
+machinery — nothing it generates means anything. Point ``model=sd21`` at real weights for real images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .store import atomic_save_image, atomic_write_json, atomic_write_text, build_once, stable_hash
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_NOTICE = (
+    "the embedded tiny model has RANDOM weights: it shows the machinery, its images mean nothing; "
+    "run with model=sd21 (optionally model.path=/path/to/diffusers/folder) for real images"
+)
+MODEL_VERSION = 1
+DEMO_VERSION = 1
+
+
+def _asset(name: str) -> dict:
+    text = resources.files("stylexfer").joinpath("assets", "tiny_sd", name).read_text()
+    cfg = json.loads(text)
+    return {k: v for k, v in cfg.items() if not k.startswith("_about")}
+
+
+def tiny_model_spec() -> dict:
+    return {n: _asset(f"{n}.json") for n in ("unet", "vae", "text_encoder", "scheduler", "build")}
+
+
+# ------------------------------------------------------------------------------------------ tokenizer
+
+def _bytes_to_unicode() -> list[str]:
+    """CLIP's byte → printable-unicode table (same construction as the CLIP tokenizer)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def build_tokenizer(folder: Path):
+    """A character-level CLIP BPE tokenizer (no merges): 256 byte symbols, their end-of-word forms, BOS, EOS."""
+    from transformers import CLIPTokenizer
+
+    chars = _bytes_to_unicode()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    src = folder / "_src"
+    src.mkdir(parents=True)
+    (src / "vocab.json").write_text(json.dumps(vocab))
+    (src / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(src / "vocab.json"), str(src / "merges.txt"), pad_token="<|endoftext|>", model_max_length=77)
+    for p in src.iterdir():
+        p.unlink()
+    src.rmdir()
+    return tok
+
+
+# ------------------------------------------------------------------------------------- procedural art
+
+def _rng(*parts) -> np.random.Generator:
+    return np.random.default_rng(int(stable_hash(parts, 8), 16))
+
+
+def _shape(draw: ImageDraw.ImageDraw, kind: int, box: tuple, fill, outline=None, width: int = 1) -> None:
+    x0, y0, x1, y1 = box
+    if kind == 0:
+        draw.ellipse(box, fill=fill, outline=outline, width=width)
+    elif kind == 1:
+        draw.rectangle(box, fill=fill, outline=outline, width=width)
+    elif kind == 2:
+        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill, outline=outline)
+    else:
+        cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+        pts = [(cx + (r if i % 2 == 0 else r / 2.2) * math.cos(math.pi * i / 5 - math.pi / 2),
+                cy + (r if i % 2 == 0 else r / 2.2) * math.sin(math.pi * i / 5 - math.pi / 2)) for i in range(10)]
+        draw.polygon(pts, fill=fill, outline=outline)
+
+
+def random_shapes_image(rng: np.random.Generator, size: int) -> Image.Image:
+    """Generic training picture for the tiny VAE: a gradient with random coloured shapes."""
+    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    t = np.linspace(0, 1, size)[:, None, None]
+    grad = (c0 * (1 - t) + c1 * t).repeat(size, axis=1)
+    img = Image.fromarray(grad.astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(1, 6))):
+        x0, y0 = rng.integers(-size // 4, size, 2)
+        w, h = rng.integers(size // 8, size // 2, 2)
+        _shape(draw, int(rng.integers(0, 4)), (int(x0), int(y0), int(x0 + w), int(y0 + h)), tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return img
+
+
+DEMO_STYLES = {
+    # id: (background palette, pattern, ink colour)
+    "00": {"palette": [(250, 180, 90), (235, 110, 60), (200, 60, 50)], "pattern": "stripes", "ink": (90, 20, 30)},
+    "01": {"palette": [(40, 90, 160), (60, 160, 190), (20, 50, 100)], "pattern": "dots", "ink": (230, 240, 250)},
+    "02": {"palette": [(240, 235, 220), (215, 210, 195), (190, 185, 170)], "pattern": "hatch", "ink": (25, 25, 25)},
+}
+DEMO_TRAIN_OBJECTS = ["Apple", "Bicycle", "Castle", "Dog", "Flower", "Guitar", "House", "Lamp", "Moon", "Tree"]
+DEMO_PROMPT_OBJECTS = ["Aquarium", "Phone", "Wallet", "Bird"]
+
+
+def demo_image(style_id: str, obj: str, size: int = 96) -> Image.Image:
+    spec = DEMO_STYLES[style_id]
+    rng = _rng("demo", style_id, obj)
+    pal = spec["palette"]
+    img = Image.new("RGB", (size, size), pal[0])
+    draw = ImageDraw.Draw(img)
+    step = int(rng.integers(8, 14))
+    if spec["pattern"] == "stripes":
+        for k in range(-size, 2 * size, step):
+            draw.line([(k, 0), (k + size, size)], fill=pal[1 + (k // step) % 2], width=step // 2)
+    elif spec["pattern"] == "dots":
+        for y in range(0, size, step):
+            for x in range((y // step % 2) * step // 2, size, step):
+                r = step // 4
+                draw.ellipse((x - r, y - r, x + r, y + r), fill=pal[1])
+    else:
+        for k in range(0, 2 * size, step // 2):
+            draw.line([(k, 0), (0, k)], fill=pal[2], width=1)
+    kind = sum(map(ord, obj)) % 4
+    m = int(rng.integers(size // 6, size // 4))
+    jitter = rng.integers(-size // 10, size // 10 + 1, 2)
+    box = (m + int(jitter[0]), m + int(jitter[1]), size - m + int(jitter[0]), size - m + int(jitter[1]))
+    fill = pal[2] if spec["pattern"] != "hatch" else None
+    _shape(draw, kind, box, fill=fill, outline=spec["ink"], width=3)
+    return img
+
+
+def _build_demo(folder: Path) -> None:
+    for sid in DEMO_STYLES:
+        images = folder / sid / "images"
+        images.mkdir(parents=True)
+        for obj in DEMO_TRAIN_OBJECTS:
+            atomic_save_image(demo_image(sid, obj), images / f"{obj}.png")
+        atomic_write_json(folder / sid / "prompt.json", {str(i): o for i, o in enumerate(DEMO_PROMPT_OBJECTS)})
+    atomic_write_text(folder / "README.md", (
+        "# stylexfer demo data\n\nProcedural images (3 styles x 10 objects, 96 px) in the competition layout "
+        "`<id>/images/*.png` + `<id>/prompt.json`, made by `stylexfer.embedded` to show the machinery.\n"))
+
+
+def ensure_demo_data(cache_dir: str | Path) -> Path:
+    path, built = build_once(Path(cache_dir) / "data" / f"demo-v{DEMO_VERSION}", _build_demo)
+    if built:
+        log.info("built the embedded demo data set at %s", path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------- tiny model
+
+def _fit_vae(vae, spec: dict, resolution: int, seed: int) -> float:
+    """A short reconstruction fit (MSE + tiny KL) on procedural shapes; returns the latent scaling factor."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(vae.parameters(), lr=spec["vae_fit_lr"])
+    vae.train()
+    for step in range(spec["vae_fit_steps"]):
+        batch = torch.stack([
+            torch.from_numpy(np.asarray(random_shapes_image(rng, resolution), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
+            for _ in range(spec["vae_fit_batch"])
+        ])
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = torch.nn.functional.mse_loss(recon, batch) + spec["vae_kl_weight"] * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    vae.eval()
+    with torch.no_grad():
+        batch = torch.stack([
+            torch.from_numpy(np.asarray(random_shapes_image(rng, resolution), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
+            for _ in range(64)
+        ])
+        std = vae.encode(batch).latent_dist.mode().std().item()
+    log.info("tiny VAE fitted: reconstruction MSE %.4f, latent std %.3f", loss.item(), std)
+    return 1.0 / std
+
+
+def _build_tiny_model(folder: Path) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    spec = tiny_model_spec()
+    seed = spec["build"]["seed"]
+    tokenizer = build_tokenizer(folder / "tokenizer")
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        **spec["text_encoder"], vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(**spec["unet"])
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKL(**spec["vae"])
+    scaling = _fit_vae(vae, spec["build"], spec["build"]["vae_fit_resolution"], seed + 3)
+    vae.register_to_config(scaling_factor=round(scaling, 5))
+    scheduler = DDIMScheduler.from_config(spec["scheduler"])
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    atomic_write_text(folder / "README.md", (
+        "# stylexfer embedded tiny model\n\n" + RANDOM_WEIGHTS_NOTICE + ".\n\n"
+        "Built by `stylexfer.embedded` from the configs in `stylexfer/assets/tiny_sd/` and saved in the "
+        "diffusers folder layout (safetensors), so it loads through the same `from_pretrained` path as "
+        "Stable Diffusion 2.1. The VAE was fitted briefly on procedural shapes so decoded colours survive.\n"))
+    atomic_write_json(folder / "stylexfer_model.json", {"random_weights": True, "notice": RANDOM_WEIGHTS_NOTICE, "spec": spec})
+
+
+def tiny_model_dir(cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / "models" / f"tiny-sd-v{MODEL_VERSION}-{stable_hash(tiny_model_spec(), 10)}"
+
+
+def ensure_tiny_model(cache_dir: str | Path) -> Path:
+    target = tiny_model_dir(cache_dir)
+    if not target.is_dir():
+        log.info("building the embedded tiny model (random weights, one-time, ~1 min on 2 CPUs) at %s", target)
+    path, built = build_once(target, _build_tiny_model)
+    return path

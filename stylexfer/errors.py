@@ -1,0 +1,25 @@
+"""Errors a user can act on: each message is one line naming the config key or path at fault."""
+
+
+class StylexferError(Exception):
+    """Base class; the entrypoint prints ``error: <message>`` and exits non-zero."""
+
+    exit_code = 2
+
+
+class ConfigError(StylexferError):
+    """A config value is out of range or inconsistent (the message names the key)."""
+
+
+class DataError(StylexferError):
+    """A data folder, image or prompt file is missing or unreadable (the message names the path)."""
+
+
+class ModelNotFoundError(StylexferError):
+    """Model weights are missing or cannot be fetched (the message names the path and the key to set)."""
+
+
+class TrainingDiverged(StylexferError):
+    """The loss became NaN or infinite (the message names the style and step)."""
+
+    exit_code = 3

@@ -1,0 +1,170 @@
+"""Model loading: one code path for the embedded tiny model, a local diffusers folder and a hub id.
+
+A hub id is first resolved to a local snapshot (``huggingface_hub.snapshot_download``, honouring
+``HF_HUB_OFFLINE`` and ``model.local_files_only``); every component is then read from a folder with
+``from_pretrained(..., use_safetensors=True)``: no pickle, no remote code. Missing weights fail in
+:func:`resolve_model`, before any training, with one line naming the path and the key to set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .embedded import RANDOM_WEIGHTS_NOTICE, ensure_tiny_model
+from .errors import ModelNotFoundError
+from .store import stable_hash
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+HUB_PATTERNS = ["model_index.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*"]
+PICKLE_SUFFIXES = ("*.bin", "*.ckpt", "*.pt", "*.pth", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data")
+
+
+@dataclass
+class ResolvedModel:
+    folder: Path  # local diffusers folder
+    source: str  # what the user named (hub id, folder, or "embedded tiny model")
+    identity: str  # hash of what determines the weights (configs, weight file sizes, snapshot commit)
+    random_weights: bool
+    prediction_type: str
+
+
+@dataclass
+class Components:
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    noise_scheduler: Any  # DDPM training scheduler with the base model's noise schedule
+    scheduler_config: dict
+    device: torch.device
+    dtype: torch.dtype  # of the frozen UNet and text encoder
+    vae_dtype: torch.dtype
+    model: ResolvedModel
+    extra: dict = field(default_factory=dict)
+
+
+def hub_offline(local_files_only: bool = False) -> bool:
+    return local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def looks_like_hub_id(path: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", path)) and not Path(path).expanduser().exists()
+
+
+def _check_folder(folder: Path, key: str = "model.path") -> None:
+    if not folder.exists():
+        raise ModelNotFoundError(f"{key}={folder}: no such folder")
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"{key}={folder}: not a folder (expected a diffusers model folder)")
+    for comp in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if not (folder / comp).is_dir():
+            raise ModelNotFoundError(f"{key}={folder}: not a diffusers folder ({comp}/ missing)")
+    for comp in ("unet", "vae", "text_encoder"):
+        if not any((folder / comp).glob("*.safetensors")):
+            has_pickle = any((folder / comp).glob(p) for p in PICKLE_SUFFIXES)
+            why = "only pickle weights found; stylexfer loads safetensors only" if has_pickle else "no weights"
+            raise ModelNotFoundError(f"{key}={folder}: {comp}/ has {why}")
+
+
+def _identity(folder: Path, extra: Any = None) -> str:
+    parts = {"extra": extra}
+    for comp in ("unet", "vae", "text_encoder", "scheduler", "tokenizer"):
+        for f in sorted((folder / comp).iterdir()):
+            if f.suffix == ".json":
+                parts[f"{comp}/{f.name}"] = stable_hash(json.loads(f.read_text()))
+            elif f.suffix == ".safetensors":
+                parts[f"{comp}/{f.name}"] = f.stat().st_size
+    return stable_hash(parts)
+
+
+def resolve_model(model_cfg, cache_dir: str | Path) -> ResolvedModel:
+    """Find the model's local folder, downloading a hub snapshot if allowed; fail fast if it is missing."""
+    path = model_cfg.path
+    extra = None
+    if path is None:
+        folder = ensure_tiny_model(cache_dir)
+        source = "embedded tiny model"
+    elif looks_like_hub_id(path):
+        from huggingface_hub import snapshot_download
+
+        offline = hub_offline(model_cfg.local_files_only)
+        try:
+            folder = Path(snapshot_download(
+                path, revision=model_cfg.revision, allow_patterns=HUB_PATTERNS,
+                ignore_patterns=list(PICKLE_SUFFIXES), local_files_only=offline))
+        except Exception as e:  # noqa: BLE001 - every hub failure becomes one actionable line
+            why = ("not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1 or "
+                   "model.local_files_only=true)") if offline else f"could not be downloaded ({type(e).__name__})"
+            raise ModelNotFoundError(
+                f"model.path={path}: weights {why}; download them or set model.path=/path/to/a/diffusers/folder"
+            ) from None
+        source, extra = path, folder.name  # snapshot folder name = commit hash
+    else:
+        folder = Path(path).expanduser().resolve()
+        source = str(folder)
+    _check_folder(folder)
+    meta_file = folder / "stylexfer_model.json"
+    random_weights = bool(json.loads(meta_file.read_text()).get("random_weights")) if meta_file.exists() else False
+    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return ResolvedModel(folder=folder, source=source, identity=_identity(folder, extra),
+                         random_weights=random_weights, prediction_type=sched.get("prediction_type", "epsilon"))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def load_components(resolved: ResolvedModel, model_cfg) -> Components:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    device = resolve_device(model_cfg.device)
+    dtype = resolve_dtype(model_cfg.dtype, device)
+    folder = str(resolved.folder)
+    kw = dict(variant=model_cfg.variant, use_safetensors=True)
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **kw)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kw)
+        noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"model.path={resolved.source}: cannot load ({str(e).splitlines()[0]})") from None
+    for m in (text_encoder, vae, unet):
+        m.requires_grad_(False)
+        m.eval()
+        m.to(device=device, dtype=dtype)
+    # The VAE decodes in float32 on fp16 (SD's VAE overflows in half precision).
+    if dtype == torch.float16:
+        vae.to(dtype=torch.float32)
+    if resolved.random_weights:
+        log.warning(RANDOM_WEIGHTS_NOTICE)
+    return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                      noise_scheduler=noise_scheduler, scheduler_config=dict(noise_scheduler.config),
+                      device=device, dtype=dtype, vae_dtype=vae.dtype, model=resolved)
+
+
+def encode_prompts(components: Components, prompts: list[str], grad: bool = False) -> torch.Tensor:
+    tok = components.tokenizer
+    ids = tok(prompts, padding="max_length", truncation=True, max_length=tok.model_max_length,
+              return_tensors="pt").input_ids.to(components.device)
+    with torch.set_grad_enabled(grad):
+        return components.text_encoder(ids)[0]

@@ -1,0 +1,78 @@
+"""Prior-preservation class images: the base model's own pictures of the same objects, no style token.
+
+``prior.mode=shared`` makes one pool from every style's objects (the reference run's setting, which
+worked as well as per-style pools); ``per_style`` makes one pool per style. A pool is generated once
+and stored under a key of everything that determines it (model, prompts, count, sampler, seed,
+resolution), so other runs and other styles reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .config import PriorMode, value
+from .data import Style, load_image
+from .models import Components
+from .sample import generate, image_seed, make_pipeline
+from .store import atomic_save_image, atomic_write_json, build_once, stable_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassPool:
+    key: str
+    dir: Path
+    prompts: list[str]
+    images: list[Image.Image]
+
+
+def pool_objects(styles: list[Style], style: Style, mode: PriorMode) -> list[str]:
+    """Objects a style's class pool shows: every style's (shared) or its own (per_style)."""
+    source = styles if PriorMode(mode) == PriorMode.shared else [style]
+    return sorted({o for s in source for o in s.image_objects})
+
+
+def pool_spec(objects: list[str], prior_cfg, model_identity: str, resolution: int) -> dict:
+    prompts = [prior_cfg.class_prompt.format(object=objects[i % len(objects)]) for i in range(prior_cfg.num_class_images)]
+    return {"model": model_identity, "prompts": prompts, "sampler": value(prior_cfg.sampler),
+            "steps": prior_cfg.steps, "guidance_scale": prior_cfg.guidance_scale, "seed": prior_cfg.seed,
+            "resolution": resolution}
+
+
+def pool_key(spec: dict) -> str:
+    return stable_hash(spec)
+
+
+def ensure_pool(components: Components, spec: dict, prior_cfg, cache_dir: Path) -> ClassPool:
+    key = pool_key(spec)
+    target = Path(cache_dir) / "class_images" / key
+
+    def build(tmp: Path) -> None:
+        log.info("generating %d class images with the base model (pool %s)", len(spec["prompts"]), key)
+        pipe = make_pipeline(components, spec["sampler"])
+        prompts = spec["prompts"]
+        records = []
+        bs = prior_cfg.batch_size
+        for i in tqdm(range(0, len(prompts), bs), desc="class images", unit="batch", leave=False):
+            chunk = prompts[i:i + bs]
+            seeds = [image_seed(spec["seed"], "class", i + j) for j in range(len(chunk))]
+            images = generate(pipe, chunk, seeds, spec["steps"], spec["guidance_scale"], spec["resolution"])
+            for j, (p, img) in enumerate(zip(chunk, images)):
+                name = f"{i + j:05d}.png"
+                atomic_save_image(img, tmp / name)
+                records.append({"file": name, "prompt": p})
+        atomic_write_json(tmp / "manifest.json", {"spec": spec, "images": records})
+
+    path, built = build_once(target, build)
+    if not built:
+        log.info("class images: reusing pool %s (%d images)", key, len(spec["prompts"]))
+    manifest = json.loads((path / "manifest.json").read_text())
+    return ClassPool(key=key, dir=path, prompts=[r["prompt"] for r in manifest["images"]],
+                     images=[load_image(path / r["file"]) for r in manifest["images"]])

@@ -1,0 +1,56 @@
+"""Run reports: ``summary.json`` (machine-readable), ``summary.md`` (for people), ``grid.png`` (to look at)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image, ImageDraw
+
+from .store import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def image_grid(rows: Sequence[tuple[str, Sequence[tuple[str, Image.Image]]]], cell: int = 128) -> Image.Image:
+    """One row per style: its average image (if any) then each generated image, captioned."""
+    ncols = max((len(r[1]) for r in rows), default=1)
+    label_w, cap_h = 48, 14
+    grid = Image.new("RGB", (label_w + ncols * cell, len(rows) * (cell + cap_h)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, (label, items) in enumerate(rows):
+        y = r * (cell + cap_h)
+        draw.text((4, y + cell // 2), label, fill="black")
+        for c, (caption, img) in enumerate(items):
+            x = label_w + c * cell
+            grid.paste(img.convert("RGB").resize((cell, cell)), (x, y))
+            draw.text((x + 2, y + cell), caption[:20], fill="black")
+    return grid
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def write_reports(run_dir: Path, summary: dict, grid: Image.Image | None) -> None:
+    if grid is not None:
+        buf = io.BytesIO()
+        grid.save(buf, format="PNG")
+        atomic_write_bytes(run_dir / "grid.png", buf.getvalue())
+    lines = [f"# stylexfer run `{summary['name']}`", ""]
+    if summary.get("notice"):
+        lines += [f"> **{summary['notice']}**", ""]
+    lines += [f"- model: {summary['model']['source']}", f"- data: {summary['data_root']}",
+              f"- status: {summary['status']}", f"- seconds: {summary['seconds']:.1f}", ""]
+    metrics = summary["metric_names"]
+    lines += ["| style | adapter | trained | " + " | ".join(metrics) + " |",
+              "|---|---|---|" + "---|" * len(metrics)]
+    for sid, st in summary["styles"].items():
+        trained = "reused" if st.get("reused") else f"{st.get('train_seconds', 0):.0f}s"
+        vals = [_fmt(st.get("scores", {}).get(m, "—")) for m in metrics]
+        lines.append(f"| {sid} | `{st.get('adapter_key', '—')}` | {trained} | " + " | ".join(vals) + " |")
+    lines.append("| **mean** | | | " + " | ".join(_fmt(summary["scores"].get(m, "—")) for m in metrics) + " |")
+    if summary.get("unavailable"):
+        lines += ["", "Unavailable metrics: " + "; ".join(f"{k} ({v})" for k, v in summary["unavailable"].items())]
+    lines += ["", "![grid](grid.png)", ""]
+    atomic_write_text(run_dir / "summary.md", "\n".join(lines))
+    atomic_write_json(run_dir / "summary.json", summary)  # last: its presence marks a finished run

@@ -1,0 +1,120 @@
+"""The pipeline: for every style, train (or reuse) → sample → score; then write the run's reports.
+
+Everything that can fail on bad input (config ranges, data, model weights) is checked first, before
+any stage writes a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from .config import InitMode, PriorMode, validate, value
+from .data import average_image, discover_styles, load_image
+from .embedded import RANDOM_WEIGHTS_NOTICE, ensure_demo_data
+from .models import load_components, resolve_model
+from .prior import ensure_pool, pool_key, pool_objects, pool_spec
+from .report import image_grid, write_reports
+from .score import score_style
+from .errors import StylexferError
+from .store import atomic_write_json, link_or_copy_tree, stable_hash
+from .sample import sample_style
+from .train import adapter_spec, adapter_stored, train_style
+
+log = logging.getLogger(__name__)
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars and log lines only: no per-file loading bars from diffusers/transformers."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def job_hash(cfg: DictConfig) -> str:
+    """What makes two runs the same job: the whole config but where it runs (folder, device)."""
+    c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    c.pop("paths", None)
+    c["model"].pop("device", None)
+    return stable_hash(c)
+
+
+def run(cfg: DictConfig) -> dict:
+    t0 = time.time()
+    validate(cfg)
+    _quiet_libraries()
+    cache = Path(cfg.paths.cache_dir).expanduser()
+    run_dir = Path(cfg.paths.output_dir)
+    config_hash = job_hash(cfg)
+    done = run_dir / "summary.json"
+    if done.exists():  # a re-run of a sweep (same hydra.sweep.dir): finished jobs are skipped, never redone
+        previous = json.loads(done.read_text())
+        if previous.get("config_hash") != config_hash:
+            raise StylexferError(f"{run_dir}: already holds a finished run of another config; refusing to overwrite it")
+        log.info("%s: already finished with the same config: skipping", run_dir)
+        return previous
+
+    data_root = Path(cfg.data.root).expanduser() if cfg.data.root else ensure_demo_data(cache)
+    styles = discover_styles(data_root, cfg.data.styles, list(cfg.data.objects), cfg.data.max_objects)
+    log.info("data: %d style(s) from %s: %s", len(styles), data_root, ", ".join(s.id for s in styles))
+    resolved = resolve_model(cfg.model, cache)
+    components = load_components(resolved, cfg.model)
+    log.info("model: %s (%s, %s, %s prediction)", resolved.source, components.device, str(components.dtype).split(".")[-1],
+             resolved.prediction_type)
+
+    atomic_write_json(run_dir / "status.json", {"pid": os.getpid(), "host": socket.gethostname(),
+                                                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                "device": str(components.device)})
+    prior_on = value(cfg.prior.mode) != PriorMode.none.value
+    res = cfg.model.resolution
+    summary = {"name": cfg.name, "status": "running", "config_hash": config_hash, "run_dir": str(run_dir), "data_root": str(data_root),
+               "model": {"source": resolved.source, "folder": str(resolved.folder), "identity": resolved.identity,
+                         "random_weights": resolved.random_weights, "prediction_type": resolved.prediction_type},
+               "notice": RANDOM_WEIGHTS_NOTICE if resolved.random_weights else None,
+               "metric_names": list(cfg.eval.metrics), "styles": {}, "scores": {}, "unavailable": {},
+               "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
+    grid_rows = []
+    for style in styles:
+        st = summary["styles"][style.id] = {"objects": style.objects}
+        spec_pool = pool_spec(pool_objects(styles, style, cfg.prior.mode), cfg.prior, resolved.identity, res) if prior_on else None
+        pkey = pool_key(spec_pool) if spec_pool else None
+        spec = adapter_spec(style, cfg, resolved.identity, pkey)
+        # class images are only needed (and generated) when the adapter is not in the store yet
+        pool = ensure_pool(components, spec_pool, cfg.prior, cache) if prior_on and not adapter_stored(spec, cache) else None
+        result = train_style(components, style, pool, cfg, spec, cache)
+        if result.reused:
+            log.info("style %s: adapter %s found in the store: reusing it, nothing to train", style.id, result.key)
+        else:
+            log.info("style %s: trained adapter %s in %.1fs (loss %.4f → %.4f)", style.id, result.key, result.seconds,
+                     float(np.mean(result.losses[:20])), float(np.mean(result.losses[-20:])))
+        link_or_copy_tree(result.dir, run_dir / "adapters" / style.id)
+        st.update(adapter_key=result.key, reused=result.reused, train_seconds=round(result.seconds, 2), pool=pkey)
+
+        records = sample_style(components, style, result.dir, cfg, run_dir)
+        generated = [load_image(run_dir / r.file) for r in records]
+        st["images"] = [r.file for r in records]
+        st["scores"] = score_style(generated, style.images, [r.prompt for r in records], cfg)
+        log.info("style %s: %s", style.id, ", ".join(f"{k}={v:.4f}" for k, v in st["scores"].items()))
+        avg = [("average", average_image(style.images, res))] if value(cfg.init.mode) == InitMode.avg_image.value else []
+        grid_rows.append((style.id, avg + [(r.object, img) for r, img in zip(records, generated)]))
+
+    for m in cfg.eval.metrics:
+        summary["scores"][m] = float(np.mean([s["scores"][m] for s in summary["styles"].values()]))
+    summary["status"] = "finished"
+    summary["seconds"] = round(time.time() - t0, 2)
+    write_reports(run_dir, summary, image_grid(grid_rows))
+    log.info("run finished in %.1fs: %s", summary["seconds"], run_dir / "summary.md")
+    if resolved.random_weights:
+        log.warning(RANDOM_WEIGHTS_NOTICE)
+    return summary

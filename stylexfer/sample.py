@@ -1,0 +1,112 @@
+"""Sampling stage: the configured sampler, text-to-image or img2img from the style's average image.
+
+Each image has its own seeded generator (derived from ``sample.seed``, the style and the object), so
+an image does not depend on batch size or on which other prompts share its batch; a re-run with the
+same config gives the same files. The style's adapter is loaded with diffusers' stock
+``load_lora_weights`` — the same call a user makes — so what is evaluated is what was saved.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .config import InitMode, SamplerName
+from .data import Style, average_image
+from .models import Components
+from .store import atomic_save_image, stable_hash
+
+log = logging.getLogger(__name__)
+
+
+def make_scheduler(name: SamplerName | str, base_config: dict):
+    """An inference scheduler with the base model's noise schedule and prediction type."""
+    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                           EulerDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler)
+
+    name = SamplerName(name)
+    config = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    if name == SamplerName.ddim:
+        return DDIMScheduler.from_config(config)
+    if name == SamplerName.dpmpp:
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    if name == SamplerName.euler_a:
+        return EulerAncestralDiscreteScheduler.from_config(config)
+    if name == SamplerName.euler:
+        return EulerDiscreteScheduler.from_config(config)
+    if name == SamplerName.unipc:
+        return UniPCMultistepScheduler.from_config(config)
+    return PNDMScheduler.from_config(config, skip_prk_steps=True)
+
+
+def make_pipeline(components: Components, sampler: SamplerName | str, img2img: bool = False):
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+    cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
+    pipe = cls(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+               unet=components.unet, scheduler=make_scheduler(sampler, components.scheduler_config),
+               safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def image_seed(*parts) -> int:
+    return int(stable_hash(parts, 8), 16) % (2**31)
+
+
+def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance_scale: float,
+             resolution: int, init_image: Optional[Image.Image] = None, strength: float = 1.0) -> list[Image.Image]:
+    """One batched pipeline call; each image has its own CPU generator (device-independent noise)."""
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    kwargs = dict(prompt=list(prompts), num_inference_steps=steps, guidance_scale=guidance_scale,
+                  generator=generators, output_type="pil")
+    with torch.inference_mode():
+        if init_image is None:
+            return pipe(height=resolution, width=resolution, **kwargs).images
+        return pipe(image=[init_image] * len(prompts), strength=strength, **kwargs).images
+
+
+@dataclass
+class SampleRecord:
+    style: str
+    object: str
+    prompt: str
+    file: str  # relative to the run folder
+    seed: int
+
+
+def sample_style(components: Components, style: Style, adapter_dir: Optional[Path], cfg, run_dir: Path) -> list[SampleRecord]:
+    """Generate every requested object of ``style`` with its adapter; write ``images/<style>/<object>.png``."""
+    res = cfg.model.resolution
+    img2img = InitMode(cfg.init.mode) == InitMode.avg_image
+    pipe = make_pipeline(components, cfg.scheduler.name, img2img=img2img)
+    init = average_image(style.images, res) if img2img else None
+    adapter_name = f"style_{style.id}"
+    if adapter_dir is not None:
+        pipe.load_lora_weights(str(adapter_dir), adapter_name=adapter_name)
+    jobs = []
+    for obj, stem in zip(style.objects, style.object_files):
+        for k in range(cfg.sample.images_per_prompt):
+            name = f"{stem}.png" if k == 0 else f"{stem}_{k}.png"
+            jobs.append(SampleRecord(style=style.id, object=obj, prompt=cfg.data.prompt.format(object=obj, style=style.id),
+                                     file=f"images/{style.id}/{name}", seed=image_seed(cfg.sample.seed, style.id, obj, k)))
+    bs = cfg.sample.batch_size
+    try:
+        for i in tqdm(range(0, len(jobs), bs), desc=f"sample {style.id}", unit="batch", leave=False):
+            batch = jobs[i:i + bs]
+            images = generate(pipe, [j.prompt for j in batch], [j.seed for j in batch], cfg.scheduler.steps,
+                              cfg.scheduler.guidance_scale, res, init, cfg.init.strength)
+            for job, img in zip(batch, images):
+                atomic_save_image(img, run_dir / job.file)
+    finally:
+        if adapter_dir is not None:
+            pipe.delete_adapters(adapter_name)
+    if init is not None:
+        atomic_save_image(init, run_dir / "images" / style.id / "_average.png")
+    return jobs

@@ -1,0 +1,298 @@
+"""Training stage: DreamBooth-LoRA for one style (the diffusers DreamBooth-LoRA recipe, as modules).
+
+Per step: ``train.batch_size`` instance images of the style (augmented) with their prompts
+(``data.instance_prompt``), plus as many class images with their class prompts when prior
+preservation is on; VAE latents, noise and a random timestep per sample; the UNet (with LoRA, and the
+text encoder with LoRA when ``lora.text_encoder_rank > 0``) predicts the noise or the velocity, as the
+base model's scheduler config says; loss = MSE(instance) + ``prior.weight`` × MSE(class). The text
+encoder's LoRA sits in its own optimizer group at ``train.lr × lora.text_encoder_lr_scale``.
+
+All randomness (image order, crops, flips, VAE sampling, noise, timesteps, LoRA init) comes from
+streams seeded by ``(train.seed, style id)``, so a style's adapter does not depend on other styles.
+The adapter is saved with ``StableDiffusionPipeline.save_lora_weights`` (safetensors, diffusers
+format, with the LoRA config as metadata), so stock ``load_lora_weights`` reads it back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import Precision, PriorMode, value
+from .data import Style, augment, can_cache_latents, to_tensor
+from .errors import TrainingDiverged
+from .models import Components, encode_prompts
+from .prior import ClassPool
+from .store import atomic_write_json, build_once, stable_hash
+
+log = logging.getLogger(__name__)
+
+ADAPTER_FILE = "pytorch_lora_weights.safetensors"
+
+
+@dataclass
+class TrainResult:
+    key: str
+    dir: Path
+    reused: bool
+    seconds: float = 0.0
+    losses: list = field(default_factory=list)
+
+
+def adapter_spec(style: Style, cfg, model_identity: str, pool_key: Optional[str]) -> dict:
+    """Everything that determines a style's adapter (and nothing that only affects sampling/scoring)."""
+    from omegaconf import OmegaConf
+
+    prior = OmegaConf.to_container(cfg.prior, resolve=True, enum_to_str=True)
+    if value(cfg.prior.mode) == PriorMode.none.value:
+        prior = {"mode": "none"}
+    else:
+        prior = {"mode": prior["mode"], "weight": prior["weight"], "pool": pool_key}
+    return {
+        "version": 1,
+        "model": model_identity,
+        "style": style.fingerprint(),
+        "instance_prompt": cfg.data.instance_prompt,
+        "resolution": cfg.model.resolution,
+        "lora": OmegaConf.to_container(cfg.lora, resolve=True, enum_to_str=True),
+        "prior": prior,
+        "augmentation": {k: v for k, v in OmegaConf.to_container(cfg.augmentation, resolve=True).items() if k != "name"},
+        "train": OmegaConf.to_container(cfg.train, resolve=True, enum_to_str=True),
+        "dtype": str(cfg.model.dtype),
+    }
+
+
+def _lora_config(rank: int, alpha: Optional[float], targets, dropout: float):
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=dropout,
+                      init_lora_weights="gaussian", target_modules=list(targets))
+
+
+def _autocast(components: Components, precision: Precision):
+    if components.device.type == "cuda" and precision != Precision.no:
+        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == Precision.bf16 else torch.float16)
+    return contextlib.nullcontext()
+
+
+class _Stream:
+    """Per-style random streams: numpy for data order and augmentation, torch for latents/noise/timesteps."""
+
+    def __init__(self, seed: int, style_id: str):
+        base = int(stable_hash([seed, style_id], 12), 16)
+        self.np = np.random.default_rng(base)
+        self.torch = torch.Generator("cpu").manual_seed(base % (2**63))
+        self.lora_seed = base % (2**31)
+
+
+class _Cycler:
+    """Epoch-wise shuffled indices over ``n`` items (like a shuffling DataLoader)."""
+
+    def __init__(self, n: int, rng: np.random.Generator):
+        self.n, self.rng, self.order = n, rng, []
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if not self.order:
+                self.order = list(self.rng.permutation(self.n))
+            out.append(int(self.order.pop()))
+        return out
+
+
+def add_adapters(components: Components, cfg, seed: int) -> list[dict]:
+    """Inject fresh LoRA layers (seeded init) into the UNet and, if asked, the text encoder;
+    return optimizer parameter groups (LoRA weights in float32)."""
+    lo = cfg.lora
+    torch.manual_seed(seed)
+    components.unet.add_adapter(_lora_config(lo.unet_rank, lo.unet_alpha, lo.unet_target_modules, lo.dropout))
+    groups = [{"params": [p for p in components.unet.parameters() if p.requires_grad], "lr": cfg.train.lr, "name": "unet"}]
+    if lo.text_encoder_rank > 0:
+        components.text_encoder.add_adapter(_lora_config(lo.text_encoder_rank, lo.text_encoder_alpha,
+                                                         lo.text_encoder_target_modules, lo.dropout))
+        groups.append({"params": [p for p in components.text_encoder.parameters() if p.requires_grad],
+                       "lr": cfg.train.lr * lo.text_encoder_lr_scale, "name": "text_encoder"})
+    for g in groups:
+        for p in g["params"]:
+            p.data = p.data.float()
+    return groups
+
+
+def remove_adapters(components: Components) -> None:
+    """Take the LoRA layers out again, leaving the base model as loaded."""
+    for model in (components.unet, components.text_encoder):
+        if "default" not in (getattr(model, "peft_config", None) or {}):
+            continue
+        if hasattr(model, "delete_adapters"):
+            model.delete_adapters("default")
+        else:
+            model.delete_adapter("default")
+        model.requires_grad_(False)
+
+
+def save_adapter(components: Components, folder: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(components.unet))
+    te = components.text_encoder
+    te_layers = None
+    te_meta = None
+    if getattr(te, "peft_config", None):
+        te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(te))
+        te_meta = te.peft_config["default"].to_dict()
+    StableDiffusionPipeline.save_lora_weights(
+        str(folder), unet_lora_layers={k: v.detach().float().cpu() for k, v in unet_layers.items()},
+        text_encoder_lora_layers=None if te_layers is None else {k: v.detach().float().cpu() for k, v in te_layers.items()},
+        unet_lora_adapter_metadata=components.unet.peft_config["default"].to_dict(),
+        text_encoder_lora_adapter_metadata=te_meta, safe_serialization=True)
+
+
+def denoising_loss(components: Components, pixels: torch.Tensor, cond: torch.Tensor, gen: torch.Generator,
+                   precision: Precision = Precision.no, latent_dist=None) -> torch.Tensor:
+    """Per-sample MSE of the model's noise/velocity prediction (the training objective)."""
+    c = components
+    with torch.no_grad():
+        if latent_dist is None:
+            latent_dist = c.vae.encode(pixels.to(c.device, dtype=c.vae_dtype)).latent_dist
+        eps = torch.randn(latent_dist.mean.shape, generator=gen).to(c.device, latent_dist.mean.dtype)
+        latents = (latent_dist.mean + latent_dist.std * eps).float() * c.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=gen).to(c.device)
+        t = torch.randint(0, c.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(c.device)
+        noisy = c.noise_scheduler.add_noise(latents, noise, t)
+        pt = c.noise_scheduler.config.prediction_type
+        if pt == "epsilon":
+            target = noise
+        elif pt == "v_prediction":
+            target = c.noise_scheduler.get_velocity(latents, noise, t)
+        else:
+            raise ValueError(f"unsupported prediction_type {pt!r} in the model's scheduler config")
+    with _autocast(c, precision):
+        pred = c.unet(noisy.to(c.dtype), t, cond.to(c.dtype)).sample
+    return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+
+
+def adapter_stored(spec: dict, cache_dir: Path) -> bool:
+    return (Path(cache_dir) / "adapters" / stable_hash(spec) / ADAPTER_FILE).exists()
+
+
+def train_style(components: Components, style: Style, pool: Optional[ClassPool], cfg, spec: dict,
+                cache_dir: Path) -> TrainResult:
+    """Train (or reuse) the style's adapter; it lives at ``<cache>/adapters/<key>/``."""
+    key = stable_hash(spec)
+    target = Path(cache_dir) / "adapters" / key
+    if (target / ADAPTER_FILE).exists():
+        return TrainResult(key=key, dir=target, reused=True)
+    result = TrainResult(key=key, dir=target, reused=False)
+
+    def build(tmp: Path) -> None:
+        t0 = time.time()
+        result.losses = _train_loop(components, style, pool, cfg)
+        save_adapter(components, tmp)
+        result.seconds = time.time() - t0
+        atomic_write_json(tmp / "train.json", {"style": style.id, "spec": spec, "seconds": round(result.seconds, 2),
+                                               "losses": [round(x, 6) for x in result.losses]})
+
+    try:
+        _, built = build_once(target, build)
+    finally:
+        remove_adapters(components)
+    result.reused = not built
+    return result
+
+
+def _train_loop(components: Components, style: Style, pool: Optional[ClassPool], cfg) -> list[float]:
+    from diffusers.optimization import get_scheduler
+
+    c, tr = components, cfg.train
+    res = cfg.model.resolution
+    use_prior = pool is not None and value(cfg.prior.mode) != PriorMode.none.value
+    precision = Precision(value(tr.mixed_precision))
+    stream = _Stream(tr.seed, style.id)
+    groups = add_adapters(c, cfg, stream.lora_seed)
+    params = [p for g in groups for p in g["params"]]
+    train_te = len(groups) > 1
+    c.unet.train()
+    c.text_encoder.train(train_te)
+    opt = torch.optim.AdamW(groups, betas=(tr.adam_beta1, tr.adam_beta2), weight_decay=tr.adam_weight_decay,
+                            eps=tr.adam_epsilon, **({"fused": True} if c.device.type == "cuda" else {}))
+    sched = get_scheduler(value(tr.lr_scheduler), opt, num_warmup_steps=tr.lr_warmup_steps, num_training_steps=tr.steps)
+
+    instance_prompts = [cfg.data.instance_prompt.format(object=o, style=style.id) for o in style.image_objects]
+    inst_cycle = _Cycler(len(style.images), stream.np)
+    class_cycle = _Cycler(len(pool.images), stream.np) if use_prior else None
+    cacheable = can_cache_latents(cfg.augmentation)
+    latent_cache: dict = {}
+    text_cache: dict = {}
+
+    def pixels_and_dists(images, ids, tag):
+        if not cacheable:
+            px = torch.stack([to_tensor(augment(images[i], res, cfg.augmentation, stream.np)) for i in ids])
+            return px, None
+        missing = [i for i in ids if (tag, i) not in latent_cache]
+        if missing:
+            px = torch.stack([to_tensor(augment(images[i], res, cfg.augmentation, stream.np)) for i in missing])
+            with torch.no_grad():
+                d = c.vae.encode(px.to(c.device, dtype=c.vae_dtype)).latent_dist
+            for j, i in enumerate(missing):
+                latent_cache[(tag, i)] = (d.mean[j:j + 1], d.std[j:j + 1])
+        mean = torch.cat([latent_cache[(tag, i)][0] for i in ids])
+        std = torch.cat([latent_cache[(tag, i)][1] for i in ids])
+        return None, _Dist(mean, std)
+
+    def text(prompts):
+        if train_te:
+            return encode_prompts(c, prompts, grad=True)
+        missing = [p for p in dict.fromkeys(prompts) if p not in text_cache]
+        if missing:
+            for p, e in zip(missing, encode_prompts(c, missing)):
+                text_cache[p] = e
+        return torch.stack([text_cache[p] for p in prompts])
+
+    losses = []
+    bar = tqdm(range(tr.steps), desc=f"train {style.id}", unit="step", leave=False)
+    for step in bar:
+        ids = inst_cycle.take(tr.batch_size)
+        px, dist = pixels_and_dists(style.images, ids, "i")
+        prompts = [instance_prompts[i] for i in ids]
+        if use_prior:
+            cids = class_cycle.take(tr.batch_size)
+            cpx, cdist = pixels_and_dists(pool.images, cids, "c")
+            px = None if px is None else torch.cat([px, cpx])
+            dist = None if dist is None else _Dist(torch.cat([dist.mean, cdist.mean]), torch.cat([dist.std, cdist.std]))
+            prompts = prompts + [pool.prompts[i] for i in cids]
+        per_sample = denoising_loss(c, px, text(prompts), stream.torch, precision, latent_dist=dist)
+        b = tr.batch_size
+        loss = per_sample[:b].mean()
+        if use_prior:
+            loss = loss + cfg.prior.weight * per_sample[b:].mean()
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"style {style.id}: loss is {loss.item()} at step {step + 1}")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, tr.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    c.unet.eval()
+    c.text_encoder.eval()
+    return losses
+
+
+@dataclass
+class _Dist:
+    mean: torch.Tensor
+    std: torch.Tensor

@@ -1,0 +1,123 @@
+"""The CLI as a user runs it: the embedded default end to end, stage reuse, sweeps, and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+
+QUICK = ["train.steps=5", "prior=none", "scheduler.steps=4", "data.styles=[00]", "data.max_objects=1"]
+
+
+def finished_runs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.glob("experiments/*/*/summary.json"))
+
+
+@pytest.fixture(scope="module")
+def safe_runs(tmp_path_factory, cache_dir, tiny_dir):
+    """The README's main command, then the same with an inference-only change, then with init=noise."""
+    cwd = tmp_path_factory.mktemp("safe")
+    first = run_cli(["+strategy=safe"], cwd)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_cli(["+strategy=safe", "init.strength=0.8"], cwd)
+    assert second.returncode == 0, second.stderr[-3000:]
+    third = run_cli(["+strategy=safe", "init=noise"], cwd)
+    assert third.returncode == 0, third.stderr[-3000:]
+    runs = finished_runs(cwd)
+    assert len(runs) == 3
+    by_strength = {}
+    for r in runs:
+        s = json.loads((r / "summary.json").read_text())
+        by_strength[(s["config"]["init"]["mode"], s["config"]["init"]["strength"])] = (r, s)
+    return first, second, third, by_strength
+
+
+@pytest.mark.slow
+def test_safe_strategy_runs_end_to_end(safe_runs):
+    first, _, _, runs = safe_runs
+    run_dir, s = runs[("avg_image", 0.9)]
+    assert s["status"] == "finished" and s["name"] == "safe"
+    assert set(s["styles"]) == {"00", "01", "02"}
+    for sid, st in s["styles"].items():
+        assert not st["reused"]
+        assert (run_dir / "adapters" / sid / "pytorch_lora_weights.safetensors").stat().st_size > 1000
+        assert len(st["images"]) == 4
+        for f in st["images"]:
+            assert Image.open(run_dir / f).size == (64, 64)
+        assert 0.0 < st["scores"]["hist"] <= 1.0
+        record = json.loads((run_dir / "adapters" / sid / "train.json").read_text())
+        assert len(record["losses"]) == 800
+        assert np.mean(record["losses"][-100:]) < np.mean(record["losses"][:100])  # it learned something
+    assert s["scores"]["hist"] == pytest.approx(np.mean([st["scores"]["hist"] for st in s["styles"].values()]))
+    assert s["model"]["random_weights"] and "RANDOM weights" in (run_dir / "summary.md").read_text()
+    assert "RANDOM weights" in first.stderr
+    assert (run_dir / "grid.png").exists() and (run_dir / "main.log").exists()
+    assert (run_dir / "images" / "00" / "aquarium.png").exists()
+
+
+@pytest.mark.slow
+def test_inference_only_override_trains_nothing_and_changes_images(safe_runs):
+    _, second, _, runs = safe_runs
+    (r1, s1), (r2, s2) = runs[("avg_image", 0.9)], runs[("avg_image", 0.8)]
+    assert second.stderr.count("nothing to train") == 3 and "trained adapter" not in second.stderr
+    assert "generating" not in second.stderr  # nor class images
+    for sid in s1["styles"]:
+        assert s2["styles"][sid]["reused"] and s2["styles"][sid]["adapter_key"] == s1["styles"][sid]["adapter_key"]
+        for f in s1["styles"][sid]["images"]:
+            assert (np.asarray(Image.open(r1 / f)) != np.asarray(Image.open(r2 / f))).any()
+
+
+@pytest.mark.slow
+def test_average_image_init_matches_the_style_colours_better_than_noise(safe_runs):
+    runs = safe_runs[3]
+    avg = runs[("avg_image", 0.9)][1]["scores"]["hist"]
+    (noise,) = [s["scores"]["hist"] for (mode, _), (_, s) in runs.items() if mode == "noise"]
+    assert avg > 1.1 * noise, (avg, noise)
+
+
+@pytest.mark.slow
+def test_sweep_through_the_cli_lands_under_multirun(tmp_path, cache_dir, tiny_dir):
+    res = run_cli(["-m", "lora.unet_rank=2,4", *QUICK], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = sorted(tmp_path.glob("multirun/*/*/*/summary.json"))
+    assert len(jobs) == 2
+    ranks = sorted(json.loads(j.read_text())["config"]["lora"]["unet_rank"] for j in jobs)
+    assert ranks == [2, 4]
+    assert not (tmp_path / "experiments").exists()
+
+
+def _bad(tmp_path: Path) -> dict:
+    empty = tmp_path / "data_empty"
+    (empty / "07" / "images").mkdir(parents=True)
+    corrupt = tmp_path / "data_corrupt"
+    (corrupt / "00" / "images").mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(corrupt / "00" / "images" / "Cat.png")
+    (corrupt / "00" / "images" / "Dog.png").write_bytes(b"not a png at all")
+    (corrupt / "00" / "prompt.json").write_text('["cat"]')
+    return {
+        "unknown key": (["lora.unet_rnk=4"], r"unet_rnk"),
+        "rank 0": (["lora.unet_rank=0"], r"^error: lora\.unet_rank=0: must be >= 1$"),
+        "strength 1.5": (["init.strength=1.5"], r"^error: init\.strength=1\.5: must be in \(0, 1\]$"),
+        "missing root": ([f"data.root={tmp_path}/nowhere"], rf"^error: data\.root={tmp_path}/nowhere: no such folder$"),
+        "empty style": ([f"data.root={empty}"], rf"^error: {empty}/07/images: no images"),
+        "corrupt image": ([f"data.root={corrupt}"], rf"^error: {corrupt}/00/images/Dog\.png: cannot read image"),
+        "missing model folder": ([f"model.path={tmp_path}/no_model"], rf"^error: model\.path={tmp_path}/no_model: no such folder$"),
+        "sd21 offline": (["model=sd21"], r"^error: model\.path=stabilityai/stable-diffusion-2-1: weights not in the local Hugging Face cache and the hub is offline"),
+    }
+
+
+@pytest.mark.parametrize("case", ["unknown key", "rank 0", "strength 1.5", "missing root", "empty style",
+                                  "corrupt image", "missing model folder", "sd21 offline"])
+def test_bad_input_gets_one_clear_line_and_leaves_nothing(tmp_path, cache_dir, demo_root, case):
+    args, pattern = _bad(tmp_path)[case]
+    res = run_cli(args, tmp_path, timeout=300, env_extra={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert res.returncode != 0
+    assert re.search(pattern, res.stderr, re.MULTILINE), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert not list(tmp_path.glob("experiments/*/*")), "a failed run left a run folder behind"

@@ -1,0 +1,134 @@
+"""Every config option and strategy composes; typos and out-of-range values fail naming the key."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import CONF, compose
+from stylexfer.config import validate
+from stylexfer.errors import ConfigError
+
+GROUPS = ["model", "lora", "prior", "augmentation", "init", "scheduler", "train", "data", "eval"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_validates(group, option):
+    cfg = compose([f"{group}={option}"])
+    OmegaConf.resolve(cfg.model)  # no dangling interpolation in the option itself
+    validate(cfg)
+    assert OmegaConf.select(cfg, group) is not None
+
+
+def test_groups_have_the_options_the_recipe_needs():
+    assert set(options("model")) >= {"tiny", "sd21", "sd21_base"}
+    assert set(options("prior")) >= {"none", "shared", "per_style"}
+    assert set(options("augmentation")) >= {"none", "crop", "crop_flip", "full"}
+    assert set(options("init")) >= {"noise", "avg_image"}
+    assert set(options("scheduler")) >= {"ddim", "dpmpp", "euler_a", "pndm"}
+    assert set(options("strategy")) == {"baseline", "safe", "aggressive"}
+
+
+@pytest.mark.parametrize("strategy", options("strategy"))
+def test_every_strategy_composes_and_validates(strategy):
+    cfg = compose(strategy=strategy)
+    validate(cfg)
+    assert cfg.name == strategy
+    assert (CONF / "strategy" / f"{strategy}.yaml").read_text().startswith("# @package _global_")
+
+
+ABLATIONS = sorted(p.stem for p in (CONF.parent / "experiments" / "ablation").glob("*.yaml"))
+
+
+def test_ablation_presets_cover_the_reports_studies():
+    assert set(ABLATIONS) >= {"unet_rank", "te_rank", "prior_weight", "init_strength", "augmentation"}
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_every_ablation_preset_composes_with_a_sweep(name):
+    cfg = compose([f"+ablation={name}"], hydra=True)
+    params = dict(cfg.hydra.sweeper.params)
+    assert len(params) == 1
+    (key, values), = params.items()
+    assert len(values.split(",")) >= 3
+    for v in values.split(","):  # each job's config composes and validates
+        validate(compose([f"+ablation={name}", f"{key}={v}"]))
+    assert cfg.lora.unet_rank == 32 or key == "lora.unet_rank"  # built on the safe strategy
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+
+
+@pytest.mark.parametrize("launcher", ["slurm_gpu", "ray_gpu"])
+def test_cluster_launcher_presets_name_one_gpu_per_job(launcher):
+    text = (CONF / "hydra" / "launcher" / f"{launcher}.yaml").read_text()
+    assert ("gpus_per_node: 1" in text) if launcher == "slurm_gpu" else ("num_gpus: 1" in text)
+    if launcher == "slurm_gpu":
+        pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+        cfg = compose([f"hydra/launcher={launcher}"], hydra=True)
+        assert cfg.hydra.launcher.gpus_per_node == 1 and "Slurm" in cfg.hydra.launcher._target_
+
+
+def test_safe_strategy_is_the_reference_recipe():
+    c = compose(strategy="safe")
+    assert c.data.instance_prompt == "an image of {object} in style_{style}" == c.data.prompt
+    assert list(c.lora.unet_target_modules) == ["to_q", "to_k", "to_v", "to_out.0"]
+    assert (c.lora.unet_rank, c.lora.text_encoder_rank) == (32, 0)
+    assert (c.prior.mode.value, c.prior.weight) == ("shared", 1.0)
+    assert (c.augmentation.scale, c.augmentation.random_crop, c.augmentation.hflip, c.augmentation.rotation) == (1.04, True, False, 0.0)
+    assert (c.init.mode.value, c.init.strength) == ("avg_image", 0.9)
+    assert (c.scheduler.steps, c.scheduler.guidance_scale) == (40, 7.5)
+    assert (c.train.steps, c.train.lr, c.train.lr_scheduler.value) == (800, 1e-4, "constant")
+
+
+def test_aggressive_and_baseline_strategies():
+    a = compose(strategy="aggressive")
+    assert (a.lora.unet_rank, a.lora.text_encoder_rank, a.lora.text_encoder_lr_scale) == (64, 8, 0.1)
+    assert (a.prior.weight, a.train.steps) == (0.9, 1200)
+    assert a.augmentation.hflip and a.augmentation.rotation > 0
+    b = compose(strategy="baseline")
+    assert (b.lora.unet_rank, b.train.steps, b.train.lr) == (4, 500, 1e-4)
+    assert b.prior.mode.value == "none" and b.init.mode.value == "noise"
+    assert b.scheduler.steps == 25 and b.data.instance_prompt == "style_{style}" == b.data.prompt
+    assert b.augmentation.scale == 1.0
+
+
+def test_sd21_models_point_at_the_hub_ids():
+    assert compose(["model=sd21"]).model.path == "stabilityai/stable-diffusion-2-1"
+    assert compose(["model=sd21_base"]).model.path == "stabilityai/stable-diffusion-2-1-base"
+    assert compose(["model=sd21"]).model.resolution == 512
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("lora.unet_rnk=4", "unet_rnk"),
+    ("train.steps=many", "train.steps"),
+    ("prior.mode=sometimes", "prior.mode"),
+    ("scheduler.name=heun9", "scheduler.name"),
+])
+def test_typos_and_wrong_types_fail_at_compose_naming_the_key(override, needle):
+    with pytest.raises(Exception) as e:
+        compose([override])
+    assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("lora.unet_rank=0", "lora.unet_rank"),
+    ("lora.text_encoder_rank=-1", "lora.text_encoder_rank"),
+    ("init.strength=1.5", "init.strength"),
+    ("init.strength=0", "init.strength"),
+    ("train.steps=0", "train.steps"),
+    ("train.lr=-1", "train.lr"),
+    ("prior.weight=-0.5", "prior.weight"),
+    ("augmentation.scale=0.9", "augmentation.scale"),
+    ("model.resolution=100", "model.resolution"),
+    ("eval.metrics=[hist,bogus]", "eval.metrics"),
+    ("data.prompt='{thing} in style'", "data.prompt"),
+    ("model.dtype=float8", "model.dtype"),
+])
+def test_out_of_range_values_fail_validation_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        validate(compose([override]))
+    msg = str(e.value)
+    assert msg.startswith(key) and "\n" not in msg

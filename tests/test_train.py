@@ -1,0 +1,167 @@
+"""Training stage on the tiny model (CPU, float32): the loss goes down, the target follows the
+scheduler config, adapters save/load through stock diffusers, and a style's adapter is reproducible."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import compose
+from stylexfer.data import discover_styles, fit_square, to_tensor
+from stylexfer.models import encode_prompts, load_components, resolve_model
+from stylexfer.train import (ADAPTER_FILE, _train_loop, adapter_spec, denoising_loss, remove_adapters,
+                             save_adapter, train_style)
+
+FAST = ["prior=none", "augmentation=none", "train.lr=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def style(demo_root):
+    return discover_styles(demo_root, styles=["00"])[0]
+
+
+def fixed_eval_loss(components, style, draws: int = 4) -> float:
+    """Denoising loss on the style's images with fixed noise and timesteps (the training objective)."""
+    gen = torch.Generator().manual_seed(1234)
+    px = torch.stack([to_tensor(fit_square(im, 64)) for im in style.images])
+    cond = encode_prompts(components, [f"an image of {o} in style_00" for o in style.image_objects])
+    with torch.no_grad():
+        return float(torch.stack([denoising_loss(components, px, cond, gen) for _ in range(draws)]).mean())
+
+
+def unet_out(components, cond, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, 16, 16, generator=g)
+    with torch.no_grad():
+        return components.unet(x, torch.tensor([10, 500]), cond.expand(2, -1, -1)).sample
+
+
+def test_training_lowers_the_denoising_loss_on_the_style_images(components, style):
+    before = fixed_eval_loss(components, style)
+    cfg = compose(FAST + ["train.steps=80"])
+    try:
+        losses = _train_loop(components, style, None, cfg)
+        after = fixed_eval_loss(components, style)
+    finally:
+        remove_adapters(components)
+    assert len(losses) == 80 and all(np.isfinite(losses))
+    assert after < 0.95 * before, (before, after)
+    assert fixed_eval_loss(components, style) == pytest.approx(before, rel=1e-6)  # adapters removed cleanly
+
+
+def test_loss_target_follows_the_scheduler_prediction_type(tiny_dir, tmp_path, cache_dir):
+    from omegaconf import OmegaConf
+
+    vdir = tmp_path / "tiny_v"
+    shutil.copytree(tiny_dir, vdir)
+    sc = vdir / "scheduler" / "scheduler_config.json"
+    sc.write_text(json.dumps(dict(json.loads(sc.read_text()), prediction_type="v_prediction")))
+    mc = OmegaConf.create({"path": str(vdir), "revision": None, "variant": None, "local_files_only": True,
+                           "device": "cpu", "dtype": "float32"})
+    resolved = resolve_model(mc, cache_dir)
+    assert resolved.prediction_type == "v_prediction"
+    c = load_components(resolved, mc)
+    px = torch.rand(2, 3, 64, 64) * 2 - 1
+    cond = encode_prompts(c, ["a", "b"])
+    got = denoising_loss(c, px, cond, torch.Generator().manual_seed(7))
+    # the same draws, by hand
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        d = c.vae.encode(px).latent_dist
+        lat = (d.mean + d.std * torch.randn(d.mean.shape, generator=g)) * c.vae.config.scaling_factor
+        noise = torch.randn(lat.shape, generator=g)
+        t = torch.randint(0, 1000, (2,), generator=g)
+        pred = c.unet(c.noise_scheduler.add_noise(lat, noise, t), t, cond).sample
+        v = c.noise_scheduler.get_velocity(lat, noise, t)
+        want_v = ((pred - v) ** 2).mean(dim=(1, 2, 3))
+        want_eps = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(got, want_v)
+    assert not torch.allclose(got, want_eps)
+
+
+def test_adapter_with_text_encoder_lora_loads_through_stock_diffusers(components, style, tiny_dir, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    cfg = compose(FAST + ["train.steps=6", "train.lr=5e-2", "lora.unet_rank=4", "lora.unet_alpha=8",
+                          "lora.text_encoder_rank=2", "lora.text_encoder_alpha=1"])
+    prompt = ["an image of aquarium in style_00"]
+    try:
+        _train_loop(components, style, None, cfg)
+        trained_emb = encode_prompts(components, prompt)
+        trained_out = unet_out(components, trained_emb)
+        save_adapter(components, tmp_path)
+    finally:
+        remove_adapters(components)
+
+    f = tmp_path / ADAPTER_FILE
+    with safe_open(str(f), "pt") as sf:
+        keys = list(sf.keys())
+        meta = sf.metadata()
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    assert any("q_proj" in k for k in keys if k.startswith("text_encoder."))
+    assert any("to_out" in k for k in keys if k.startswith("unet."))
+    assert "lora_adapter_metadata" in json.dumps(meta)
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_dir), safety_checker=None, requires_safety_checker=False)
+    ids = pipe.tokenizer(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        base_emb = pipe.text_encoder(ids)[0]
+    pipe.load_lora_weights(str(tmp_path))
+    with torch.no_grad():
+        loaded_emb = pipe.text_encoder(ids)[0]
+    assert (loaded_emb - base_emb).abs().max() > 1e-3  # the text-encoder LoRA changes the embeddings ...
+    torch.testing.assert_close(loaded_emb, trained_emb, atol=1e-5, rtol=1e-4)  # ... exactly as trained
+    torch.testing.assert_close(unet_out(pipe, loaded_emb), trained_out, atol=1e-5, rtol=1e-4)  # alpha != rank kept
+
+
+def test_a_style_adapter_is_reproducible_and_independent_of_other_styles(components, demo_root, tmp_path):
+    s00, s01 = discover_styles(demo_root, styles=["00", "01"])
+    cfg = compose(["prior=none", "train.steps=5", "lora.unet_rank=4"])
+    spec = adapter_spec(s00, cfg, "tiny", None)
+    a = train_style(components, s00, None, cfg, spec, tmp_path / "a")
+    train_style(components, s01, None, cfg, adapter_spec(s01, cfg, "tiny", None), tmp_path / "b")
+    b = train_style(components, s00, None, cfg, spec, tmp_path / "b")  # after another style
+    assert not a.reused and not b.reused and a.key == b.key
+    with safe_open(str(a.dir / ADAPTER_FILE), "pt") as fa, safe_open(str(b.dir / ADAPTER_FILE), "pt") as fb:
+        assert sorted(fa.keys()) == sorted(fb.keys())
+        for k in fa.keys():
+            assert torch.equal(fa.get_tensor(k), fb.get_tensor(k)), k
+    again = train_style(components, s00, None, cfg, spec, tmp_path / "a")
+    assert again.reused
+    record = json.loads((a.dir / "train.json").read_text())
+    assert len(record["losses"]) == 5 and record["spec"] == json.loads(json.dumps(spec))
+
+
+def test_adapter_key_ignores_sampling_and_scoring_settings(style):
+    base = adapter_spec(style, compose(), "m", "p")
+    for ov in ["init.strength=0.8", "scheduler=dpmpp", "scheduler.steps=10", "sample.seed=3", "eval.hist_bins=16",
+               "init=noise", "data.prompt='{object}'"]:
+        assert adapter_spec(style, compose([ov]), "m", "p") == base, ov
+    for ov in ["lora.unet_rank=4", "train.steps=10", "prior.weight=0.5", "augmentation=crop_flip",
+               "data.instance_prompt='{object}'", "train.seed=1"]:
+        assert adapter_spec(style, compose([ov]), "m", "p") != base, ov
+
+
+def test_nan_loss_stops_the_style_with_the_step(components, style, monkeypatch):
+    from stylexfer import train as train_mod
+    from stylexfer.errors import TrainingDiverged
+
+    real = train_mod.denoising_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        out = real(*a, **k)
+        return out * float("nan") if calls["n"] == 3 else out
+
+    monkeypatch.setattr(train_mod, "denoising_loss", poisoned)
+    try:
+        with pytest.raises(TrainingDiverged, match=r"style 00: loss is nan at step 3"):
+            _train_loop(components, style, None, compose(FAST + ["train.steps=10"]))
+    finally:
+        remove_adapters(components)
