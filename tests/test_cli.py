@@ -81,17 +81,6 @@ def test_average_image_init_matches_the_style_colours_better_than_noise(safe_run
     assert avg > 1.1 * noise, (avg, noise)
 
 
-@pytest.mark.slow
-def test_sweep_through_the_cli_lands_under_multirun(tmp_path, cache_dir, tiny_dir):
-    res = run_cli(["-m", "lora.unet_rank=2,4", *QUICK], tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    jobs = sorted(tmp_path.glob("multirun/*/*/*/summary.json"))
-    assert len(jobs) == 2
-    ranks = sorted(json.loads(j.read_text())["config"]["lora"]["unet_rank"] for j in jobs)
-    assert ranks == [2, 4]
-    assert not (tmp_path / "experiments").exists()
-
-
 def _bad(tmp_path: Path) -> dict:
     empty = tmp_path / "data_empty"
     (empty / "07" / "images").mkdir(parents=True)

@@ -1,0 +1,70 @@
+"""GPU slots for sweep jobs (the lock logic runs on the CPU), and a GPU smoke run (skipped without CUDA)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import pytest
+import torch
+
+from stylexfer.devices import claim_gpu, job_device
+
+
+def test_concurrent_jobs_get_different_gpus_and_wait_for_a_free_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("STYLEXFER_GPU_LOCKS", str(tmp_path))
+    got, order = [], []
+    release = threading.Event()
+
+    def job(name):
+        with claim_gpu(count=2, poll=0.05) as i:
+            got.append(i)
+            order.append((name, "start", time.monotonic()))
+            if name != "third":
+                release.wait(5)
+            order.append((name, "end", time.monotonic()))
+
+    a, b = threading.Thread(target=job, args=("first",)), threading.Thread(target=job, args=("second",))
+    a.start(), b.start()
+    time.sleep(0.3)
+    assert sorted(got) == [0, 1]  # two jobs, two different GPUs
+    c = threading.Thread(target=job, args=("third",))
+    c.start()
+    time.sleep(0.3)
+    assert len(got) == 2  # the third waits: both GPUs are held
+    release.set()
+    for t in (a, b, c):
+        t.join(5)
+    assert len(got) == 3 and got[2] in (0, 1)
+    third_start = next(t for n, e, t in order if n == "third" and e == "start")
+    first_end = min(t for n, e, t in order if n != "third" and e == "end")
+    assert third_start >= first_end
+
+
+def test_explicit_device_is_left_alone():
+    with job_device("cpu") as d:
+        assert d == "cpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_and_sampling_on_the_gpu_in_bf16(demo_root, tiny_dir, cache_dir, tmp_path):
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+    from stylexfer.data import discover_styles
+    from stylexfer.models import load_components, resolve_model
+    from stylexfer.sample import sample_style
+    from stylexfer.train import adapter_spec, train_style
+
+    mc = OmegaConf.create({"path": str(tiny_dir), "revision": None, "variant": None, "local_files_only": True,
+                           "device": "cuda", "dtype": "auto"})
+    c = load_components(resolve_model(mc, cache_dir), mc)
+    assert c.dtype == torch.bfloat16 and c.device.type == "cuda"
+    (style,) = discover_styles(demo_root, styles=["00"], max_objects=2)
+    cfg = compose(["prior=none", "train.steps=20", "model.device=cuda", "scheduler.steps=5"])
+    res = train_style(c, style, None, cfg, adapter_spec(style, cfg, "gpu", None), tmp_path)
+    assert len(res.losses) == 20 and all(math.isfinite(x) for x in res.losses)
+    recs = sample_style(c, style, res.dir, cfg, tmp_path)
+    assert len(recs) == 2 and all((tmp_path / r.file).exists() for r in recs)
