@@ -177,7 +177,9 @@ def load_style(style_dir: Path, objects: Sequence[str] = (), max_objects: Option
 
 
 def discover_styles(root: str | Path, styles: Optional[Iterable[str]] = None, objects: Sequence[str] = (),
-                    max_objects: Optional[int] = None) -> list[Style]:
+                    max_objects: Optional[int] = None, collect_errors: bool = False):
+    """Read every style under ``root``. A bad style raises DataError; with ``collect_errors`` it is left
+    out and reported instead (``(styles, {id: error})``), unless every style is bad."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data.root={root}: no such folder")
@@ -190,7 +192,17 @@ def discover_styles(root: str | Path, styles: Optional[Iterable[str]] = None, ob
         if missing:
             raise DataError(f"data.styles: {', '.join(missing)} not found under {root}")
         available = wanted
-    return [load_style(root / s, objects, max_objects) for s in available]
+    loaded, errors = [], {}
+    for s in available:
+        try:
+            loaded.append(load_style(root / s, objects, max_objects))
+        except DataError as e:
+            if not collect_errors:
+                raise
+            errors[s] = str(e)
+    if collect_errors and not loaded:
+        raise DataError(next(iter(errors.values())) + (f" (and {len(errors) - 1} more style(s) failed)" if len(errors) > 1 else ""))
+    return (loaded, errors) if collect_errors else loaded
 
 
 # ---------------------------------------------------------------------------------------- transforms

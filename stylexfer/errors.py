@@ -23,3 +23,9 @@ class TrainingDiverged(StylexferError):
     """The loss became NaN or infinite (the message names the style and step)."""
 
     exit_code = 3
+
+
+class PartialFailure(StylexferError):
+    """Some styles failed (each recorded in the summary with its error); the others finished."""
+
+    exit_code = 1

@@ -72,7 +72,8 @@ def _check_folder(folder: Path, key: str = "model.path") -> None:
     for comp in ("unet", "vae", "text_encoder"):
         if not any((folder / comp).glob("*.safetensors")):
             has_pickle = any((folder / comp).glob(p) for p in PICKLE_SUFFIXES)
-            why = "only pickle weights found; stylexfer loads safetensors only" if has_pickle else "no weights"
+            why = ("only pickle weights (.bin/.ckpt); stylexfer loads safetensors only" if has_pickle
+                   else "no .safetensors weights")
             raise ModelNotFoundError(f"{key}={folder}: {comp}/ has {why}")
 
 

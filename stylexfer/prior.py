@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 from tqdm.auto import tqdm
 
+from . import faults
 from .config import PriorMode, value
 from .data import Style, load_image
 from .models import Components
@@ -54,23 +57,31 @@ def ensure_pool(components: Components, spec: dict, prior_cfg, cache_dir: Path) 
     key = pool_key(spec)
     target = Path(cache_dir) / "class_images" / key
 
+    partial = target.parent / ".partial" / key  # survives a kill: generation resumes batch by batch
+
     def build(tmp: Path) -> None:
-        log.info("generating %d class images with the base model (pool %s)", len(spec["prompts"]), key)
-        pipe = make_pipeline(components, spec["sampler"])
         prompts = spec["prompts"]
-        records = []
+        names = [f"{i:05d}.png" for i in range(len(prompts))]
+        have = sum((partial / n).exists() for n in names)
+        log.info("generating %d class images with the base model (pool %s)%s", len(prompts), key,
+                 f", {have} already made" if have else "")
+        pipe = make_pipeline(components, spec["sampler"])
         bs = prior_cfg.batch_size
         for i in tqdm(range(0, len(prompts), bs), desc="class images", unit="batch", leave=False):
+            if all((partial / n).exists() for n in names[i:i + bs]):
+                continue  # the same fixed chunks every time, so a resumed pool equals an uninterrupted one
             chunk = prompts[i:i + bs]
             seeds = [image_seed(spec["seed"], "class", i + j) for j in range(len(chunk))]
             images = generate(pipe, chunk, seeds, spec["steps"], spec["guidance_scale"], spec["resolution"])
-            for j, (p, img) in enumerate(zip(chunk, images)):
-                name = f"{i + j:05d}.png"
-                atomic_save_image(img, tmp / name)
-                records.append({"file": name, "prompt": p})
-        atomic_write_json(tmp / "manifest.json", {"spec": spec, "images": records})
+            for j, img in enumerate(images):
+                atomic_save_image(img, partial / names[i + j])
+                faults.checkpoint(f"class:{i + j}")
+        for n in names:
+            os.replace(partial / n, tmp / n)
+        atomic_write_json(tmp / "manifest.json", {"spec": spec, "images": [{"file": n, "prompt": p} for n, p in zip(names, prompts)]})
 
     path, built = build_once(target, build)
+    shutil.rmtree(partial, ignore_errors=True)
     if not built:
         log.info("class images: reusing pool %s (%d images)", key, len(spec["prompts"]))
     manifest = json.loads((path / "manifest.json").read_text())

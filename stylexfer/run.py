@@ -17,15 +17,16 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from .config import InitMode, PriorMode, validate, value
-from .data import average_image, discover_styles, load_image
+from .data import discover_styles, load_image
 from .embedded import RANDOM_WEIGHTS_NOTICE, ensure_demo_data
 from .models import load_components, resolve_model
 from .prior import ensure_pool, pool_key, pool_objects, pool_spec
 from .report import image_grid, write_reports
 from .score import score_style
-from .errors import StylexferError
+from . import faults
+from .errors import PartialFailure, StylexferError
 from .store import atomic_write_json, link_or_copy_tree, stable_hash
-from .sample import sample_style
+from .sample import ensure_samples, sample_spec
 from .train import adapter_spec, adapter_stored, train_style
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,10 @@ def run(cfg: DictConfig) -> dict:
         return previous
 
     data_root = Path(cfg.data.root).expanduser() if cfg.data.root else ensure_demo_data(cache)
-    styles = discover_styles(data_root, cfg.data.styles, list(cfg.data.objects), cfg.data.max_objects)
+    styles, data_errors = discover_styles(data_root, cfg.data.styles, list(cfg.data.objects), cfg.data.max_objects,
+                                          collect_errors=True)
+    for sid, why in data_errors.items():
+        log.error("style %s skipped: %s", sid, why)
     log.info("data: %d style(s) from %s: %s", len(styles), data_root, ", ".join(s.id for s in styles))
     resolved = resolve_model(cfg.model, cache)
     components = load_components(resolved, cfg.model)
@@ -76,45 +80,76 @@ def run(cfg: DictConfig) -> dict:
     atomic_write_json(run_dir / "status.json", {"pid": os.getpid(), "host": socket.gethostname(),
                                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                 "device": str(components.device)})
-    prior_on = value(cfg.prior.mode) != PriorMode.none.value
-    res = cfg.model.resolution
     summary = {"name": cfg.name, "status": "running", "config_hash": config_hash, "run_dir": str(run_dir), "data_root": str(data_root),
                "model": {"source": resolved.source, "folder": str(resolved.folder), "identity": resolved.identity,
                          "random_weights": resolved.random_weights, "prediction_type": resolved.prediction_type},
                "notice": RANDOM_WEIGHTS_NOTICE if resolved.random_weights else None,
                "metric_names": list(cfg.eval.metrics), "styles": {}, "scores": {}, "unavailable": {},
+               "failed_styles": {},
                "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
     grid_rows = []
+    for sid, why in data_errors.items():
+        summary["styles"][sid] = {"error": why}
+        summary["failed_styles"][sid] = why
     for style in styles:
         st = summary["styles"][style.id] = {"objects": style.objects}
-        spec_pool = pool_spec(pool_objects(styles, style, cfg.prior.mode), cfg.prior, resolved.identity, res) if prior_on else None
-        pkey = pool_key(spec_pool) if spec_pool else None
-        spec = adapter_spec(style, cfg, resolved.identity, pkey)
-        # class images are only needed (and generated) when the adapter is not in the store yet
-        pool = ensure_pool(components, spec_pool, cfg.prior, cache) if prior_on and not adapter_stored(spec, cache) else None
-        result = train_style(components, style, pool, cfg, spec, cache)
-        if result.reused:
-            log.info("style %s: adapter %s found in the store: reusing it, nothing to train", style.id, result.key)
-        else:
-            log.info("style %s: trained adapter %s in %.1fs (loss %.4f → %.4f)", style.id, result.key, result.seconds,
-                     float(np.mean(result.losses[:20])), float(np.mean(result.losses[-20:])))
-        link_or_copy_tree(result.dir, run_dir / "adapters" / style.id)
-        st.update(adapter_key=result.key, reused=result.reused, train_seconds=round(result.seconds, 2), pool=pkey)
+        try:
+            grid_rows.append(_run_style(components, styles, style, cfg, cache, run_dir, st))
+        except Exception as e:  # noqa: BLE001 - one style's failure must not cost the others
+            line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if not isinstance(e, StylexferError):
+                line = f"{type(e).__name__}: {line}"
+                log.debug("style %s", style.id, exc_info=True)
+            st["error"] = summary["failed_styles"][style.id] = line
+            log.error("style %s failed: %s", style.id, line)
+            continue
+        faults.checkpoint(f"style:{style.id}")
 
-        records = sample_style(components, style, result.dir, cfg, run_dir)
-        generated = [load_image(run_dir / r.file) for r in records]
-        st["images"] = [r.file for r in records]
-        st["scores"] = score_style(generated, style.images, [r.prompt for r in records], cfg)
-        log.info("style %s: %s", style.id, ", ".join(f"{k}={v:.4f}" for k, v in st["scores"].items()))
-        avg = [("average", average_image(style.images, res))] if value(cfg.init.mode) == InitMode.avg_image.value else []
-        grid_rows.append((style.id, avg + [(r.object, img) for r, img in zip(records, generated)]))
-
+    ok = [s for s in summary["styles"].values() if "scores" in s]
     for m in cfg.eval.metrics:
-        summary["scores"][m] = float(np.mean([s["scores"][m] for s in summary["styles"].values()]))
-    summary["status"] = "finished"
+        if ok:
+            summary["scores"][m] = float(np.mean([s["scores"][m] for s in ok]))
+    summary["status"] = "partial" if summary["failed_styles"] else "finished"
     summary["seconds"] = round(time.time() - t0, 2)
     write_reports(run_dir, summary, image_grid(grid_rows))
-    log.info("run finished in %.1fs: %s", summary["seconds"], run_dir / "summary.md")
+    log.info("run %s in %.1fs: %s", summary["status"], summary["seconds"], run_dir / "summary.md")
     if resolved.random_weights:
         log.warning(RANDOM_WEIGHTS_NOTICE)
+    if summary["failed_styles"]:
+        failed = summary["failed_styles"]
+        raise PartialFailure(f"{len(failed)} of {len(summary['styles'])} style(s) failed ("
+                             + "; ".join(f"{k}: {v}" for k, v in failed.items()) + f"); see {run_dir / 'summary.md'}")
     return summary
+
+
+def _run_style(components, styles, style, cfg, cache: Path, run_dir: Path, st: dict):
+    """Train (or reuse) → sample (or reuse) → score one style; fills ``st``; returns its grid row."""
+    resolved = components.model
+    res = cfg.model.resolution
+    prior_on = value(cfg.prior.mode) != PriorMode.none.value
+    spec_pool = pool_spec(pool_objects(styles, style, cfg.prior.mode), cfg.prior, resolved.identity, res) if prior_on else None
+    pkey = pool_key(spec_pool) if spec_pool else None
+    spec = adapter_spec(style, cfg, resolved.identity, pkey)
+    # class images are only needed (and generated) when the adapter is not in the store yet
+    pool = ensure_pool(components, spec_pool, cfg.prior, cache) if prior_on and not adapter_stored(spec, cache) else None
+    result = train_style(components, style, pool, cfg, spec, cache)
+    if result.reused:
+        log.info("style %s: adapter %s found in the store: reusing it, nothing to train", style.id, result.key)
+    else:
+        log.info("style %s: trained adapter %s in %.1fs (loss %.4f → %.4f)", style.id, result.key, result.seconds,
+                 float(np.mean(result.losses[:20])), float(np.mean(result.losses[-20:])))
+    link_or_copy_tree(result.dir, run_dir / "adapters" / style.id)
+    st.update(adapter_key=result.key, reused=result.reused, train_seconds=round(result.seconds, 2), pool=pkey)
+
+    sspec = sample_spec(style, cfg, result.key, resolved.identity)
+    sdir, records, sreused = ensure_samples(components, style, result.dir, cfg, sspec, cache)
+    if sreused:
+        log.info("style %s: images %s found in the store: reusing them", style.id, stable_hash(sspec))
+    link_or_copy_tree(sdir, run_dir / "images" / style.id)
+    generated = [load_image(run_dir / r.file) for r in records]
+    st["images"] = [r.file for r in records]
+    st["samples_key"] = stable_hash(sspec)
+    st["scores"] = score_style(generated, style.images, [r.prompt for r in records], cfg)
+    log.info("style %s: %s", style.id, ", ".join(f"{k}={v:.4f}" for k, v in st["scores"].items()))
+    avg = [("average", load_image(sdir / "_average.png"))] if (sdir / "_average.png").exists() else []
+    return style.id, avg + [(r.object, img) for r, img in zip(records, generated)]

@@ -9,6 +9,8 @@ same config gives the same files. The style's adapter is loaded with diffusers' 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -17,10 +19,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .config import InitMode, SamplerName
+from . import faults
+from .config import InitMode, SamplerName, value
 from .data import Style, average_image
 from .models import Components
-from .store import atomic_save_image, stable_hash
+from .store import atomic_save_image, build_once, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -81,32 +84,67 @@ class SampleRecord:
     seed: int
 
 
-def sample_style(components: Components, style: Style, adapter_dir: Optional[Path], cfg, run_dir: Path) -> list[SampleRecord]:
-    """Generate every requested object of ``style`` with its adapter; write ``images/<style>/<object>.png``."""
-    res = cfg.model.resolution
-    img2img = InitMode(cfg.init.mode) == InitMode.avg_image
-    pipe = make_pipeline(components, cfg.scheduler.name, img2img=img2img)
-    init = average_image(style.images, res) if img2img else None
-    adapter_name = f"style_{style.id}"
-    if adapter_dir is not None:
-        pipe.load_lora_weights(str(adapter_dir), adapter_name=adapter_name)
+def sample_jobs(style: Style, cfg) -> list[SampleRecord]:
+    """The images a style gets: every requested object × ``sample.images_per_prompt``, each with its seed."""
     jobs = []
     for obj, stem in zip(style.objects, style.object_files):
         for k in range(cfg.sample.images_per_prompt):
             name = f"{stem}.png" if k == 0 else f"{stem}_{k}.png"
             jobs.append(SampleRecord(style=style.id, object=obj, prompt=cfg.data.prompt.format(object=obj, style=style.id),
                                      file=f"images/{style.id}/{name}", seed=image_seed(cfg.sample.seed, style.id, obj, k)))
-    bs = cfg.sample.batch_size
-    try:
-        for i in tqdm(range(0, len(jobs), bs), desc=f"sample {style.id}", unit="batch", leave=False):
-            batch = jobs[i:i + bs]
-            images = generate(pipe, [j.prompt for j in batch], [j.seed for j in batch], cfg.scheduler.steps,
-                              cfg.scheduler.guidance_scale, res, init, cfg.init.strength)
-            for job, img in zip(batch, images):
-                atomic_save_image(img, run_dir / job.file)
-    finally:
-        if adapter_dir is not None:
-            pipe.delete_adapters(adapter_name)
-    if init is not None:
-        atomic_save_image(init, run_dir / "images" / style.id / "_average.png")
     return jobs
+
+
+def sample_spec(style: Style, cfg, adapter_key: Optional[str], model_identity: str) -> dict:
+    """Everything that determines a style's images (their key in the stage store)."""
+    img2img = InitMode(value(cfg.init.mode)) == InitMode.avg_image
+    return {"version": 1, "model": model_identity, "adapter": adapter_key, "style": style.fingerprint(),
+            "jobs": [[j.prompt, j.file, j.seed] for j in sample_jobs(style, cfg)],
+            "sampler": value(cfg.scheduler.name), "steps": cfg.scheduler.steps,
+            "guidance_scale": cfg.scheduler.guidance_scale, "init": value(cfg.init.mode),
+            "strength": cfg.init.strength if img2img else None, "resolution": cfg.model.resolution,
+            "batch_size": cfg.sample.batch_size, "dtype": str(cfg.model.dtype)}
+
+
+def ensure_samples(components: Components, style: Style, adapter_dir: Optional[Path], cfg, spec: dict,
+                   cache_dir: Path) -> tuple[Path, list[SampleRecord], bool]:
+    """Generate (or reuse) the style's images under ``<cache>/samples/<key>/`` with the stock LoRA loader.
+
+    Batches are fixed chunks of the job list and each finished image is kept in a partial folder, so a
+    killed run resumes where it stopped and produces the same files as an uninterrupted one."""
+    key = stable_hash(spec)
+    target = Path(cache_dir) / "samples" / key
+    partial = target.parent / ".partial" / key
+    jobs = sample_jobs(style, cfg)
+    names = [j.file.split("/", 2)[-1] for j in jobs]
+    res = cfg.model.resolution
+    img2img = InitMode(value(cfg.init.mode)) == InitMode.avg_image
+
+    def build(tmp: Path) -> None:
+        init = average_image(style.images, res) if img2img else None
+        pipe = make_pipeline(components, value(cfg.scheduler.name), img2img=img2img)
+        adapter_name = f"style_{style.id}"
+        if adapter_dir is not None:
+            pipe.load_lora_weights(str(adapter_dir), adapter_name=adapter_name)
+        bs = cfg.sample.batch_size
+        try:
+            for i in tqdm(range(0, len(jobs), bs), desc=f"sample {style.id}", unit="batch", leave=False):
+                if all((partial / n).exists() for n in names[i:i + bs]):
+                    continue
+                batch = jobs[i:i + bs]
+                images = generate(pipe, [j.prompt for j in batch], [j.seed for j in batch], cfg.scheduler.steps,
+                                  cfg.scheduler.guidance_scale, res, init, cfg.init.strength)
+                for k, img in enumerate(images):
+                    atomic_save_image(img, partial / names[i + k])
+                    faults.checkpoint(f"sample:{style.id}:{i + k + 1}")
+        finally:
+            if adapter_dir is not None:
+                pipe.delete_adapters(adapter_name)
+        for n in names:
+            os.replace(partial / n, tmp / n)
+        if init is not None:
+            atomic_save_image(init, tmp / "_average.png")
+
+    path, built = build_once(target, build)
+    shutil.rmtree(partial, ignore_errors=True)
+    return path, jobs, not built

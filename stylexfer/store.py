@@ -95,6 +95,8 @@ def build_once(final: str | os.PathLike, builder: Callable[[Path], None]) -> tup
     with file_lock(final.parent / f".{final.name}.lock"):
         if final.is_dir():
             return final, False
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a builder that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:

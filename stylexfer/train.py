@@ -16,8 +16,10 @@ format, with the LoRA config as metadata), so stock ``load_lora_weights`` reads 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import faults
 from .config import Precision, PriorMode, value
 from .data import Style, augment, can_cache_latents, to_tensor
 from .errors import TrainingDiverged
@@ -67,7 +70,8 @@ def adapter_spec(style: Style, cfg, model_identity: str, pool_key: Optional[str]
         "lora": OmegaConf.to_container(cfg.lora, resolve=True, enum_to_str=True),
         "prior": prior,
         "augmentation": {k: v for k, v in OmegaConf.to_container(cfg.augmentation, resolve=True).items() if k != "name"},
-        "train": OmegaConf.to_container(cfg.train, resolve=True, enum_to_str=True),
+        "train": {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True, enum_to_str=True).items()
+                  if k != "checkpoint_every"},  # how often we checkpoint does not change the result
         "dtype": str(cfg.model.dtype),
     }
 
@@ -196,9 +200,11 @@ def train_style(components: Components, style: Style, pool: Optional[ClassPool],
         return TrainResult(key=key, dir=target, reused=True)
     result = TrainResult(key=key, dir=target, reused=False)
 
+    partial = Path(cache_dir) / "adapters" / ".partial" / key
+
     def build(tmp: Path) -> None:
         t0 = time.time()
-        result.losses = _train_loop(components, style, pool, cfg)
+        result.losses = _train_loop(components, style, pool, cfg, partial)
         save_adapter(components, tmp)
         result.seconds = time.time() - t0
         atomic_write_json(tmp / "train.json", {"style": style.id, "spec": spec, "seconds": round(result.seconds, 2),
@@ -208,11 +214,65 @@ def train_style(components: Components, style: Style, pool: Optional[ClassPool],
         _, built = build_once(target, build)
     finally:
         remove_adapters(components)
+    shutil.rmtree(partial, ignore_errors=True)
     result.reused = not built
     return result
 
 
-def _train_loop(components: Components, style: Style, pool: Optional[ClassPool], cfg) -> list[float]:
+# ------------------------------------------------------------------------------------- checkpoints
+# A checkpoint is a folder ``step-NNNNNNN/`` (renamed into place when complete) holding the LoRA
+# weights, the optimizer state and the torch RNG state as safetensors, and the step, the numpy RNG
+# state, the data order and the losses so far as JSON: resuming from it continues bit for bit.
+
+def _save_checkpoint(folder: Path, step: int, params, opt, stream: "_Stream", cycles, losses) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(params)}
+    osd = opt.state_dict()
+    for idx, st in osd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{idx}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+    tensors["rng.torch"] = stream.torch.get_state()
+    meta = {"step": step, "param_groups": osd["param_groups"], "np_state": stream.np.bit_generator.state,
+            "orders": [None if c is None else c.order for c in cycles], "losses": losses}
+    tmp = folder / f".step-{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "state.safetensors"))
+    atomic_write_json(tmp / "state.json", meta)
+    os.rename(tmp, folder / f"step-{step:07d}")
+    for old in sorted(folder.glob("step-*"))[:-1]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(folder: Path, params, opt, stream: "_Stream", cycles) -> tuple[int, list]:
+    from safetensors.torch import load_file
+
+    done = sorted(folder.glob("step-*")) if folder.is_dir() else []
+    if not done:
+        return 0, []
+    latest = done[-1]
+    tensors = load_file(str(latest / "state.safetensors"))
+    meta = json.loads((latest / "state.json").read_text())
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(tensors[f"param.{i}"].to(p.device))
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    stream.torch.set_state(tensors["rng.torch"])
+    stream.np.bit_generator.state = meta["np_state"]
+    for c, order in zip(cycles, meta["orders"]):
+        if c is not None:
+            c.order = list(order)
+    return int(meta["step"]), list(meta["losses"])
+
+
+def _train_loop(components: Components, style: Style, pool: Optional[ClassPool], cfg,
+                ckpt_dir: Optional[Path] = None) -> list[float]:
     from diffusers.optimization import get_scheduler
 
     c, tr = components, cfg.train
@@ -260,8 +320,16 @@ def _train_loop(components: Components, style: Style, pool: Optional[ClassPool],
                 text_cache[p] = e
         return torch.stack([text_cache[p] for p in prompts])
 
-    losses = []
-    bar = tqdm(range(tr.steps), desc=f"train {style.id}", unit="step", leave=False)
+    losses: list[float] = []
+    start = 0
+    if ckpt_dir is not None:
+        start, losses = _load_checkpoint(ckpt_dir, params, opt, stream, (inst_cycle, class_cycle))
+        if start:
+            log.info("style %s: resuming training from its checkpoint at step %d", style.id, start)
+        for _ in range(start):  # the schedule is a function of the step: replay it
+            sched.step()
+    every = tr.checkpoint_every if ckpt_dir is not None else 0
+    bar = tqdm(range(start, tr.steps), desc=f"train {style.id}", unit="step", leave=False, initial=start, total=tr.steps)
     for step in bar:
         ids = inst_cycle.take(tr.batch_size)
         px, dist = pixels_and_dists(style.images, ids, "i")
@@ -287,6 +355,9 @@ def _train_loop(components: Components, style: Style, pool: Optional[ClassPool],
         losses.append(loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if every and (step + 1) % every == 0 and step + 1 < tr.steps:
+            _save_checkpoint(ckpt_dir, step + 1, params, opt, stream, (inst_cycle, class_cycle), losses)
+            faults.checkpoint(f"train:{style.id}:{step + 1}")
     c.unet.eval()
     c.text_encoder.eval()
     return losses

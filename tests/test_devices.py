@@ -55,7 +55,7 @@ def test_training_and_sampling_on_the_gpu_in_bf16(demo_root, tiny_dir, cache_dir
     from conftest import compose
     from stylexfer.data import discover_styles
     from stylexfer.models import load_components, resolve_model
-    from stylexfer.sample import sample_style
+    from stylexfer.sample import ensure_samples, sample_spec
     from stylexfer.train import adapter_spec, train_style
 
     mc = OmegaConf.create({"path": str(tiny_dir), "revision": None, "variant": None, "local_files_only": True,
@@ -66,5 +66,6 @@ def test_training_and_sampling_on_the_gpu_in_bf16(demo_root, tiny_dir, cache_dir
     cfg = compose(["prior=none", "train.steps=20", "model.device=cuda", "scheduler.steps=5"])
     res = train_style(c, style, None, cfg, adapter_spec(style, cfg, "gpu", None), tmp_path)
     assert len(res.losses) == 20 and all(math.isfinite(x) for x in res.losses)
-    recs = sample_style(c, style, res.dir, cfg, tmp_path)
-    assert len(recs) == 2 and all((tmp_path / r.file).exists() for r in recs)
+    folder, recs, reused = ensure_samples(c, style, res.dir, cfg, sample_spec(style, cfg, res.key, "gpu"), tmp_path)
+    assert not reused and len(recs) == 2
+    assert all((folder / r.file.split("/", 2)[-1]).exists() for r in recs)

@@ -1,0 +1,107 @@
+"""Many styles' LoRA adapters in one model, selected per sample.
+
+:func:`inject` replaces each targeted ``nn.Linear`` with a :class:`MultiLoraLinear` that holds one
+low-rank pair per style, stacked (``A: (S, r, in)``, ``B: (S, out, r)``). Before a forward pass the
+caller sets ``router.index`` to the style slot of every sample in the batch; each sample then goes
+through its own style's adapter with two batched matmuls (a gather of the stacked weights, no Python
+loop over styles). Styles' parameters are disjoint slices, so the gradient of the sum of per-style
+losses with respect to a style's slice is exactly that style's own gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Router:
+    """Which style slot each sample of the current batch uses (shared by every MultiLoraLinear)."""
+
+    index: Optional[torch.Tensor] = None
+
+
+class MultiLoraLinear(nn.Module):
+    def __init__(self, base: nn.Linear, slots: int, rank: int, scale: float, router: Router):
+        super().__init__()
+        self.base = base
+        self.scale = scale
+        self.router = router
+        dev = base.weight.device
+        self.A = nn.Parameter(torch.zeros(slots, rank, base.in_features, device=dev, dtype=torch.float32))
+        self.B = nn.Parameter(torch.zeros(slots, base.out_features, rank, device=dev, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        idx = self.router.index
+        if idx is None:
+            return y
+        if idx.shape[0] != x.shape[0]:  # classifier-free guidance stacks [uncond; cond]
+            idx = idx.repeat(x.shape[0] // idx.shape[0])
+        flat = x.reshape(x.shape[0], -1, x.shape[-1]).to(self.A.dtype)
+        h = torch.bmm(flat, self.A[idx].transpose(1, 2))
+        d = torch.bmm(h, self.B[idx].transpose(1, 2)) * self.scale
+        return y + d.reshape(*x.shape[:-1], -1).to(y.dtype)
+
+
+def _matches(name: str, targets) -> bool:
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def inject(model: nn.Module, targets, slots: int, rank: int, alpha: float, router: Router) -> dict[str, MultiLoraLinear]:
+    """Replace every ``nn.Linear`` whose name ends with a target (``to_q``, ``to_out.0`` ...)."""
+    layers = {}
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and _matches(name, targets):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            layer = MultiLoraLinear(module, slots, rank, alpha / rank, router)
+            setattr(parent, child, layer)
+            layers[name] = layer
+    if not layers:
+        raise ValueError(f"no nn.Linear in {type(model).__name__} matches {list(targets)}")
+    return layers
+
+
+def restore(model: nn.Module, layers: dict[str, MultiLoraLinear]) -> None:
+    """Put the base ``nn.Linear`` modules back."""
+    for name, layer in layers.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, layer.base)
+
+
+@dataclass
+class MultiAdapters:
+    """The injected layers of the UNet and (optionally) the text encoder."""
+
+    router: Router
+    unet: dict = field(default_factory=dict)
+    text_encoder: dict = field(default_factory=dict)
+
+    def groups(self, lr: float, te_lr: float) -> list[dict]:
+        g = [{"params": [p for l in self.unet.values() for p in (l.A, l.B)], "lr": lr, "name": "unet"}]
+        if self.text_encoder:
+            g.append({"params": [p for l in self.text_encoder.values() for p in (l.A, l.B)], "lr": te_lr,
+                      "name": "text_encoder"})
+        return g
+
+    def all_layers(self):
+        return list(self.unet.values()) + list(self.text_encoder.values())
+
+    @torch.no_grad()
+    def clip_per_slot(self, max_norm: float, active: torch.Tensor) -> torch.Tensor:
+        """Clip each style's gradient to ``max_norm`` on its own (as ``clip_grad_norm_`` does per model)."""
+        sq = None
+        for l in self.all_layers():
+            s = l.A.grad.float().pow(2).sum(dim=(1, 2)) + l.B.grad.float().pow(2).sum(dim=(1, 2))
+            sq = s if sq is None else sq + s
+        norm = sq.sqrt()
+        coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0) * active
+        for l in self.all_layers():
+            l.A.grad.mul_(coef[:, None, None].to(l.A.grad.dtype))
+            l.B.grad.mul_(coef[:, None, None].to(l.B.grad.dtype))
+        return norm

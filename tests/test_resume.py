@@ -1,0 +1,105 @@
+"""Fault injection: a real ``python -m stylexfer`` killed (SIGKILL) during class images, training,
+between styles and during sampling resumes, on a re-run of the same command, to the same adapters and
+images as an uninterrupted run; a bad style fails alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from conftest import run_cli
+
+SMALL = ["train.steps=30", "train.checkpoint_every=10", "prior=shared", "prior.num_class_images=6",
+         "prior.batch_size=2", "prior.steps=3", "scheduler.steps=4", "sample.batch_size=1",
+         "data.styles=[00,01]", "data.max_objects=2", "augmentation=crop"]
+
+
+def args_for(tiny_dir: Path, demo_root: Path) -> list[str]:
+    return [f"model.path={tiny_dir}", f"data.root={demo_root}", *SMALL]
+
+
+def run_dirs(cwd: Path) -> list[Path]:
+    return sorted(p for p in cwd.glob("experiments/*/*") if p.is_dir())
+
+
+def result_of(run_dir: Path) -> dict:
+    """Everything a run produced that must match: adapter tensors, losses and image bytes."""
+    out = {}
+    for sid in ("00", "01"):
+        with safe_open(str(run_dir / "adapters" / sid / "pytorch_lora_weights.safetensors"), "pt") as f:
+            out[f"adapter/{sid}"] = {k: f.get_tensor(k) for k in f.keys()}
+        out[f"losses/{sid}"] = json.loads((run_dir / "adapters" / sid / "train.json").read_text())["losses"]
+        for img in sorted((run_dir / "images" / sid).glob("*.png")):
+            out[f"image/{sid}/{img.name}"] = img.read_bytes()
+    return out
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if k.startswith("adapter/"):
+            assert a[k].keys() == b[k].keys()
+            for t in a[k]:
+                assert (a[k][t] == b[k][t]).all(), f"{k} {t}"
+        else:
+            assert a[k] == b[k], k
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_dir, demo_root):
+    cwd = tmp_path_factory.mktemp("reference")
+    res = run_cli(args_for(tiny_dir, demo_root), cwd, env_extra={"STYLEXFER_CACHE": str(cwd / "store")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    (run,) = run_dirs(cwd)
+    return result_of(run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point,expect", [
+    ("class:3", "generating 6 class images with the base model"),
+    ("train:00:20", "style 00: resuming training from its checkpoint at step 20"),
+    ("style:00", "style 00: adapter"),
+    ("sample:01:1", "style 01: adapter"),
+])
+def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_dir, demo_root, reference, point, expect):
+    env = {"STYLEXFER_CACHE": str(tmp_path / "store")}
+    killed = run_cli(args_for(tiny_dir, demo_root), tmp_path, env_extra={**env, "STYLEXFER_KILL_AT": point})
+    assert killed.returncode == -9, killed.stderr[-2000:]  # it really died there
+    (first,) = run_dirs(tmp_path)
+    assert not (first / "summary.json").exists()
+    resumed = run_cli(args_for(tiny_dir, demo_root), tmp_path, env_extra=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert expect in resumed.stderr
+    if point == "class:3":
+        assert "4 already made" in resumed.stderr
+    if point in ("style:00", "sample:01:1"):
+        assert "style 00: adapter" in resumed.stderr and "nothing to train" in resumed.stderr
+        assert "style 00: images" in resumed.stderr  # style 00's images were finished: reused, not redone
+    second = [d for d in run_dirs(tmp_path) if d != first]
+    assert len(second) == 1 and (second[0] / "summary.json").exists()
+    assert_same(result_of(second[0]), reference)
+    assert not list((tmp_path / "store").glob("*/.partial/*"))  # no resume state left behind
+
+
+@pytest.mark.slow
+def test_a_bad_style_fails_alone_and_the_exit_code_says_so(tmp_path, tiny_dir, demo_root):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    broken = root / "01" / "images" / "Dog.png"
+    broken.write_bytes(b"\x89PNG truncated")
+    res = run_cli([f"model.path={tiny_dir}", f"data.root={root}", "train.steps=3", "prior=none", "scheduler.steps=3",
+                   "data.max_objects=1"], tmp_path)
+    assert res.returncode == 1
+    assert f"style 01 skipped: {broken}: cannot read image" in res.stderr
+    assert "error: 1 of 3 style(s) failed (01:" in res.stderr
+    (run,) = run_dirs(tmp_path)
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "partial" and list(s["failed_styles"]) == ["01"]
+    assert set(k for k, v in s["styles"].items() if "scores" in v) == {"00", "02"}
+    assert Image.open(run / "images" / "02" / "aquarium.png").size == (64, 64)
