@@ -132,6 +132,9 @@ class TrainConfig:
     mixed_precision: Precision = Precision.no
     seed: int = 0
     checkpoint_every: int = 100  # steps between resumable training checkpoints; 0 = none
+    # styles trained together in one batched pass (each sample through its own style's LoRA);
+    # 0 = as many as fit (all; halved on a CUDA out-of-memory), 1 = one style at a time
+    styles_per_batch: int = 0
 
 
 @dataclass
@@ -220,6 +223,7 @@ def validate(cfg: DictConfig) -> None:
     _check(tr.batch_size >= 1, "train.batch_size", tr.batch_size, "must be >= 1")
     _check(tr.lr_warmup_steps >= 0, "train.lr_warmup_steps", tr.lr_warmup_steps, "must be >= 0")
     _check(tr.checkpoint_every >= 0, "train.checkpoint_every", tr.checkpoint_every, "must be >= 0 (0 = none)")
+    _check(tr.styles_per_batch >= 0, "train.styles_per_batch", tr.styles_per_batch, "must be >= 0 (0 = auto)")
     _check(tr.max_grad_norm > 0, "train.max_grad_norm", tr.max_grad_norm, "must be > 0")
     _check(pr.weight >= 0, "prior.weight", pr.weight, "must be >= 0")
     _check(pr.mode == PriorMode.none or pr.num_class_images >= 1, "prior.num_class_images", pr.num_class_images, "must be >= 1")

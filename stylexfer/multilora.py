@@ -19,9 +19,16 @@ from torch import nn
 
 @dataclass
 class Router:
-    """Which style slot each sample of the current batch uses (shared by every MultiLoraLinear)."""
+    """Which style slot each sample of the current batch uses (shared by every MultiLoraLinear).
+
+    ``index``: the slot of every sample (any order). ``groups``: when the batch is made of equal,
+    contiguous runs of samples per style (the training batch), the slot of each run: then each layer
+    does one grouped matmul over ``(styles, samples × tokens, features)`` with no gather of weights.
+    """
 
     index: Optional[torch.Tensor] = None
+    groups: Optional[torch.Tensor] = None
+    all_slots: bool = False  # groups == every slot in order: use the stacked weights as they are
 
 
 class MultiLoraLinear(nn.Module):
@@ -36,14 +43,22 @@ class MultiLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        idx = self.router.index
-        if idx is None:
+        r = self.router
+        if r.groups is not None:  # contiguous equal runs per style: (styles, run × tokens, features)
+            A = self.A if r.all_slots else self.A[r.groups]
+            B = self.B if r.all_slots else self.B[r.groups]
+            flat = x.reshape(A.shape[0], -1, x.shape[-1])
+        elif r.index is not None:
+            idx = r.index
+            if idx.shape[0] != x.shape[0]:  # classifier-free guidance stacks [uncond; cond]
+                idx = idx.repeat(x.shape[0] // idx.shape[0])
+            A, B = self.A[idx], self.B[idx]
+            flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        else:
             return y
-        if idx.shape[0] != x.shape[0]:  # classifier-free guidance stacks [uncond; cond]
-            idx = idx.repeat(x.shape[0] // idx.shape[0])
-        flat = x.reshape(x.shape[0], -1, x.shape[-1]).to(self.A.dtype)
-        h = torch.bmm(flat, self.A[idx].transpose(1, 2))
-        d = torch.bmm(h, self.B[idx].transpose(1, 2)) * self.scale
+        dt = torch.get_autocast_dtype("cuda") if (x.is_cuda and torch.is_autocast_enabled("cuda")) else self.A.dtype
+        h = torch.bmm(flat.to(dt), A.transpose(1, 2).to(dt))
+        d = torch.bmm(h, B.transpose(1, 2).to(dt)) * self.scale
         return y + d.reshape(*x.shape[:-1], -1).to(y.dtype)
 
 

@@ -6,6 +6,7 @@ any stage writes a file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,9 +25,12 @@ from .prior import ensure_pool, pool_key, pool_objects, pool_spec
 from .report import image_grid, write_reports
 from .score import score_style
 from . import faults
-from .errors import PartialFailure, StylexferError
-from .store import atomic_write_json, link_or_copy_tree, stable_hash
+from .errors import PartialFailure, StylexferError, TrainingDiverged
+from .store import atomic_write_json, file_lock, link_or_copy_tree, stable_hash
 from .sample import ensure_samples, sample_spec
+import torch
+
+from .batched import train_group
 from .train import adapter_spec, adapter_stored, train_style
 
 log = logging.getLogger(__name__)
@@ -91,10 +95,13 @@ def run(cfg: DictConfig) -> dict:
     for sid, why in data_errors.items():
         summary["styles"][sid] = {"error": why}
         summary["failed_styles"][sid] = why
+    batch_trained, batch_failed = train_in_batches(components, styles, cfg, cache)
     for style in styles:
         st = summary["styles"][style.id] = {"objects": style.objects}
         try:
-            grid_rows.append(_run_style(components, styles, style, cfg, cache, run_dir, st))
+            if style.id in batch_failed:
+                raise TrainingDiverged(batch_failed[style.id])
+            grid_rows.append(_run_style(components, styles, style, cfg, cache, run_dir, st, batch_trained))
         except Exception as e:  # noqa: BLE001 - one style's failure must not cost the others
             line = str(e).splitlines()[0] if str(e) else type(e).__name__
             if not isinstance(e, StylexferError):
@@ -122,18 +129,73 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
-def _run_style(components, styles, style, cfg, cache: Path, run_dir: Path, st: dict):
+def _style_specs(components, styles, style, cfg):
+    """(class-pool spec or None, adapter spec) of a style."""
+    resolved = components.model
+    prior_on = value(cfg.prior.mode) != PriorMode.none.value
+    spec_pool = (pool_spec(pool_objects(styles, style, cfg.prior.mode), cfg.prior, resolved.identity, cfg.model.resolution)
+                 if prior_on else None)
+    return spec_pool, adapter_spec(style, cfg, resolved.identity, pool_key(spec_pool) if spec_pool else None)
+
+
+def train_in_batches(components, styles, cfg, cache: Path) -> tuple[dict, dict]:
+    """Train every style whose adapter is not stored yet in batched passes of ``train.styles_per_batch``
+    styles (0 = as many as fit: all, halving on a CUDA out-of-memory). Returns ({id: (seconds, losses)}
+    of the styles trained, {id: error} of those that diverged). One style, or ``styles_per_batch=1``,
+    leaves everything to the one-style path."""
+    per_batch = cfg.train.styles_per_batch
+    todo = []
+    for style in styles:
+        spec_pool, spec = _style_specs(components, styles, style, cfg)
+        if not adapter_stored(spec, cache):
+            todo.append((style, spec_pool, spec))
+    if per_batch == 1 or len(todo) < 2:
+        return {}, {}
+    pools: dict = {}
+    for _, spec_pool, _ in todo:
+        if spec_pool is not None and pool_key(spec_pool) not in pools:
+            pools[pool_key(spec_pool)] = ensure_pool(components, spec_pool, cfg.prior, cache)
+    size = len(todo) if per_batch == 0 else per_batch
+    trained, failed = {}, {}
+    while todo:
+        group, rest = todo[:size], todo[size:]
+        keys = sorted(stable_hash(g[2]) for g in group)
+        try:
+            with contextlib.ExitStack() as locks:  # another job training the same styles: wait, then reuse
+                for k in keys:
+                    locks.enter_context(file_lock(cache / "adapters" / f".{k}.lock"))
+                group = [g for g in group if not adapter_stored(g[2], cache)]
+                if len(group) >= 2:
+                    t, f = train_group(components, [g[0] for g in group],
+                                       [pools[pool_key(g[1])] if g[1] is not None else None for g in group],
+                                       cfg, [g[2] for g in group], cache)
+                    trained.update(t)
+                    failed.update(f)
+        except torch.cuda.OutOfMemoryError:
+            if size == 1 or per_batch != 0:
+                raise
+            size = max(1, size // 2)
+            torch.cuda.empty_cache()
+            log.warning("out of GPU memory with %d styles per batch: trying %d", len(group), size)
+            continue
+        todo = rest
+    return trained, failed
+
+
+def _run_style(components, styles, style, cfg, cache: Path, run_dir: Path, st: dict, batch_trained: dict):
     """Train (or reuse) → sample (or reuse) → score one style; fills ``st``; returns its grid row."""
     resolved = components.model
-    res = cfg.model.resolution
-    prior_on = value(cfg.prior.mode) != PriorMode.none.value
-    spec_pool = pool_spec(pool_objects(styles, style, cfg.prior.mode), cfg.prior, resolved.identity, res) if prior_on else None
+    spec_pool, spec = _style_specs(components, styles, style, cfg)
     pkey = pool_key(spec_pool) if spec_pool else None
-    spec = adapter_spec(style, cfg, resolved.identity, pkey)
     # class images are only needed (and generated) when the adapter is not in the store yet
-    pool = ensure_pool(components, spec_pool, cfg.prior, cache) if prior_on and not adapter_stored(spec, cache) else None
+    pool = ensure_pool(components, spec_pool, cfg.prior, cache) if spec_pool and not adapter_stored(spec, cache) else None
     result = train_style(components, style, pool, cfg, spec, cache)
-    if result.reused:
+    if style.id in batch_trained:  # trained by this run, together with other styles
+        result.reused = False
+        result.seconds, result.losses = batch_trained[style.id]
+        log.info("style %s: trained adapter %s in a batched pass (loss %.4f → %.4f)", style.id, result.key,
+                 float(np.mean(result.losses[:20])), float(np.mean(result.losses[-20:])))
+    elif result.reused:
         log.info("style %s: adapter %s found in the store: reusing it, nothing to train", style.id, result.key)
     else:
         log.info("style %s: trained adapter %s in %.1fs (loss %.4f → %.4f)", style.id, result.key, result.seconds,

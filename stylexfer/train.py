@@ -70,8 +70,9 @@ def adapter_spec(style: Style, cfg, model_identity: str, pool_key: Optional[str]
         "lora": OmegaConf.to_container(cfg.lora, resolve=True, enum_to_str=True),
         "prior": prior,
         "augmentation": {k: v for k, v in OmegaConf.to_container(cfg.augmentation, resolve=True).items() if k != "name"},
+        # how often we checkpoint and how many styles share a batch do not change the result
         "train": {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True, enum_to_str=True).items()
-                  if k != "checkpoint_every"},  # how often we checkpoint does not change the result
+                  if k not in ("checkpoint_every", "styles_per_batch")},
         "dtype": str(cfg.model.dtype),
     }
 
@@ -133,14 +134,19 @@ def add_adapters(components: Components, cfg, seed: int) -> list[dict]:
 
 
 def remove_adapters(components: Components) -> None:
-    """Take the LoRA layers out again, leaving the base model as loaded."""
+    """Take the LoRA layers out again, leaving the base model exactly as loaded (plain modules)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     for model in (components.unet, components.text_encoder):
-        if "default" not in (getattr(model, "peft_config", None) or {}):
-            continue
-        if hasattr(model, "delete_adapters"):
-            model.delete_adapters("default")
-        else:
-            model.delete_adapter("default")
+        if "default" in (getattr(model, "peft_config", None) or {}):
+            if hasattr(model, "delete_adapters"):
+                model.delete_adapters("default")
+            else:
+                model.delete_adapter("default")
+        for name, module in list(model.named_modules()):
+            if isinstance(module, BaseTunerLayer):  # an emptied wrapper: put the wrapped layer back
+                parent_name, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
         model.requires_grad_(False)
 
 
@@ -163,9 +169,9 @@ def save_adapter(components: Components, folder: Path) -> None:
         text_encoder_lora_adapter_metadata=te_meta, safe_serialization=True)
 
 
-def denoising_loss(components: Components, pixels: torch.Tensor, cond: torch.Tensor, gen: torch.Generator,
-                   precision: Precision = Precision.no, latent_dist=None) -> torch.Tensor:
-    """Per-sample MSE of the model's noise/velocity prediction (the training objective)."""
+def noisy_inputs(components: Components, pixels: Optional[torch.Tensor], gen: torch.Generator, latent_dist=None):
+    """VAE latents (sampled with ``gen``), noise and a timestep per sample from ``gen``: the noisy
+    latents, the timesteps and the target (noise or velocity, as the base model's scheduler says)."""
     c = components
     with torch.no_grad():
         if latent_dist is None:
@@ -182,6 +188,14 @@ def denoising_loss(components: Components, pixels: torch.Tensor, cond: torch.Ten
             target = c.noise_scheduler.get_velocity(latents, noise, t)
         else:
             raise ValueError(f"unsupported prediction_type {pt!r} in the model's scheduler config")
+    return noisy, t, target
+
+
+def denoising_loss(components: Components, pixels: Optional[torch.Tensor], cond: torch.Tensor, gen: torch.Generator,
+                   precision: Precision = Precision.no, latent_dist=None) -> torch.Tensor:
+    """Per-sample MSE of the model's noise/velocity prediction (the training objective)."""
+    c = components
+    noisy, t, target = noisy_inputs(c, pixels, gen, latent_dist)
     with _autocast(c, precision):
         pred = c.unet(noisy.to(c.dtype), t, cond.to(c.dtype)).sample
     return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
@@ -224,7 +238,7 @@ def train_style(components: Components, style: Style, pool: Optional[ClassPool],
 # weights, the optimizer state and the torch RNG state as safetensors, and the step, the numpy RNG
 # state, the data order and the losses so far as JSON: resuming from it continues bit for bit.
 
-def _save_checkpoint(folder: Path, step: int, params, opt, stream: "_Stream", cycles, losses) -> None:
+def _save_checkpoint(folder: Path, step: int, params, opt, streams: list["_Stream"], cycles, losses) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(params)}
@@ -232,8 +246,9 @@ def _save_checkpoint(folder: Path, step: int, params, opt, stream: "_Stream", cy
     for idx, st in osd["state"].items():
         for k, v in st.items():
             tensors[f"opt.{idx}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
-    tensors["rng.torch"] = stream.torch.get_state()
-    meta = {"step": step, "param_groups": osd["param_groups"], "np_state": stream.np.bit_generator.state,
+    for k, st in enumerate(streams):
+        tensors[f"rng.torch.{k}"] = st.torch.get_state()
+    meta = {"step": step, "param_groups": osd["param_groups"], "np_state": [st.np.bit_generator.state for st in streams],
             "orders": [None if c is None else c.order for c in cycles], "losses": losses}
     tmp = folder / f".step-{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -245,12 +260,12 @@ def _save_checkpoint(folder: Path, step: int, params, opt, stream: "_Stream", cy
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(folder: Path, params, opt, stream: "_Stream", cycles) -> tuple[int, list]:
+def _load_checkpoint(folder: Path, params, opt, streams: list["_Stream"], cycles):
     from safetensors.torch import load_file
 
     done = sorted(folder.glob("step-*")) if folder.is_dir() else []
     if not done:
-        return 0, []
+        return 0, None
     latest = done[-1]
     tensors = load_file(str(latest / "state.safetensors"))
     meta = json.loads((latest / "state.json").read_text())
@@ -263,12 +278,82 @@ def _load_checkpoint(folder: Path, params, opt, stream: "_Stream", cycles) -> tu
             _, idx, name = k.split(".", 2)
             state.setdefault(int(idx), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    stream.torch.set_state(tensors["rng.torch"])
-    stream.np.bit_generator.state = meta["np_state"]
+    for k, st in enumerate(streams):
+        st.torch.set_state(tensors[f"rng.torch.{k}"])
+        st.np.bit_generator.state = meta["np_state"][k]
     for c, order in zip(cycles, meta["orders"]):
         if c is not None:
             c.order = list(order)
-    return int(meta["step"]), list(meta["losses"])
+    return int(meta["step"]), meta["losses"]
+
+
+class TextCache:
+    """Prompt embeddings: computed once per prompt while the text encoder is frozen, every step otherwise."""
+
+    def __init__(self, c: Components, trainable: bool):
+        self.c, self.trainable, self.cache = c, trainable, {}
+
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        if self.trainable:
+            return encode_prompts(self.c, prompts, grad=True)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
+        if missing:
+            for p, e in zip(missing, encode_prompts(self.c, missing)):
+                self.cache[p] = e
+        return torch.stack([self.cache[p] for p in prompts])
+
+
+class Feed:
+    """One style's training data: its random streams, image order, augmentation and latent cache.
+
+    ``next()`` gives a step's ``train.batch_size`` instance samples followed by as many class samples
+    (under prior preservation): pixels (or cached VAE posteriors when augmentation is deterministic)
+    and prompts. The batched path and the one-style path draw through the same Feed, in the same order.
+    """
+
+    def __init__(self, c: Components, style: Style, pool: Optional[ClassPool], cfg):
+        self.c, self.style, self.pool, self.cfg = c, style, pool, cfg
+        self.stream = _Stream(cfg.train.seed, style.id)
+        self.prompts = [cfg.data.instance_prompt.format(object=o, style=style.id) for o in style.image_objects]
+        self.inst = _Cycler(len(style.images), self.stream.np)
+        self.cls = _Cycler(len(pool.images), self.stream.np) if pool is not None else None
+        self.cacheable = can_cache_latents(cfg.augmentation)
+        self.latents: dict = {}
+
+    def cycles(self):
+        return (self.inst, self.cls)
+
+    def _pixels(self, images, ids, tag):
+        res, aug, rng = self.cfg.model.resolution, self.cfg.augmentation, self.stream.np
+        if not self.cacheable:
+            return torch.stack([to_tensor(augment(images[i], res, aug, rng)) for i in ids]), None
+        missing = [i for i in ids if (tag, i) not in self.latents]
+        if missing:
+            px = torch.stack([to_tensor(augment(images[i], res, aug, rng)) for i in missing])
+            with torch.no_grad():
+                d = self.c.vae.encode(px.to(self.c.device, dtype=self.c.vae_dtype)).latent_dist
+            for j, i in enumerate(missing):
+                self.latents[(tag, i)] = (d.mean[j:j + 1], d.std[j:j + 1])
+        return None, _Dist(torch.cat([self.latents[(tag, i)][0] for i in ids]),
+                           torch.cat([self.latents[(tag, i)][1] for i in ids]))
+
+    def next(self):
+        b = self.cfg.train.batch_size
+        ids = self.inst.take(b)
+        px, dist = self._pixels(self.style.images, ids, "i")
+        prompts = [self.prompts[i] for i in ids]
+        if self.cls is not None:
+            cids = self.cls.take(b)
+            cpx, cdist = self._pixels(self.pool.images, cids, "c")
+            px = None if px is None else torch.cat([px, cpx])
+            dist = None if dist is None else _Dist(torch.cat([dist.mean, cdist.mean]), torch.cat([dist.std, cdist.std]))
+            prompts = prompts + [self.pool.prompts[i] for i in cids]
+        return px, dist, prompts
+
+
+def make_optimizer(c: Components, groups: list[dict], tr):
+    return torch.optim.AdamW(groups, betas=(tr.adam_beta1, tr.adam_beta2), weight_decay=tr.adam_weight_decay,
+                             eps=tr.adam_epsilon, **({"fused": True} if c.device.type == "cuda" else {}))
 
 
 def _train_loop(components: Components, style: Style, pool: Optional[ClassPool], cfg,
@@ -276,72 +361,33 @@ def _train_loop(components: Components, style: Style, pool: Optional[ClassPool],
     from diffusers.optimization import get_scheduler
 
     c, tr = components, cfg.train
-    res = cfg.model.resolution
     use_prior = pool is not None and value(cfg.prior.mode) != PriorMode.none.value
     precision = Precision(value(tr.mixed_precision))
-    stream = _Stream(tr.seed, style.id)
-    groups = add_adapters(c, cfg, stream.lora_seed)
+    feed = Feed(c, style, pool if use_prior else None, cfg)
+    groups = add_adapters(c, cfg, feed.stream.lora_seed)
     params = [p for g in groups for p in g["params"]]
     train_te = len(groups) > 1
+    text = TextCache(c, train_te)
     c.unet.train()
     c.text_encoder.train(train_te)
-    opt = torch.optim.AdamW(groups, betas=(tr.adam_beta1, tr.adam_beta2), weight_decay=tr.adam_weight_decay,
-                            eps=tr.adam_epsilon, **({"fused": True} if c.device.type == "cuda" else {}))
+    opt = make_optimizer(c, groups, tr)
     sched = get_scheduler(value(tr.lr_scheduler), opt, num_warmup_steps=tr.lr_warmup_steps, num_training_steps=tr.steps)
-
-    instance_prompts = [cfg.data.instance_prompt.format(object=o, style=style.id) for o in style.image_objects]
-    inst_cycle = _Cycler(len(style.images), stream.np)
-    class_cycle = _Cycler(len(pool.images), stream.np) if use_prior else None
-    cacheable = can_cache_latents(cfg.augmentation)
-    latent_cache: dict = {}
-    text_cache: dict = {}
-
-    def pixels_and_dists(images, ids, tag):
-        if not cacheable:
-            px = torch.stack([to_tensor(augment(images[i], res, cfg.augmentation, stream.np)) for i in ids])
-            return px, None
-        missing = [i for i in ids if (tag, i) not in latent_cache]
-        if missing:
-            px = torch.stack([to_tensor(augment(images[i], res, cfg.augmentation, stream.np)) for i in missing])
-            with torch.no_grad():
-                d = c.vae.encode(px.to(c.device, dtype=c.vae_dtype)).latent_dist
-            for j, i in enumerate(missing):
-                latent_cache[(tag, i)] = (d.mean[j:j + 1], d.std[j:j + 1])
-        mean = torch.cat([latent_cache[(tag, i)][0] for i in ids])
-        std = torch.cat([latent_cache[(tag, i)][1] for i in ids])
-        return None, _Dist(mean, std)
-
-    def text(prompts):
-        if train_te:
-            return encode_prompts(c, prompts, grad=True)
-        missing = [p for p in dict.fromkeys(prompts) if p not in text_cache]
-        if missing:
-            for p, e in zip(missing, encode_prompts(c, missing)):
-                text_cache[p] = e
-        return torch.stack([text_cache[p] for p in prompts])
 
     losses: list[float] = []
     start = 0
     if ckpt_dir is not None:
-        start, losses = _load_checkpoint(ckpt_dir, params, opt, stream, (inst_cycle, class_cycle))
+        start, saved = _load_checkpoint(ckpt_dir, params, opt, [feed.stream], list(feed.cycles()))
         if start:
+            losses = saved
             log.info("style %s: resuming training from its checkpoint at step %d", style.id, start)
         for _ in range(start):  # the schedule is a function of the step: replay it
             sched.step()
     every = tr.checkpoint_every if ckpt_dir is not None else 0
+    b = tr.batch_size
     bar = tqdm(range(start, tr.steps), desc=f"train {style.id}", unit="step", leave=False, initial=start, total=tr.steps)
     for step in bar:
-        ids = inst_cycle.take(tr.batch_size)
-        px, dist = pixels_and_dists(style.images, ids, "i")
-        prompts = [instance_prompts[i] for i in ids]
-        if use_prior:
-            cids = class_cycle.take(tr.batch_size)
-            cpx, cdist = pixels_and_dists(pool.images, cids, "c")
-            px = None if px is None else torch.cat([px, cpx])
-            dist = None if dist is None else _Dist(torch.cat([dist.mean, cdist.mean]), torch.cat([dist.std, cdist.std]))
-            prompts = prompts + [pool.prompts[i] for i in cids]
-        per_sample = denoising_loss(c, px, text(prompts), stream.torch, precision, latent_dist=dist)
-        b = tr.batch_size
+        px, dist, prompts = feed.next()
+        per_sample = denoising_loss(c, px, text(prompts), feed.stream.torch, precision, latent_dist=dist)
         loss = per_sample[:b].mean()
         if use_prior:
             loss = loss + cfg.prior.weight * per_sample[b:].mean()
@@ -356,7 +402,7 @@ def _train_loop(components: Components, style: Style, pool: Optional[ClassPool],
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if every and (step + 1) % every == 0 and step + 1 < tr.steps:
-            _save_checkpoint(ckpt_dir, step + 1, params, opt, stream, (inst_cycle, class_cycle), losses)
+            _save_checkpoint(ckpt_dir, step + 1, params, opt, [feed.stream], list(feed.cycles()), losses)
             faults.checkpoint(f"train:{style.id}:{step + 1}")
     c.unet.eval()
     c.text_encoder.eval()

@@ -1,0 +1,245 @@
+"""All styles in one training pass: one UNet carries every style's LoRA (stylexfer.multilora); each
+step's batch holds every style's instance (and class) samples, each going through its own adapter.
+
+It is the recipe of :mod:`stylexfer.train` exactly, style by style: the same per-style random streams
+(image order, crops, VAE sampling, noise, timesteps) drawn in the same order, the same LoRA
+initialisation, the per-style mean losses (the batch loss is their sum, and styles' parameters are
+disjoint, so each style gets its own gradient), per-style gradient clipping, and one LR schedule (all
+styles are at the same step). A style's adapter therefore does not depend on which styles shared its
+batches; ``tests/test_batched.py`` checks it against the one-style-at-a-time path. A style whose loss
+turns NaN/inf stops at once (its slot is masked) while the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import faults
+from .config import Precision, PriorMode, value
+from .data import Style
+from .errors import TrainingDiverged
+from .models import Components, encode_prompts
+from .multilora import MultiAdapters, Router, inject, restore
+from .prior import ClassPool
+from .store import atomic_write_json, stable_hash
+from .train import (Feed, TextCache, _autocast, _load_checkpoint, _save_checkpoint, add_adapters, make_optimizer,
+                    noisy_inputs, remove_adapters, save_adapter)
+
+log = logging.getLogger(__name__)
+
+
+def _peft_lora_weights(model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module name: (lora_A weight (r, in), lora_B weight (out, r))} of the model's peft adapter."""
+    out = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            out[name] = (module.lora_A["default"].weight.detach().clone(), module.lora_B["default"].weight.detach().clone())
+    return out
+
+
+def _inject_all(c: Components, cfg, feeds: list[Feed]) -> MultiAdapters:
+    """Multi-style LoRA layers whose slot ``s`` starts exactly as style ``s``'s peft adapter would."""
+    lo = cfg.lora
+    inits = []
+    for f in feeds:
+        add_adapters(c, cfg, f.stream.lora_seed)
+        inits.append((_peft_lora_weights(c.unet), _peft_lora_weights(c.text_encoder)))
+        remove_adapters(c)
+    ad = MultiAdapters(router=Router())
+    n = len(feeds)
+    ad.unet = inject(c.unet, lo.unet_target_modules, n, lo.unet_rank, lo.unet_alpha or lo.unet_rank, ad.router)
+    if lo.text_encoder_rank > 0:
+        ad.text_encoder = inject(c.text_encoder, lo.text_encoder_target_modules, n, lo.text_encoder_rank,
+                                 lo.text_encoder_alpha or lo.text_encoder_rank, ad.router)
+    with torch.no_grad():
+        for s, (u, t) in enumerate(inits):
+            for layers, weights in ((ad.unet, u), (ad.text_encoder, t)):
+                for name, layer in layers.items():
+                    a, b = weights[name]
+                    layer.A[s].copy_(a.float())
+                    layer.B[s].copy_(b.float())
+    return ad
+
+
+def _export(c: Components, cfg, ad: MultiAdapters, slot: int, folder: Path) -> None:
+    """Write slot ``slot`` as a stock diffusers LoRA file (through peft, like the sequential path)."""
+    add_adapters(c, cfg, 0)
+    try:
+        with torch.no_grad():
+            for model, layers in ((c.unet, ad.unet), (c.text_encoder, ad.text_encoder)):
+                for name, layer in layers.items():
+                    m = model.get_submodule(name)
+                    m.lora_A["default"].weight.copy_(layer.A[slot])
+                    m.lora_B["default"].weight.copy_(layer.B[slot])
+        save_adapter(c, folder)
+    finally:
+        remove_adapters(c)
+
+
+def _encode_together(c: Components, pixels: list, dists: list) -> list:
+    """VAE posteriors for every style's step in one VAE call (styles whose latents are cached skip it)."""
+    need = [i for i, d in enumerate(dists) if d is None]
+    if not need:
+        return dists
+    with torch.no_grad():
+        batch = torch.cat([pixels[i] for i in need]).to(c.device, dtype=c.vae_dtype)
+        post = c.vae.encode(batch).latent_dist
+    out, at = list(dists), 0
+    for i in need:
+        n = pixels[i].shape[0]
+        out[i] = _Posterior(post.mean[at:at + n], post.std[at:at + n])
+        at += n
+    return out
+
+
+@dataclass
+class _Posterior:
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+def train_together(c: Components, styles: list[Style], pools: list[Optional[ClassPool]], cfg,
+                   ckpt_dir: Optional[Path], export_dirs: list[Path]) -> tuple[dict, dict, float]:
+    """Train every style in one pass; write each finished style's adapter to its ``export_dirs`` entry.
+    Returns ({style id: losses}, {style id: error line of a style that diverged}, seconds)."""
+    from diffusers.optimization import get_scheduler
+
+    t0 = time.time()
+    tr = cfg.train
+    use_prior = value(cfg.prior.mode) != PriorMode.none.value and all(p is not None for p in pools)
+    precision = Precision(value(tr.mixed_precision))
+    feeds = [Feed(c, s, p if use_prior else None, cfg) for s, p in zip(styles, pools)]
+    ad = _inject_all(c, cfg, feeds)
+    groups = ad.groups(tr.lr, tr.lr * cfg.lora.text_encoder_lr_scale)
+    params = [p for g in groups for p in g["params"]]
+    train_te = bool(ad.text_encoder)
+    text = TextCache(c, train_te)
+    opt = make_optimizer(c, groups, tr)
+    sched = get_scheduler(value(tr.lr_scheduler), opt, num_warmup_steps=tr.lr_warmup_steps, num_training_steps=tr.steps)
+    n = len(feeds)
+    active = torch.ones(n, device=c.device)
+    failed: dict[str, str] = {}
+    losses: dict[str, list] = {s.id: [] for s in styles}
+    ids = [s.id for s in styles]
+    start = 0
+    try:
+        if ckpt_dir is not None:
+            start, saved = _load_checkpoint(ckpt_dir, params, opt, [f.stream for f in feeds],
+                                            [cy for f in feeds for cy in f.cycles()])
+            if start:
+                losses, failed = saved["losses"], saved["failed"]
+                for s, sid in enumerate(ids):
+                    if sid in failed:
+                        active[s] = 0
+                log.info("styles %s: resuming training from their checkpoint at step %d", ", ".join(ids), start)
+            for _ in range(start):
+                sched.step()
+        c.unet.train()
+        c.text_encoder.train(train_te)
+        b = tr.batch_size
+        every = tr.checkpoint_every if ckpt_dir is not None else 0
+        bar = tqdm(range(start, tr.steps), desc=f"train {len(ids)} styles", unit="step", leave=False,
+                   initial=start, total=tr.steps)
+        for step in bar:
+            live = [s for s in range(n) if active[s] > 0]
+            if not live:
+                break
+            noisy, ts, targets, prompts = [], [], [], []
+            drawn = [feeds[s].next() for s in live]
+            dists = _encode_together(c, [d[0] for d in drawn], [d[1] for d in drawn])
+            for s, (_, _, pr), dist in zip(live, drawn, dists):
+                x, t, y = noisy_inputs(c, None, feeds[s].stream.torch, dist)
+                noisy.append(x)
+                ts.append(t)
+                targets.append(y)
+                prompts += pr
+            ad.router.groups = torch.tensor(live, device=c.device)
+            ad.router.all_slots = len(live) == n
+            cond = text(prompts)
+            with _autocast(c, precision):
+                pred = c.unet(torch.cat(noisy).to(c.dtype), torch.cat(ts), cond.to(c.dtype)).sample
+            per_sample = F.mse_loss(pred.float(), torch.cat(targets).float(), reduction="none").mean(dim=(1, 2, 3))
+            per_style = per_sample.view(len(live), -1)
+            style_loss = per_style[:, :b].mean(dim=1)
+            if use_prior:
+                style_loss = style_loss + cfg.prior.weight * per_style[:, b:].mean(dim=1)
+            finite = torch.isfinite(style_loss)
+            values = style_loss.detach().cpu().tolist()
+            for k, s in enumerate(live):
+                if not finite[k]:
+                    failed[ids[s]] = f"style {ids[s]}: loss is {values[k]} at step {step + 1}"
+                    active[s] = 0
+                    log.error(failed[ids[s]])
+                else:
+                    losses[ids[s]].append(values[k])
+            total = torch.where(finite, style_loss, torch.zeros_like(style_loss)).sum()
+            total.backward()
+            ad.clip_per_slot(tr.max_grad_norm, active)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=False)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean(values):.4f}")
+            if every and (step + 1) % every == 0 and step + 1 < tr.steps:
+                _save_checkpoint(ckpt_dir, step + 1, params, opt, [f.stream for f in feeds],
+                                 [cy for f in feeds for cy in f.cycles()], {"losses": losses, "failed": failed})
+                for sid in ids:
+                    faults.checkpoint(f"train:{sid}:{step + 1}")
+        ad.router.groups = None
+        c.unet.eval()
+        c.text_encoder.eval()
+        restore(c.unet, ad.unet)
+        restore(c.text_encoder, ad.text_encoder)
+        for s, sid in enumerate(ids):
+            if sid not in failed:
+                _export(c, cfg, ad, s, export_dirs[s])
+    finally:
+        ad.router.index = ad.router.groups = None
+        restore(c.unet, ad.unet)
+        restore(c.text_encoder, ad.text_encoder)
+        for p in params:
+            p.grad = None
+    return losses, failed, time.time() - t0
+
+
+def train_group(c: Components, styles: list[Style], pools: list[Optional[ClassPool]], cfg, specs: list[dict],
+                cache_dir: Path) -> tuple[dict, dict]:
+    """Train ``styles`` together and publish each adapter in the stage store under its own key (the same
+    key and files as the one-style path). Returns ({id: (seconds, losses)}, {id: error})."""
+    root = Path(cache_dir) / "adapters"
+    keys = [stable_hash(sp) for sp in specs]
+    ckpt = root / ".partial" / f"group-{stable_hash(keys)}"
+    tmps = [root / f".{k}.tmp-{uuid.uuid4().hex[:8]}" for k in keys]
+    for t in tmps:
+        t.mkdir(parents=True)
+    trained = {}
+    try:
+        losses, failed, seconds = train_together(c, styles, pools, cfg, ckpt, tmps)
+        share = seconds / len(styles)
+        for style, spec, key, tmp in zip(styles, specs, keys, tmps):
+            if style.id in failed:
+                continue
+            atomic_write_json(tmp / "train.json", {"style": style.id, "spec": spec, "seconds": round(share, 2),
+                                                   "losses": [round(x, 6) for x in losses[style.id]],
+                                                   "batched_with": [s.id for s in styles]})
+            final = root / key
+            if not final.exists():
+                os.rename(tmp, final)
+            trained[style.id] = (share, losses[style.id])
+    finally:
+        for t in tmps:
+            shutil.rmtree(t, ignore_errors=True)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return trained, failed

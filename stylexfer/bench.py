@@ -1,0 +1,271 @@
+"""Speed benchmark on an SD 2.1-shaped model with RANDOM weights (no download): the reference workload
+(14 styles × 10 images at 512 px, 800 steps/style with prior preservation, 25 images/style at
+strength 0.9 and 40 steps) through (a) the naive per-style loop and (b) the stylexfer path.
+
+    python -m stylexfer.bench --arch ../shared/reference/sd21_architecture.json [--part naive|stylexfer|both]
+
+(a) is timed over ``--naive-steps`` training steps and ``--naive-images`` sampled images and
+extrapolated to the workload (VAE + text encoder every step, batch 2, peft LoRA, one image per
+pipeline call). (b) runs the whole workload: all styles in batched training passes, latents and text
+embeddings cached, bf16 frozen weights, SDPA attention, fused AdamW, then batched sampling.
+Random weights: the numbers are speed, never quality. Prints a table and writes ``bench.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from .store import atomic_write_json
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def build_components(arch_path: Path, device: str, dtype: torch.dtype):
+    """SD 2.1-shaped UNet, VAE, text encoder from the published configs, random weights, in memory."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .embedded import build_tokenizer
+    from .models import Components, ResolvedModel
+
+    arch = json.loads(arch_path.read_text())
+    strip = lambda d: {k: v for k, v in d.items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**{**strip(arch["unet"]), "sample_size": 64})
+        vae = AutoencoderKL(**strip(arch["vae"]))
+        te_cfg = {k: v for k, v in strip(arch["text_encoder"]).items() if k != "architectures"}
+        text_encoder = CLIPTextModel(CLIPTextConfig(**te_cfg))
+    tok_dir = Path(tempfile.mkdtemp()) / "tokenizer"
+    tokenizer = build_tokenizer(tok_dir)
+    sched = DDPMScheduler.from_config(strip(arch["scheduler"]))
+    for m in (unet, vae, text_encoder):
+        m.requires_grad_(False).eval().to(device=device, dtype=dtype)
+    if device == "cuda":  # as load_components does
+        unet.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+    resolved = ResolvedModel(folder=tok_dir.parent, source="SD 2.1-shaped, random weights", identity="bench-random",
+                             random_weights=True, prediction_type=sched.config.prediction_type)
+    return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, noise_scheduler=sched,
+                      scheduler_config=dict(strip(arch["scheduler"])), device=torch.device(device), dtype=dtype,
+                      vae_dtype=vae.dtype, model=resolved)
+
+
+def make_dataset(root: Path, styles: int, images: int, prompts: int, size: int) -> Path:
+    rng = np.random.default_rng(0)
+    for s in range(styles):
+        d = root / f"{s:02d}" / "images"
+        d.mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 256, 3)
+        for i in range(images):
+            arr = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(d / f"object{i}.png")
+        (root / f"{s:02d}" / "prompt.json").write_text(json.dumps({str(k): f"thing {k}" for k in range(prompts)}))
+    return root
+
+
+def bench_cfg(args, extra=()):
+    from hydra import compose, initialize_config_dir
+
+    from . import main as _main  # noqa: F401 - schema and resolvers
+
+    with initialize_config_dir(config_dir=_main.CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "+strategy=safe", f"model.resolution={args.res}", f"lora.unet_rank={args.rank}", f"train.steps={args.steps}",
+            f"prior.num_class_images={args.class_images}", f"sample.batch_size={args.sample_batch}",
+            f"train.mixed_precision={'bf16' if torch.cuda.is_available() else 'no'}", "train.checkpoint_every=0",
+            f"paths.cache_dir={args.work / 'store'}", f"paths.output_dir={args.work / 'run'}", *extra])
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def naive(args, c, styles, cfg) -> dict:
+    """(a): the usual loop, timed on a few steps and images, extrapolated to the workload."""
+    from .models import encode_prompts
+    from .sample import generate, make_pipeline
+    from .train import _Stream, add_adapters, remove_adapters
+
+    style = styles[0]
+    stream = _Stream(0, style.id)
+    groups = add_adapters(c, cfg, stream.lora_seed)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, weight_decay=1e-2)
+    from .data import fit_square, to_tensor
+
+    px = torch.stack([to_tensor(fit_square(style.images[0], args.res)), to_tensor(fit_square(style.images[1], args.res))])
+    prompts = ["an image of a in style_00", "an image of b"]
+    torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
+
+    def step():
+        with torch.no_grad():
+            lat = c.vae.encode(px.to(c.device, c.vae_dtype)).latent_dist.sample() * c.vae.config.scaling_factor
+            cond = encode_prompts(c, prompts)
+        noise = torch.randn_like(lat)
+        t = torch.randint(0, 1000, (2,), device=c.device)
+        noisy = c.noise_scheduler.add_noise(lat.float(), noise.float(), t)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.cuda.is_available()):
+            pred = c.unet(noisy.to(c.dtype), t, cond).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+
+    c.unet.train()
+    for _ in range(3):
+        step()
+    _sync()
+    t0 = time.time()
+    for _ in range(args.naive_steps):
+        step()
+    _sync()
+    step_s = (time.time() - t0) / args.naive_steps
+    train_mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    c.unet.eval()
+    remove_adapters(c)
+    pipe = make_pipeline(c, "ddim", img2img=True)
+    init = Image.new("RGB", (args.res, args.res), (120, 90, 60))
+    generate(pipe, ["x"], [0], args.sample_steps, 7.5, args.res, init, 0.9)
+    _sync()
+    t0 = time.time()
+    for i in range(args.naive_images):
+        generate(pipe, [f"an image of thing {i} in style_00"], [i], args.sample_steps, 7.5, args.res, init, 0.9)
+    _sync()
+    image_s = (time.time() - t0) / args.naive_images
+    n_steps = args.styles * args.steps
+    n_images = args.styles * args.prompts
+    return {"train_step_s": step_s, "samples_per_s": 2 / step_s, "image_s": image_s, "peak_train_gib": train_mem,
+            "train_s": step_s * n_steps, "sample_s": image_s * n_images, "total_s": step_s * n_steps + image_s * n_images}
+
+
+def stylexfer_path(args, c, styles, cfg) -> dict:
+    """(b): the whole workload through stylexfer's own stages."""
+    from .run import train_in_batches
+    from .sample import ensure_samples, sample_spec
+    from .train import ADAPTER_FILE, adapter_spec
+
+    cache = Path(cfg.paths.cache_dir)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    _sync()
+    t0 = time.time()
+    trained, failed = train_in_batches(c, styles, cfg, cache)
+    _sync()
+    t_train = time.time() - t0
+    train_mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    t1 = time.time()
+    from .prior import pool_key, pool_objects, pool_spec
+
+    n_images = 0
+    for s in styles:
+        pk = pool_key(pool_spec(pool_objects(styles, s, cfg.prior.mode), cfg.prior, c.model.identity, args.res))
+        key = __import__("stylexfer.store", fromlist=["stable_hash"]).stable_hash(adapter_spec(s, cfg, c.model.identity, pk))
+        adir = cache / "adapters" / key
+        assert (adir / ADAPTER_FILE).exists(), s.id
+        _, recs, _ = ensure_samples(c, s, adir, cfg, sample_spec(s, cfg, key, c.model.identity), cache)
+        n_images += len(recs)
+    _sync()
+    t_sample = time.time() - t1
+    steps = args.styles * args.steps
+    return {"train_s": t_train, "sample_s": t_sample, "total_s": t_train + t_sample, "failed": failed,
+            "samples_per_s": 2 * steps / t_train, "images": n_images, "peak_train_gib": train_mem,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0}
+
+
+def profile(args, c, styles, cfg) -> int:
+    """Where a batched training step spends its time: N steps under torch.profiler, top ops by device time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from .batched import train_together
+    from .prior import ensure_pool, pool_objects, pool_spec
+
+    cfg.train.steps = 3 + args.profile
+    spec = pool_spec(pool_objects(styles, styles[0], cfg.prior.mode), cfg.prior, c.model.identity, args.res)
+    pool = ensure_pool(c, spec, cfg.prior, Path(cfg.paths.cache_dir))
+    pools = [pool] * len(styles)
+    dirs = [args.work / "prof" / s.id for s in styles]
+    train_together(c, styles, pools, cfg, None, dirs)  # warm-up (cudnn autotune, allocator)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch_profile(activities=acts) as prof:
+        t0 = time.time()
+        _, failed, _ = train_together(c, styles, pools, cfg, None, [args.work / "prof2" / s.id for s in styles])
+        _sync()
+    assert not failed, failed
+    print(f"{cfg.train.steps} steps of {len(styles)} styles in {time.time() - t0:.1f}s (incl. adapter export)")
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=30))
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m stylexfer.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--arch", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "sd21_architecture.json")
+    p.add_argument("--part", choices=["naive", "stylexfer", "both"], default="both")
+    p.add_argument("--styles", type=int, default=14)
+    p.add_argument("--images", type=int, default=10)
+    p.add_argument("--prompts", type=int, default=25)
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--class-images", type=int, default=200)
+    p.add_argument("--res", type=int, default=512)
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--sample-steps", type=int, default=40)
+    p.add_argument("--sample-batch", type=int, default=25)
+    p.add_argument("--naive-steps", type=int, default=20)
+    p.add_argument("--naive-images", type=int, default=2)
+    p.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="stylexfer-bench-")))
+    p.add_argument("--out", type=Path, default=Path("bench.json"))
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="instead: profile N batched training steps (torch.profiler) and print the top kernels")
+    args = p.parse_args(argv)
+    if not args.arch.exists():
+        raise SystemExit(f"error: --arch {args.arch}: no such file (SD 2.1's published configs, shared/reference/)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    t0 = time.time()
+    c = build_components(args.arch, device, dtype)
+    from .data import discover_styles
+
+    styles = discover_styles(make_dataset(args.work / "data", args.styles, args.images, args.prompts, args.res))
+    cfg = bench_cfg(args)
+    print(f"built an SD 2.1-shaped model with RANDOM weights on {device} in {time.time() - t0:.0f}s "
+          f"({sum(p.numel() for p in c.unet.parameters()) / 1e6:.0f} M UNet parameters)", flush=True)
+    if args.profile:
+        return profile(args, c, styles, cfg)
+    results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "args": {k: str(v) for k, v in vars(args).items()}}
+    if args.part in ("naive", "both"):
+        results["naive"] = naive(args, c, styles, cfg)
+        print("naive:", json.dumps(results["naive"]), flush=True)
+    if args.part in ("stylexfer", "both"):
+        results["stylexfer"] = stylexfer_path(args, c, styles, cfg)
+        print("stylexfer:", json.dumps(results["stylexfer"]), flush=True)
+    rows = [("path", "train s", "sample s", "total s", "train samples/s", "peak train GiB", "speed-up")]
+    base = results.get("naive", {}).get("total_s")
+    for name in ("naive", "stylexfer"):
+        r = results.get(name)
+        if r:
+            rows.append((name, f"{r['train_s']:.0f}", f"{r['sample_s']:.0f}", f"{r['total_s']:.0f}", f"{r['samples_per_s']:.1f}",
+                         f"{r['peak_train_gib']:.1f}", f"{base / r['total_s']:.1f}x" if base else "—"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print(" | ".join(v.rjust(w) for v, w in zip(r, widths)))
+    atomic_write_json(args.out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""All styles in one batched pass equal one style at a time (tiny model, float32, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import compose
+from stylexfer import batched as batched_mod
+from stylexfer.batched import train_together
+from stylexfer.data import discover_styles
+from stylexfer.prior import ensure_pool, pool_objects, pool_spec
+from stylexfer.train import ADAPTER_FILE, adapter_spec, train_style
+
+OVERRIDES = ["train.steps=12", "train.lr=1e-3", "lora.unet_rank=4", "lora.text_encoder_rank=2",
+             "prior=shared", "prior.num_class_images=4", "prior.steps=2", "prior.batch_size=4", "augmentation=crop_flip"]
+
+
+@pytest.fixture(scope="module")
+def setup(components, demo_root, cache_dir):
+    cfg = compose(OVERRIDES)
+    styles = discover_styles(demo_root)
+    pools = [ensure_pool(components, pool_spec(pool_objects(styles, s, cfg.prior.mode), cfg.prior, "tiny", 64),
+                         cfg.prior, cache_dir) for s in styles]
+    return cfg, styles, pools
+
+
+def tensors(folder):
+    with safe_open(str(folder / ADAPTER_FILE), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def assert_close_adapters(a, b, atol=2e-5):
+    (ta, ma), (tb, mb) = a, b
+    assert ta.keys() == tb.keys() and ma == mb
+    for k in ta:
+        torch.testing.assert_close(ta[k], tb[k], atol=atol, rtol=1e-4, msg=k)
+
+
+@pytest.fixture(scope="module")
+def sequential(setup, components, tmp_path_factory):
+    cfg, styles, pools = setup
+    root = tmp_path_factory.mktemp("seq")
+    out = {}
+    for s, p in zip(styles, pools):
+        r = train_style(components, s, p, cfg, adapter_spec(s, cfg, "tiny", "pool"), root)
+        out[s.id] = (tensors(r.dir), r.losses)
+    return out
+
+
+def test_batched_training_equals_one_style_at_a_time(setup, sequential, components, tmp_path):
+    cfg, styles, pools = setup
+    dirs = [tmp_path / s.id for s in styles]
+    losses, failed, _ = train_together(components, styles, pools, cfg, None, dirs)
+    assert failed == {}
+    for s, d in zip(styles, dirs):
+        (ts, _), seq_losses = sequential[s.id]
+        assert any(k.startswith("text_encoder.") for k in ts)
+        assert_close_adapters(tensors(d), sequential[s.id][0])
+        assert losses[s.id] == pytest.approx(seq_losses, rel=1e-4, abs=1e-6)
+    # the model is left as it was: no LoRA layer remains
+    assert not any("MultiLora" in type(m).__name__ for m in components.unet.modules())
+
+
+def test_a_styles_adapter_does_not_depend_on_its_batch_mates(setup, sequential, components, tmp_path):
+    cfg, styles, pools = setup
+    pick = [2, 0]
+    dirs = [tmp_path / styles[i].id for i in pick]
+    train_together(components, [styles[i] for i in pick], [pools[i] for i in pick], cfg, None, dirs)
+    for i, d in zip(pick, dirs):
+        assert_close_adapters(tensors(d), sequential[styles[i].id][0])
+
+
+def test_a_diverging_style_stops_alone(setup, sequential, components, tmp_path, monkeypatch):
+    cfg, styles, pools = setup
+    real = batched_mod.noisy_inputs
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        x, t, y = real(*a, **k)
+        calls["n"] += 1
+        return (x, t, y * float("nan")) if calls["n"] == 8 else (x, t, y)  # style 01 at step 3
+
+    monkeypatch.setattr(batched_mod, "noisy_inputs", poisoned)
+    dirs = [tmp_path / s.id for s in styles]
+    losses, failed, _ = train_together(components, styles, pools, cfg, None, dirs)
+    assert failed == {"01": "style 01: loss is nan at step 3"}
+    assert not (dirs[1] / ADAPTER_FILE).exists() and len(losses["01"]) == 2
+    for i in (0, 2):  # the others are exactly what they would have been
+        assert_close_adapters(tensors(dirs[i]), sequential[styles[i].id][0])
