@@ -120,7 +120,8 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
     tr = cfg.train
     use_prior = value(cfg.prior.mode) != PriorMode.none.value and all(p is not None for p in pools)
     precision = Precision(value(tr.mixed_precision))
-    feeds = [Feed(c, s, p if use_prior else None, cfg) for s, p in zip(styles, pools)]
+    resized: dict = {}  # shared: a shared class pool is resized once, not once per style
+    feeds = [Feed(c, s, p if use_prior else None, cfg, resized) for s, p in zip(styles, pools)]
     ad = _inject_all(c, cfg, feeds)
     groups = ad.groups(tr.lr, tr.lr * cfg.lora.text_encoder_lr_scale)
     params = [p for g in groups for p in g["params"]]

@@ -220,10 +220,14 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def augment(img: Image.Image, resolution: int, aug, rng: np.random.Generator) -> Image.Image:
-    """Resize the shorter side to ``aug.scale × resolution``, crop to ``resolution`` (random or centre),
-    then optional horizontal flip and rotation. All randomness comes from ``rng`` (one stream per style)."""
-    img = resize_shorter(img, max(resolution, round(resolution * aug.scale)))
+def augment_resize(img: Image.Image, resolution: int, aug) -> Image.Image:
+    """The deterministic part of :func:`augment` (resize the shorter side to ``aug.scale × resolution``):
+    the same for every step, so a training loop computes it once per image."""
+    return resize_shorter(img, max(resolution, round(resolution * aug.scale)))
+
+
+def augment_random(img: Image.Image, resolution: int, aug, rng: np.random.Generator) -> Image.Image:
+    """The random part of :func:`augment`, on an image already through :func:`augment_resize`."""
     w, h = img.size
     if aug.random_crop:
         left = int(rng.integers(0, w - resolution + 1))
@@ -237,6 +241,12 @@ def augment(img: Image.Image, resolution: int, aug, rng: np.random.Generator) ->
         angle = float(rng.uniform(-aug.rotation, aug.rotation))
         img = img.rotate(angle, resample=Image.Resampling.BICUBIC)
     return img
+
+
+def augment(img: Image.Image, resolution: int, aug, rng: np.random.Generator) -> Image.Image:
+    """Resize the shorter side to ``aug.scale × resolution``, crop to ``resolution`` (random or centre),
+    then optional horizontal flip and rotation. All randomness comes from ``rng`` (one stream per style)."""
+    return augment_random(augment_resize(img, resolution, aug), resolution, aug, rng)
 
 
 def can_cache_latents(aug) -> bool:

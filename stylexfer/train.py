@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from . import faults
 from .config import Precision, PriorMode, value
-from .data import Style, augment, can_cache_latents, to_tensor
+from .data import Style, augment, augment_random, augment_resize, can_cache_latents, to_tensor
 from .errors import TrainingDiverged
 from .models import Components, encode_prompts
 from .prior import ClassPool
@@ -311,7 +311,7 @@ class Feed:
     and prompts. The batched path and the one-style path draw through the same Feed, in the same order.
     """
 
-    def __init__(self, c: Components, style: Style, pool: Optional[ClassPool], cfg):
+    def __init__(self, c: Components, style: Style, pool: Optional[ClassPool], cfg, resized: Optional[dict] = None):
         self.c, self.style, self.pool, self.cfg = c, style, pool, cfg
         self.stream = _Stream(cfg.train.seed, style.id)
         self.prompts = [cfg.data.instance_prompt.format(object=o, style=style.id) for o in style.image_objects]
@@ -319,14 +319,21 @@ class Feed:
         self.cls = _Cycler(len(pool.images), self.stream.np) if pool is not None else None
         self.cacheable = can_cache_latents(cfg.augmentation)
         self.latents: dict = {}
+        self.resized: dict = {} if resized is None else resized
 
     def cycles(self):
         return (self.inst, self.cls)
 
+    def _resized(self, images, i, tag):
+        key = id(images[i])  # a shared pool's images are resized once for every style that uses them
+        if key not in self.resized:
+            self.resized[key] = augment_resize(images[i], self.cfg.model.resolution, self.cfg.augmentation)
+        return self.resized[key]
+
     def _pixels(self, images, ids, tag):
         res, aug, rng = self.cfg.model.resolution, self.cfg.augmentation, self.stream.np
-        if not self.cacheable:
-            return torch.stack([to_tensor(augment(images[i], res, aug, rng)) for i in ids]), None
+        if not self.cacheable:  # the resize is cached, the random crop/flip/rotation is drawn every step
+            return torch.stack([to_tensor(augment_random(self._resized(images, i, tag), res, aug, rng)) for i in ids]), None
         missing = [i for i in ids if (tag, i) not in self.latents]
         if missing:
             px = torch.stack([to_tensor(augment(images[i], res, aug, rng)) for i in missing])
