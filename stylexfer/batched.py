@@ -13,6 +13,7 @@ turns NaN/inf stops at once (its slot is masked) while the others go on.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 import shutil
@@ -177,20 +178,30 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
             if use_prior:
                 style_loss = style_loss + cfg.prior.weight * per_style[:, b:].mean(dim=1)
             finite = torch.isfinite(style_loss)
-            values = style_loss.detach().cpu().tolist()
+            # copy the losses to the host without waiting: the backward and the optimizer step are queued
+            # first, and the host reads the values (ready since the forward) while the GPU works on them
+            host = style_loss.detach().to("cpu", non_blocking=c.device.type == "cuda")
+            ready = torch.cuda.Event() if c.device.type == "cuda" else None
+            if ready is not None:
+                ready.record()
+            total = torch.where(finite, style_loss, torch.zeros_like(style_loss)).sum()
+            total.backward()
+            step_active = active.clone()
+            step_active[torch.tensor(live, device=c.device)] *= finite.to(active.dtype)
+            ad.clip_per_slot(tr.max_grad_norm, step_active)  # a diverged style's slot gets no update
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=False)
+            if ready is not None:
+                ready.synchronize()
+            values = host.tolist()
             for k, s in enumerate(live):
-                if not finite[k]:
+                if not math.isfinite(values[k]):
                     failed[ids[s]] = f"style {ids[s]}: loss is {values[k]} at step {step + 1}"
                     active[s] = 0
                     log.error(failed[ids[s]])
                 else:
                     losses[ids[s]].append(values[k])
-            total = torch.where(finite, style_loss, torch.zeros_like(style_loss)).sum()
-            total.backward()
-            ad.clip_per_slot(tr.max_grad_norm, active)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=False)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(values):.4f}")
             if every and (step + 1) % every == 0 and step + 1 < tr.steps:
