@@ -25,7 +25,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from .store import atomic_write_json
+from .store import atomic_write_json, stable_hash
 
 
 def _sync():
@@ -173,7 +173,7 @@ def stylexfer_path(args, c, styles, cfg) -> dict:
     n_images = 0
     for s in styles:
         pk = pool_key(pool_spec(pool_objects(styles, s, cfg.prior.mode), cfg.prior, c.model.identity, args.res))
-        key = __import__("stylexfer.store", fromlist=["stable_hash"]).stable_hash(adapter_spec(s, cfg, c.model.identity, pk))
+        key = stable_hash(adapter_spec(s, cfg, c.model.identity, pk))
         adir = cache / "adapters" / key
         assert (adir / ADAPTER_FILE).exists(), s.id
         _, recs, _ = ensure_samples(c, s, adir, cfg, sample_spec(s, cfg, key, c.model.identity), cache)
