@@ -15,22 +15,21 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import InitMode, PriorMode, validate, value
+from . import faults
+from .batched import train_group
+from .config import PriorMode, validate, value
 from .data import discover_styles, load_image
 from .embedded import RANDOM_WEIGHTS_NOTICE, ensure_demo_data
 from .models import load_components, resolve_model
 from .prior import ensure_pool, pool_key, pool_objects, pool_spec
 from .report import image_grid, write_reports
 from .score import score_style
-from . import faults
 from .errors import PartialFailure, StylexferError, TrainingDiverged
-from .store import atomic_write_json, file_lock, link_or_copy_tree, stable_hash
 from .sample import ensure_samples, sample_spec
-import torch
-
-from .batched import train_group
+from .store import atomic_write_json, file_lock, link_or_copy_tree, stable_hash
 from .train import adapter_spec, adapter_stored, train_style
 
 log = logging.getLogger(__name__)
@@ -172,12 +171,17 @@ def train_in_batches(components, styles, cfg, cache: Path) -> tuple[dict, dict]:
                     trained.update(t)
                     failed.update(f)
         except torch.cuda.OutOfMemoryError:
-            if size == 1 or per_batch != 0:
-                raise
-            size = max(1, size // 2)
             torch.cuda.empty_cache()
+            if size == 1 or per_batch != 0:
+                log.warning("out of GPU memory in a batched pass: training those styles one at a time")
+                todo = rest
+                continue
+            size = max(1, size // 2)
             log.warning("out of GPU memory with %d styles per batch: trying %d", len(group), size)
             continue
+        except Exception as e:  # noqa: BLE001 - the one-style path isolates whatever failed
+            log.warning("batched training of %s failed (%s: %s): training them one at a time",
+                        ", ".join(g[0].id for g in group), type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         todo = rest
     return trained, failed
 

@@ -89,3 +89,16 @@ def test_a_diverging_style_stops_alone(setup, sequential, components, tmp_path, 
     assert not (dirs[1] / ADAPTER_FILE).exists() and len(losses["01"]) == 2
     for i in (0, 2):  # the others are exactly what they would have been
         assert_close_adapters(tensors(dirs[i]), sequential[styles[i].id][0])
+
+
+def test_a_failing_batched_pass_falls_back_to_one_style_at_a_time(components, demo_root, tmp_path, monkeypatch, caplog):
+    from stylexfer import run as run_mod
+
+    def broken(*a, **k):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(run_mod, "train_group", broken)
+    cfg = compose(["prior=none", "train.steps=2"])
+    styles = discover_styles(demo_root, styles=["00", "01"])
+    assert run_mod.train_in_batches(components, styles, cfg, tmp_path) == ({}, {})
+    assert "batched training of 00, 01 failed (RuntimeError: kernel exploded): training them one at a time" in caplog.text
