@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
 import shutil
 import time
 import uuid
@@ -35,7 +34,7 @@ from .models import Components, encode_prompts
 from .multilora import MultiAdapters, Router, inject, restore
 from .prior import ClassPool
 from .store import atomic_write_json, stable_hash
-from .train import (Feed, TextCache, _autocast, _load_checkpoint, _save_checkpoint, add_adapters, make_optimizer,
+from .train import (Feed, TextCache, _autocast, _Dist, _load_checkpoint, _save_checkpoint, add_adapters, make_optimizer,
                     noisy_inputs, remove_adapters, save_adapter)
 
 log = logging.getLogger(__name__)
@@ -100,15 +99,9 @@ def _encode_together(c: Components, pixels: list, dists: list) -> list:
     out, at = list(dists), 0
     for i in need:
         n = pixels[i].shape[0]
-        out[i] = _Posterior(post.mean[at:at + n], post.std[at:at + n])
+        out[i] = _Dist(post.mean[at:at + n], post.std[at:at + n])
         at += n
     return out
-
-
-@dataclass
-class _Posterior:
-    mean: torch.Tensor
-    std: torch.Tensor
 
 
 def train_together(c: Components, styles: list[Style], pools: list[Optional[ClassPool]], cfg,

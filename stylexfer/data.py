@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DataError
+from .errors import DataError, first_line
 from .store import file_digest, stable_hash
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,7 @@ def load_image(path: str | Path) -> Image.Image:
             im = ImageOps.exif_transpose(im) or im
             rgb = _to_rgb(im)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"{path}: cannot read image ({reason})") from None
+        raise DataError(f"{path}: cannot read image ({first_line(e)})") from None
     if min(rgb.size) < 1:
         raise DataError(f"{path}: empty image")
     return rgb

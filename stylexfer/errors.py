@@ -1,6 +1,14 @@
 """Errors a user can act on: each message is one line naming the config key or path at fault."""
 
 
+def first_line(e: BaseException, with_type: bool = False) -> str:
+    """The first line of an exception's message (its type name if it has none), for one-line reports."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    if not text:
+        return type(e).__name__
+    return f"{type(e).__name__}: {text}" if with_type else text
+
+
 class StylexferError(Exception):
     """Base class; the entrypoint prints ``error: <message>`` and exits non-zero."""
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import register_configs
 from .devices import job_device, n_jobs
-from .errors import StylexferError
+from .errors import StylexferError, first_line
 from .store import atomic_write_json
 
 log = logging.getLogger("stylexfer")
@@ -54,9 +54,7 @@ def main(cfg: DictConfig) -> float | None:
             cfg.model.device = device
             summary = run(cfg)
     except Exception as e:  # noqa: BLE001 - every failure is reported in one line and recorded
-        line = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if not isinstance(e, StylexferError):
-            line = f"{type(e).__name__}: {line}"
+        line = first_line(e, with_type=not isinstance(e, StylexferError))
         if _is_multirun():
             atomic_write_json(out / "error.json", {"error": line, "traceback": traceback.format_exc()})
             log.error("job failed: %s", line)

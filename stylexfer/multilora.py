@@ -71,10 +71,8 @@ def inject(model: nn.Module, targets, slots: int, rank: int, alpha: float, route
     layers = {}
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and _matches(name, targets):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
             layer = MultiLoraLinear(module, slots, rank, alpha / rank, router)
-            setattr(parent, child, layer)
+            model.set_submodule(name, layer)
             layers[name] = layer
     if not layers:
         raise ValueError(f"no nn.Linear in {type(model).__name__} matches {list(targets)}")
@@ -84,9 +82,7 @@ def inject(model: nn.Module, targets, slots: int, rank: int, alpha: float, route
 def restore(model: nn.Module, layers: dict[str, MultiLoraLinear]) -> None:
     """Put the base ``nn.Linear`` modules back."""
     for name, layer in layers.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer.base)
+        model.set_submodule(name, layer.base)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from .models import load_components, resolve_model
 from .prior import ensure_pool, pool_key, pool_objects, pool_spec
 from .report import image_grid, write_reports
 from .score import score_style
-from .errors import PartialFailure, StylexferError, TrainingDiverged
+from .errors import PartialFailure, StylexferError, TrainingDiverged, first_line
 from .sample import ensure_samples, sample_spec
 from .store import atomic_write_json, file_lock, link_or_copy_tree, stable_hash
 from .train import adapter_spec, adapter_stored, train_style
@@ -102,9 +102,8 @@ def run(cfg: DictConfig) -> dict:
                 raise TrainingDiverged(batch_failed[style.id])
             grid_rows.append(_run_style(components, styles, style, cfg, cache, run_dir, st, batch_trained))
         except Exception as e:  # noqa: BLE001 - one style's failure must not cost the others
-            line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            line = first_line(e, with_type=not isinstance(e, StylexferError))
             if not isinstance(e, StylexferError):
-                line = f"{type(e).__name__}: {line}"
                 log.debug("style %s", style.id, exc_info=True)
             st["error"] = summary["failed_styles"][style.id] = line
             log.error("style %s failed: %s", style.id, line)
@@ -180,8 +179,8 @@ def train_in_batches(components, styles, cfg, cache: Path) -> tuple[dict, dict]:
             log.warning("out of GPU memory with %d styles per batch: trying %d", len(group), size)
             continue
         except Exception as e:  # noqa: BLE001 - the one-style path isolates whatever failed
-            log.warning("batched training of %s failed (%s: %s): training them one at a time",
-                        ", ".join(g[0].id for g in group), type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            log.warning("batched training of %s failed (%s): training them one at a time",
+                        ", ".join(g[0].id for g in group), first_line(e, with_type=True))
         todo = rest
     return trained, failed
 

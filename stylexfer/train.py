@@ -145,8 +145,7 @@ def remove_adapters(components: Components) -> None:
                 model.delete_adapter("default")
         for name, module in list(model.named_modules()):
             if isinstance(module, BaseTunerLayer):  # an emptied wrapper: put the wrapped layer back
-                parent_name, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+                model.set_submodule(name, module.get_base_layer())
         model.requires_grad_(False)
 
 
