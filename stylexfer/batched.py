@@ -18,6 +18,8 @@ import os
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -28,14 +30,14 @@ from tqdm.auto import tqdm
 
 from . import faults
 from .config import Precision, PriorMode, value
-from .data import Style
+from .data import Style, uint8_to_model
 from .errors import TrainingDiverged
-from .models import Components, encode_prompts
+from .models import Components
 from .multilora import MultiAdapters, Router, inject, restore
 from .prior import ClassPool
 from .store import atomic_write_json, stable_hash
-from .train import (Feed, TextCache, _autocast, _Dist, _load_checkpoint, _save_checkpoint, add_adapters, make_optimizer,
-                    noisy_inputs, remove_adapters, save_adapter)
+from .train import (Feed, TextCache, _autocast, _Dist, _load_checkpoint, _save_checkpoint, add_adapters, draw_noise,
+                    make_optimizer, noisy_from, remove_adapters, save_adapter)
 
 log = logging.getLogger(__name__)
 
@@ -88,20 +90,60 @@ def _export(c: Components, cfg, ad: MultiAdapters, slot: int, folder: Path) -> N
         remove_adapters(c)
 
 
-def _encode_together(c: Components, pixels: list, dists: list) -> list:
-    """VAE posteriors for every style's step in one VAE call (styles whose latents are cached skip it)."""
-    need = [i for i, d in enumerate(dists) if d is None]
-    if not need:
-        return dists
+@dataclass
+class _Draw:
+    """One step's host-side data for the live styles, drawn ahead on a worker thread: the styles in it,
+    pixels (uint8, pinned) or cached posteriors, prompts, and each style's noise/timestep draws."""
+
+    live: list
+    pixels: Optional[torch.Tensor]
+    dists: Optional[list]
+    prompts: list
+    rows: list  # samples per style
+    eps: torch.Tensor
+    noise: torch.Tensor
+    t: torch.Tensor
+
+
+def _draw(c: Components, feeds: list[Feed], live: list[int]) -> _Draw:
+    """Everything a step takes from the styles' random streams, in the order the one-style path takes it."""
+    pixels, dists, prompts, rows, eps, noise, ts = [], [], [], [], [], [], []
+    steps = c.noise_scheduler.config.num_train_timesteps
+    for s in live:
+        px, dist, pr = feeds[s].next()
+        n = len(pr)
+        shape = tuple(dist.mean.shape) if dist is not None else (n, c.latent_channels, px.shape[-2] // c.vae_scale,
+                                                                 px.shape[-1] // c.vae_scale)
+        e, z, t = draw_noise(feeds[s].stream.torch, shape, steps)
+        pixels.append(px), dists.append(dist), prompts.extend(pr), rows.append(n)
+        eps.append(e), noise.append(z), ts.append(t)
+    pin = (lambda x: x.pin_memory()) if c.device.type == "cuda" else (lambda x: x)
+    cached = dists[0] is not None
+    return _Draw(live=list(live), pixels=None if cached else pin(torch.cat(pixels)), dists=dists if cached else None,
+                 prompts=prompts, rows=rows, eps=pin(torch.cat(eps)), noise=pin(torch.cat(noise)), t=pin(torch.cat(ts)))
+
+
+def _keep(d: _Draw, live: list[int]) -> _Draw:
+    """The draw without the styles that stopped since it was made (their rows dropped)."""
+    if d.live == live:
+        return d
+    starts = np.cumsum([0] + d.rows)
+    idx = torch.cat([torch.arange(starts[k], starts[k + 1]) for k, s in enumerate(d.live) if s in live])
+    keep = [k for k, s in enumerate(d.live) if s in live]
+    return _Draw(live=list(live), pixels=None if d.pixels is None else d.pixels[idx],
+                 dists=None if d.dists is None else [d.dists[k] for k in keep],
+                 prompts=[d.prompts[i] for i in idx.tolist()], rows=[d.rows[k] for k in keep],
+                 eps=d.eps[idx], noise=d.noise[idx], t=d.t[idx])
+
+
+def _posterior(c: Components, d: _Draw) -> _Dist:
+    """The VAE posterior of every sample of the step: one VAE call over all styles (or the cached ones)."""
+    if d.dists is not None:
+        return _Dist(torch.cat([x.mean for x in d.dists]), torch.cat([x.std for x in d.dists]))
     with torch.no_grad():
-        batch = torch.cat([pixels[i] for i in need]).to(c.device, dtype=c.vae_dtype)
-        post = c.vae.encode(batch).latent_dist
-    out, at = list(dists), 0
-    for i in need:
-        n = pixels[i].shape[0]
-        out[i] = _Dist(post.mean[at:at + n], post.std[at:at + n])
-        at += n
-    return out
+        px = uint8_to_model(d.pixels.to(c.device, non_blocking=c.device.type == "cuda")).to(c.vae_dtype)
+        post = c.vae.encode(px).latent_dist
+    return _Dist(post.mean, post.std)
 
 
 def train_together(c: Components, styles: list[Style], pools: list[Optional[ClassPool]], cfg,
@@ -115,7 +157,7 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
     use_prior = value(cfg.prior.mode) != PriorMode.none.value and all(p is not None for p in pools)
     precision = Precision(value(tr.mixed_precision))
     resized: dict = {}  # shared: a shared class pool is resized once, not once per style
-    feeds = [Feed(c, s, p if use_prior else None, cfg, resized) for s, p in zip(styles, pools)]
+    feeds = [Feed(c, s, p if use_prior else None, cfg, resized, raw=True) for s, p in zip(styles, pools)]
     ad = _inject_all(c, cfg, feeds)
     groups = ad.groups(tr.lr, tr.lr * cfg.lora.text_encoder_lr_scale)
     params = [p for g in groups for p in g["params"]]
@@ -147,25 +189,31 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
         every = tr.checkpoint_every if ckpt_dir is not None else 0
         bar = tqdm(range(start, tr.steps), desc=f"train {len(ids)} styles", unit="step", leave=False,
                    initial=start, total=tr.steps)
+        unet = c.unet
+        if tr.compile and c.device.type == "cuda":
+            unet = torch.compile(c.unet)
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylexfer-draw")
+        pending = None  # the next step's data, drawn on the worker while the GPU runs this step
+
+        def live_now():
+            return [s for s in range(n) if active[s] > 0]
+
         for step in bar:
-            live = [s for s in range(n) if active[s] > 0]
+            live = live_now()
             if not live:
                 break
-            noisy, ts, targets, prompts = [], [], [], []
-            drawn = [feeds[s].next() for s in live]
-            dists = _encode_together(c, [d[0] for d in drawn], [d[1] for d in drawn])
-            for s, (_, _, pr), dist in zip(live, drawn, dists):
-                x, t, y = noisy_inputs(c, None, feeds[s].stream.torch, dist)
-                noisy.append(x)
-                ts.append(t)
-                targets.append(y)
-                prompts += pr
+            d = _keep(pending.result() if pending is not None else _draw(c, feeds, live), live)
+            checkpoint_now = every and (step + 1) % every == 0 and step + 1 < tr.steps
+            pending = None
+            if step + 1 < tr.steps and not checkpoint_now:  # a checkpoint saves the streams first
+                pending = ahead.submit(_draw, c, feeds, live)
+            noisy, ts, targets = noisy_from(c, _posterior(c, d), d.eps, d.noise, d.t)
             ad.router.groups = torch.tensor(live, device=c.device)
             ad.router.all_slots = len(live) == n
-            cond = text(prompts)
+            cond = text(d.prompts)
             with _autocast(c, precision):
-                pred = c.unet(torch.cat(noisy).to(c.dtype), torch.cat(ts), cond.to(c.dtype)).sample
-            per_sample = F.mse_loss(pred.float(), torch.cat(targets).float(), reduction="none").mean(dim=(1, 2, 3))
+                pred = unet(noisy.to(c.dtype), ts, cond.to(c.dtype)).sample
+            per_sample = F.mse_loss(pred.float(), targets.float(), reduction="none").mean(dim=(1, 2, 3))
             per_style = per_sample.view(len(live), -1)
             style_loss = per_style[:, :b].mean(dim=1)
             if use_prior:
@@ -197,11 +245,16 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
                     losses[ids[s]].append(values[k])
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(values):.4f}")
-            if every and (step + 1) % every == 0 and step + 1 < tr.steps:
+            if checkpoint_now:
                 _save_checkpoint(ckpt_dir, step + 1, params, opt, [f.stream for f in feeds],
                                  [cy for f in feeds for cy in f.cycles()], {"losses": losses, "failed": failed})
                 for sid in ids:
                     faults.checkpoint(f"train:{sid}:{step + 1}")
+                if step + 1 < tr.steps and live_now():
+                    pending = ahead.submit(_draw, c, feeds, live_now())
+        if pending is not None:
+            pending.result()
+        ahead.shutdown()
         ad.router.groups = None
         c.unet.eval()
         c.text_encoder.eval()

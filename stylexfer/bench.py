@@ -88,7 +88,8 @@ def bench_cfg(args, extra=()):
             "+strategy=safe", f"model.resolution={args.res}", f"lora.unet_rank={args.rank}", f"train.steps={args.steps}",
             f"prior.num_class_images={args.class_images}", f"sample.batch_size={args.sample_batch}",
             f"train.mixed_precision={'bf16' if torch.cuda.is_available() else 'no'}", "train.checkpoint_every=0",
-            f"paths.cache_dir={args.work / 'store'}", f"paths.output_dir={args.work / 'run'}", *extra])
+            f"paths.cache_dir={args.work / 'store'}", f"paths.output_dir={args.work / 'run'}",
+            f"train.compile={str(bool(getattr(args, 'compile', False))).lower()}", *extra])
     OmegaConf.resolve(cfg)
     return cfg
 
@@ -152,38 +153,63 @@ def naive(args, c, styles, cfg) -> dict:
             "train_s": step_s * n_steps, "sample_s": image_s * n_images, "total_s": step_s * n_steps + image_s * n_images}
 
 
-def stylexfer_path(args, c, styles, cfg) -> dict:
-    """(b): the whole workload through stylexfer's own stages."""
+def train_phase(args, c, styles, cfg) -> dict:
+    """(b), training: class images, then every style in batched passes (what ``python -m stylexfer`` does)."""
+    from .prior import ensure_pool, pool_objects, pool_spec
     from .run import train_in_batches
-    from .sample import ensure_samples, sample_spec
-    from .train import ADAPTER_FILE, adapter_spec
 
     cache = Path(cfg.paths.cache_dir)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     _sync()
     t0 = time.time()
+    ensure_pool(c, pool_spec(pool_objects(styles, styles[0], cfg.prior.mode), cfg.prior, c.model.identity, args.res),
+                cfg.prior, cache)
+    _sync()
+    t_pool = time.time() - t0
+    print(f"class images: {t_pool:.1f}s", flush=True)
     trained, failed = train_in_batches(c, styles, cfg, cache)
     _sync()
     t_train = time.time() - t0
-    train_mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
-    t1 = time.time()
-    from .prior import pool_key, pool_objects, pool_spec
+    steps = args.styles * args.steps
+    r = {"train_s": t_train, "class_images_s": t_pool, "failed": failed, "trained": len(trained),
+         "samples_per_s": 2 * steps / (t_train - t_pool),
+         "peak_train_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0}
+    print("train:", json.dumps(r), flush=True)
+    return r
 
+
+def sample_phase(args, c, styles, cfg) -> dict:
+    """(b), sampling: every style's images from its stored adapter (needs a train phase in the same --work)."""
+    from .prior import pool_key, pool_objects, pool_spec
+    from .sample import ensure_samples, sample_spec
+    from .train import ADAPTER_FILE, adapter_spec
+
+    cache = Path(cfg.paths.cache_dir)
+    _sync()
+    t0 = time.time()
     n_images = 0
     for s in styles:
         pk = pool_key(pool_spec(pool_objects(styles, s, cfg.prior.mode), cfg.prior, c.model.identity, args.res))
         key = stable_hash(adapter_spec(s, cfg, c.model.identity, pk))
         adir = cache / "adapters" / key
-        assert (adir / ADAPTER_FILE).exists(), s.id
-        _, recs, _ = ensure_samples(c, s, adir, cfg, sample_spec(s, cfg, key, c.model.identity), cache)
+        if not (adir / ADAPTER_FILE).exists():
+            raise SystemExit(f"error: no trained adapter for style {s.id} under {args.work}: run --part train first")
+        _, recs, reused = ensure_samples(c, s, adir, cfg, sample_spec(s, cfg, key, c.model.identity), cache)
+        assert not reused, "samples already in the store: use a fresh --work"
         n_images += len(recs)
     _sync()
-    t_sample = time.time() - t1
-    steps = args.styles * args.steps
-    return {"train_s": t_train, "sample_s": t_sample, "total_s": t_train + t_sample, "failed": failed,
-            "samples_per_s": 2 * steps / t_train, "images": n_images, "peak_train_gib": train_mem,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0}
+    r = {"sample_s": time.time() - t0, "images": n_images}
+    print("sample:", json.dumps(r), flush=True)
+    return r
+
+
+def stylexfer_path(args, c, styles, cfg) -> dict:
+    """(b): the whole workload through stylexfer's own stages."""
+    r = train_phase(args, c, styles, cfg)
+    r.update(sample_phase(args, c, styles, cfg))
+    r["total_s"] = r["train_s"] + r["sample_s"]
+    return r
 
 
 def profile(args, c, styles, cfg) -> int:
@@ -212,10 +238,104 @@ def profile(args, c, styles, cfg) -> int:
     return 0
 
 
+def breakdown(args, c, styles, cfg) -> dict:
+    """Where the stylexfer path's time goes: host-side data drawing, the VAE, whole training steps (with
+    eager and compiled), and one style's sampling (stock LoRA layers,
+    fused LoRA, no LoRA)."""
+    from .batched import _draw, _posterior, train_together
+    from .data import average_image
+    from .prior import ensure_pool, pool_objects, pool_spec
+    from .sample import fuse_exactly, generate, make_pipeline, unfuse_exactly
+    from .train import Feed
+
+    out = {}
+    spec = pool_spec(pool_objects(styles, styles[0], cfg.prior.mode), cfg.prior, c.model.identity, args.res)
+    pool = ensure_pool(c, spec, cfg.prior, Path(cfg.paths.cache_dir))
+    pools = [pool] * len(styles)
+    feeds = [Feed(c, s, pool, cfg, {}, raw=True) for s in styles]
+    live = list(range(len(styles)))
+    _draw(c, feeds, live)  # fills the resize cache
+    t0 = time.time()
+    for _ in range(5):
+        for f in feeds:
+            f.next()
+    out["draw_crops_s"] = (time.time() - t0) / 5
+    t0 = time.time()
+    for _ in range(5):
+        d = _draw(c, feeds, live)
+    out["draw_s"] = (time.time() - t0) / 5
+    for _ in range(2):
+        _posterior(c, d)
+    _sync()
+    t0 = time.time()
+    for _ in range(5):
+        _posterior(c, d)
+    _sync()
+    out["vae_encode_s"] = (time.time() - t0) / 5
+
+    def run(label, n, **over):
+        saved = {k: getattr(cfg.augmentation, k) for k in over if hasattr(cfg.augmentation, k)}
+        cfg.train.steps = n
+        for k, v in over.items():
+            setattr(cfg.augmentation if k in saved else cfg.train, k, v)
+        _sync()
+        t = time.time()
+        _, failed, _ = train_together(c, styles, pools, cfg, None, [args.work / f"bd-{label}-{n}" / s.id for s in styles])
+        _sync()
+        for k, v in saved.items():
+            setattr(cfg.augmentation, k, v)
+        cfg.train.compile = False
+        assert not failed, failed
+        return time.time() - t
+
+    run("warm", 3)
+    out["step_s"] = (run("crop", 25) - run("crop", 5)) / 20
+    if c.device.type == "cuda" and args.try_compile:
+        first = run("compiled", 5, compile=True)  # includes the compilation
+        out["step_compiled_s"] = (run("compiled", 25, compile=True) - run("compiled", 5, compile=True)) / 20
+        out["compile_s"] = first - 5 * out["step_compiled_s"]
+    adapter = args.work / "bd-crop-25" / styles[0].id
+    pipe = make_pipeline(c, "ddim", img2img=True)
+    init = average_image(styles[0].images, args.res)
+    prompts = [f"an image of thing {i} in style_{styles[0].id}" for i in range(args.prompts)]
+    seeds = list(range(len(prompts)))
+
+    def gen_s():
+        _sync()
+        t = time.time()
+        generate(pipe, prompts, seeds, args.sample_steps, 7.5, args.res, init, 0.9)
+        _sync()
+        return time.time() - t
+
+    generate(pipe, prompts, seeds, 2, 7.5, args.res, init, 0.9)  # warm-up at the measured batch shape (cudnn autotune)
+    out["generate_style_no_lora_s"] = gen_s()
+    t0 = time.time()
+    pipe.load_lora_weights(str(adapter), adapter_name="bd")
+    _sync()
+    out["lora_load_s"] = time.time() - t0
+    out["generate_style_s"] = gen_s()
+    t0 = time.time()
+    base = fuse_exactly(pipe, "bd")
+    _sync()
+    out["lora_fuse_s"] = time.time() - t0
+    out["generate_style_fused_s"] = gen_s()
+    unfuse_exactly(pipe, base)
+    pipe.delete_adapters("bd")
+    n = 2 * len(styles) * cfg.train.batch_size
+    print("breakdown (seconds):", json.dumps({k: round(v, 4) for k, v in out.items()}))
+    print(f"  per training step of {n} samples: {out['step_s']:.3f}s ({n / out['step_s']:.1f} samples/s); "
+          f"host draw {out['draw_s']:.3f}s (crops {out['draw_crops_s']:.3f}s), "
+          f"on a worker thread; VAE encode {out['vae_encode_s']:.3f}s")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m stylexfer.bench", description=__doc__.splitlines()[0])
     p.add_argument("--arch", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "sd21_architecture.json")
-    p.add_argument("--part", choices=["naive", "stylexfer", "both"], default="both")
+    p.add_argument("--part", choices=["naive", "stylexfer", "both", "breakdown", "train", "sample"], default="both",
+                   help="breakdown: where the stylexfer path's time goes (a few steps, no full workload); "
+                        "train, then sample: the stylexfer path in two commands sharing --work and --out "
+                        "(for machines with a per-command time limit)")
     p.add_argument("--styles", type=int, default=14)
     p.add_argument("--images", type=int, default=10)
     p.add_argument("--prompts", type=int, default=25)
@@ -226,6 +346,8 @@ def main(argv=None) -> int:
     p.add_argument("--sample-steps", type=int, default=40)
     p.add_argument("--sample-batch", type=int, default=25)
     p.add_argument("--naive-steps", type=int, default=20)
+    p.add_argument("--compile", action="store_true", help="train.compile=true for the stylexfer path")
+    p.add_argument("--try-compile", action="store_true", help="breakdown: also time compiled training steps")
     p.add_argument("--naive-images", type=int, default=2)
     p.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="stylexfer-bench-")))
     p.add_argument("--out", type=Path, default=Path("bench.json"))
@@ -246,18 +368,30 @@ def main(argv=None) -> int:
           f"({sum(p.numel() for p in c.unet.parameters()) / 1e6:.0f} M UNet parameters)", flush=True)
     if args.profile:
         return profile(args, c, styles, cfg)
-    results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "args": {k: str(v) for k, v in vars(args).items()}}
+    if args.part == "breakdown":
+        atomic_write_json(args.out, {"breakdown": breakdown(args, c, styles, cfg)})
+        return 0
+    previous = json.loads(args.out.read_text()) if args.part in ("train", "sample", "naive", "stylexfer") and args.out.exists() else {}
+    results = {**previous, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+               "args": {k: str(v) for k, v in vars(args).items()}}
     if args.part in ("naive", "both"):
         results["naive"] = naive(args, c, styles, cfg)
         print("naive:", json.dumps(results["naive"]), flush=True)
     if args.part in ("stylexfer", "both"):
         results["stylexfer"] = stylexfer_path(args, c, styles, cfg)
         print("stylexfer:", json.dumps(results["stylexfer"]), flush=True)
+    if args.part in ("train", "sample"):
+        part = (train_phase if args.part == "train" else sample_phase)(args, c, styles, cfg)
+        sx = {**results.get("stylexfer", {}), **part}
+        if "train_s" in sx and "sample_s" in sx:
+            sx["total_s"] = sx["train_s"] + sx["sample_s"]
+        results["stylexfer"] = sx
+    atomic_write_json(args.out, results)
     rows = [("path", "train s", "sample s", "total s", "train samples/s", "peak train GiB", "speed-up")]
     base = results.get("naive", {}).get("total_s")
     for name in ("naive", "stylexfer"):
         r = results.get(name)
-        if r:
+        if r and "total_s" in r:
             rows.append((name, f"{r['train_s']:.0f}", f"{r['sample_s']:.0f}", f"{r['total_s']:.0f}", f"{r['samples_per_s']:.1f}",
                          f"{r['peak_train_gib']:.1f}", f"{base / r['total_s']:.1f}x" if base else "—"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -96,7 +96,7 @@ def find_jobs(sweeps: list[Path]) -> list[Job]:
 
 
 def rank_metric(jobs: list[Job]) -> Optional[str]:
-    present = {k for j in jobs for k in j.scores}
+    present = {k for j in jobs for k, v in j.scores.items() if isinstance(v, (int, float))}
     return next((m for m in RANK_METRICS if m in present), None)
 
 

@@ -135,6 +135,8 @@ class TrainConfig:
     # styles trained together in one batched pass (each sample through its own style's LoRA);
     # 0 = as many as fit (all; halved on a CUDA out-of-memory), 1 = one style at a time
     styles_per_batch: int = 0
+    # torch.compile the UNet for batched training on CUDA (one compilation, ~1 min, then faster steps)
+    compile: bool = False
 
 
 @dataclass
@@ -155,13 +157,33 @@ class SampleConfig:
     seed: int = 0
     images_per_prompt: int = 1
     batch_size: int = 8
+    # fold each style's LoRA into the weights while sampling it (faster; base weights restored exactly after)
+    fuse_lora: bool = True
+
+
+@dataclass
+class MetricModels:
+    """Where each model-backed metric's weights come from: a hub id or a local path (README: metric table)."""
+
+    dino: str = "facebook/dinov2-base"  # transformers Dinov2Model (the checker's)
+    lpips: str = "${paths.cache_dir}/metric-weights/lpips-squeeze-v0.1.safetensors"  # stylexfer.convert_weights lpips
+    clip_r: str = "openai/clip-vit-large-patch14"  # transformers CLIPModel (the checker's)
+    fid: str = "${paths.cache_dir}/metric-weights/fid-inception-2015-12-05.safetensors"  # stylexfer.convert_weights fid
+    clip_iqa: str = "openai/clip-vit-base-patch16"  # transformers CLIPModel
 
 
 @dataclass
 class EvalConfig:
-    metrics: List[str] = field(default_factory=lambda: ["hist"])
-    hist_bins: int = 64
-    skip_missing: bool = False
+    # any of dino, hist, lpips, clip_r, fid, clip_iqa; the final score needs all six
+    metrics: List[str] = field(default_factory=lambda: ["dino", "hist", "lpips", "clip_r", "fid", "clip_iqa"])
+    # Missing metric weights: false = fail before training, naming every missing model; true = compute
+    # what can be computed and mark the rest (and the final score) unavailable. null = true for the
+    # embedded demo model (no real weights exist for it anyway), false for a real model.
+    skip_missing: Optional[bool] = None
+    models: MetricModels = field(default_factory=MetricModels)
+    fid_dims: int = 64  # Inception feature size: 64 (the checker's) | 192 | 768 | 2048 (the usual FID)
+    clip_r_top_k: int = 5  # an image is retrieved when its prompt is among the k best matches
+    clip_r_prompts: Optional[str] = None  # text file of candidate prompts; null = every object of the data set
 
 
 @dataclass
@@ -192,14 +214,40 @@ def value(x):
     return x.value if isinstance(x, Enum) else x
 
 
+@dataclass
+class EvaluateConfig:
+    """``python -m stylexfer.evaluate``: score a folder laid out like a run's ``images/``."""
+
+    images: str = MISSING  # <images>/<style id>/<object>.png
+    name: str = "evaluate"
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="stylexfer_schema", node=StylexferConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
 
 
 def _check(ok: bool, key: str, value, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value}: {rule}")
+
+
+def validate_eval(ev) -> None:
+    from .metrics import FID_BLOCKS, METRIC_NAMES
+
+    unknown = [m for m in ev.metrics if m not in METRIC_NAMES]
+    _check(not unknown, "eval.metrics", list(ev.metrics), f"unknown metric(s) {unknown}; known: {list(METRIC_NAMES)}")
+    _check(ev.fid_dims in FID_BLOCKS, "eval.fid_dims", ev.fid_dims, f"must be one of {sorted(FID_BLOCKS)}")
+    _check(ev.clip_r_top_k >= 1, "eval.clip_r_top_k", ev.clip_r_top_k, "must be >= 1")
+    if ev.clip_r_prompts is not None:
+        from pathlib import Path
+
+        _check(Path(ev.clip_r_prompts).expanduser().is_file(), "eval.clip_r_prompts", ev.clip_r_prompts, "no such file")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -242,10 +290,6 @@ def validate(cfg: DictConfig) -> None:
     _check(da.max_objects is None or da.max_objects >= 1, "data.max_objects", da.max_objects, "must be >= 1 or null")
     _check(cfg.sample.images_per_prompt >= 1, "sample.images_per_prompt", cfg.sample.images_per_prompt, "must be >= 1")
     _check(cfg.sample.batch_size >= 1, "sample.batch_size", cfg.sample.batch_size, "must be >= 1")
-    from .score import METRICS
-
-    unknown = [m for m in cfg.eval.metrics if m not in METRICS]
-    _check(not unknown, "eval.metrics", list(cfg.eval.metrics), f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")
-    _check(cfg.eval.hist_bins >= 2, "eval.hist_bins", cfg.eval.hist_bins, "must be >= 2")
+    validate_eval(cfg.eval)
     _check(cfg.model.dtype in ("auto", "float32", "float16", "bfloat16"), "model.dtype", cfg.model.dtype,
            "must be one of auto, float32, float16, bfloat16")

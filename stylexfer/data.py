@@ -259,6 +259,16 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB → uint8 tensor (3, H, W); :func:`uint8_to_model` gives exactly :func:`to_tensor`'s values."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def uint8_to_model(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (…, 3, H, W) → float32 in [-1, 1], the same float32 arithmetic as :func:`to_tensor`."""
+    return x.float() / 127.5 - 1.0
+
+
 def fit_square(img: Image.Image, resolution: int) -> Image.Image:
     return center_crop(resize_shorter(img, resolution), resolution)
 

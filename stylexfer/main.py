@@ -8,6 +8,7 @@ of the sweep go on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import sys
@@ -32,9 +33,13 @@ OmegaConf.register_new_resolver("stylexfer.n_jobs", n_jobs, replace=True)
 
 
 def _discard_if_empty(run_dir: Path) -> None:
-    """Remove a run folder that holds nothing but Hydra's own bookkeeping (nothing half-written)."""
+    """Remove a run folder that holds nothing but Hydra's own bookkeeping (nothing half-written), and
+    its ``experiments/<name>/`` folder if that run was all it held."""
     if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir.parent.parent.name == "experiments":
+            with contextlib.suppress(OSError):  # not empty: other runs of that name stay
+                run_dir.parent.rmdir()
 
 
 def _is_multirun() -> bool:

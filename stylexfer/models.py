@@ -52,6 +52,15 @@ class Components:
     model: ResolvedModel
     extra: dict = field(default_factory=dict)
 
+    @property
+    def vae_scale(self) -> int:
+        """Pixels per latent along each side (8 for SD)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
 
 def hub_offline(local_files_only: bool = False) -> bool:
     return local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")

@@ -28,7 +28,7 @@ def image_grid(rows: Sequence[tuple[str, Sequence[tuple[str, Image.Image]]]], ce
 
 
 def _fmt(v) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+    return "—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def write_reports(run_dir: Path, summary: dict, grid: Image.Image | None) -> None:
@@ -48,9 +48,9 @@ def write_reports(run_dir: Path, summary: dict, grid: Image.Image | None) -> Non
         trained = "reused" if st.get("reused") else f"{st.get('train_seconds', 0):.0f}s"
         vals = [_fmt(st.get("scores", {}).get(m, "—")) for m in metrics]
         lines.append(f"| {sid} | `{st.get('adapter_key', '—')}` | {trained} | " + " | ".join(vals) + " |")
-    lines.append("| **mean** | | | " + " | ".join(_fmt(summary["scores"].get(m, "—")) for m in metrics) + " |")
+    lines.append("| **overall** | | | " + " | ".join(_fmt(summary["scores"].get(m, "—")) for m in metrics) + " |")
     if summary.get("unavailable"):
-        lines += ["", "Unavailable metrics: " + "; ".join(f"{k} ({v})" for k, v in summary["unavailable"].items())]
+        lines += ["", "Unavailable metrics (so no final score):"] + [f"- `{k}`: {v}" for k, v in summary["unavailable"].items()]
     lines += ["", "![grid](grid.png)", ""]
     atomic_write_text(run_dir / "summary.md", "\n".join(lines))
     atomic_write_json(run_dir / "summary.json", summary)  # last: its presence marks a finished run

@@ -26,7 +26,7 @@ from .embedded import RANDOM_WEIGHTS_NOTICE, ensure_demo_data
 from .models import load_components, resolve_model
 from .prior import ensure_pool, pool_key, pool_objects, pool_spec
 from .report import image_grid, write_reports
-from .score import score_style
+from .evaluate import evaluate, preflight, write_scores
 from .errors import PartialFailure, StylexferError, TrainingDiverged, first_line
 from .sample import ensure_samples, sample_spec
 from .store import atomic_write_json, file_lock, link_or_copy_tree, stable_hash
@@ -76,6 +76,8 @@ def run(cfg: DictConfig) -> dict:
         log.error("style %s skipped: %s", sid, why)
     log.info("data: %d style(s) from %s: %s", len(styles), data_root, ", ".join(s.id for s in styles))
     resolved = resolve_model(cfg.model, cache)
+    # metric weights too: a missing model fails the run now, not after an hour of training
+    unavailable = preflight(cfg.eval, demo=cfg.model.path is None)
     components = load_components(resolved, cfg.model)
     log.info("model: %s (%s, %s, %s prediction)", resolved.source, components.device, str(components.dtype).split(".")[-1],
              resolved.prediction_type)
@@ -87,7 +89,8 @@ def run(cfg: DictConfig) -> dict:
                "model": {"source": resolved.source, "folder": str(resolved.folder), "identity": resolved.identity,
                          "random_weights": resolved.random_weights, "prediction_type": resolved.prediction_type},
                "notice": RANDOM_WEIGHTS_NOTICE if resolved.random_weights else None,
-               "metric_names": list(cfg.eval.metrics), "styles": {}, "scores": {}, "unavailable": {},
+               "metric_names": list(cfg.eval.metrics) + ["final"], "styles": {}, "scores": {},
+               "unavailable": dict(unavailable),
                "failed_styles": {},
                "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
     grid_rows = []
@@ -110,10 +113,16 @@ def run(cfg: DictConfig) -> dict:
             continue
         faults.checkpoint(f"style:{style.id}")
 
-    ok = [s for s in summary["styles"].values() if "scores" in s]
-    for m in cfg.eval.metrics:
-        if ok:
-            summary["scores"][m] = float(np.mean([s["scores"][m] for s in ok]))
+    sampled = [s for s in styles if "images" in summary["styles"][s.id]]
+    if sampled:
+        doc = evaluate(run_dir / "images", sampled, cfg.eval, str(components.device), unavailable)
+        write_scores(run_dir, doc, f"stylexfer run `{cfg.name}`: scores")
+        for sid, sc in doc["styles"].items():
+            summary["styles"][sid]["scores"] = sc
+        summary["scores"], summary["unavailable"], summary["metric_models"] = doc["overall"], doc["unavailable"], doc["models"]
+        if summary["unavailable"]:
+            log.warning("metrics unavailable (final score not computed): %s", "; ".join(
+                f"{m}: {why}" for m, why in summary["unavailable"].items()))
     summary["status"] = "partial" if summary["failed_styles"] else "finished"
     summary["seconds"] = round(time.time() - t0, 2)
     write_reports(run_dir, summary, image_grid(grid_rows))
@@ -214,7 +223,5 @@ def _run_style(components, styles, style, cfg, cache: Path, run_dir: Path, st: d
     generated = [load_image(run_dir / r.file) for r in records]
     st["images"] = [r.file for r in records]
     st["samples_key"] = stable_hash(sspec)
-    st["scores"] = score_style(generated, style.images, [r.prompt for r in records], cfg)
-    log.info("style %s: %s", style.id, ", ".join(f"{k}={v:.4f}" for k, v in st["scores"].items()))
     avg = [("average", load_image(sdir / "_average.png"))] if (sdir / "_average.png").exists() else []
     return style.id, avg + [(r.object, img) for r, img in zip(records, generated)]

@@ -75,6 +75,28 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int, gui
         return pipe(image=[init_image] * len(prompts), strength=strength, **kwargs).images
 
 
+def fuse_exactly(pipe, adapter_name: str) -> dict:
+    """Fold the loaded LoRA into the base weights for sampling (diffusers' ``fuse_lora``: no LoRA matmuls
+    per layer, ~1.7× faster on SD 2.1) and return the base weights it changed, so that
+    :func:`unfuse_exactly` restores them bit for bit (``unfuse_lora`` alone subtracts the delta again,
+    which in bfloat16 does not give the same weights back)."""
+    base = {}
+    for part in (pipe.unet, pipe.text_encoder):
+        for name, module in part.named_modules():
+            layer = getattr(module, "base_layer", None)
+            if layer is not None and hasattr(layer, "weight"):
+                base[(id(part), name)] = (layer, layer.weight.detach().clone())
+    pipe.fuse_lora(adapter_names=[adapter_name], lora_scale=1.0)
+    return base
+
+
+def unfuse_exactly(pipe, base: dict) -> None:
+    pipe.unfuse_lora()
+    with torch.no_grad():
+        for layer, weight in base.values():
+            layer.weight.copy_(weight)
+
+
 @dataclass
 class SampleRecord:
     style: str
@@ -98,7 +120,7 @@ def sample_jobs(style: Style, cfg) -> list[SampleRecord]:
 def sample_spec(style: Style, cfg, adapter_key: Optional[str], model_identity: str) -> dict:
     """Everything that determines a style's images (their key in the stage store)."""
     img2img = InitMode(value(cfg.init.mode)) == InitMode.avg_image
-    return {"version": 1, "model": model_identity, "adapter": adapter_key, "style": style.fingerprint(),
+    return {"version": 2 if cfg.sample.fuse_lora else 1, "model": model_identity, "adapter": adapter_key, "style": style.fingerprint(),
             "jobs": [[j.prompt, j.file, j.seed] for j in sample_jobs(style, cfg)],
             "sampler": value(cfg.scheduler.name), "steps": cfg.scheduler.steps,
             "guidance_scale": cfg.scheduler.guidance_scale, "init": value(cfg.init.mode),
@@ -124,8 +146,11 @@ def ensure_samples(components: Components, style: Style, adapter_dir: Optional[P
         init = average_image(style.images, res) if img2img else None
         pipe = make_pipeline(components, value(cfg.scheduler.name), img2img=img2img)
         adapter_name = f"style_{style.id}"
+        base = None
         if adapter_dir is not None:
             pipe.load_lora_weights(str(adapter_dir), adapter_name=adapter_name)
+            if cfg.sample.fuse_lora:
+                base = fuse_exactly(pipe, adapter_name)
         bs = cfg.sample.batch_size
         try:
             for i in tqdm(range(0, len(jobs), bs), desc=f"sample {style.id}", unit="batch", leave=False):
@@ -138,6 +163,8 @@ def ensure_samples(components: Components, style: Style, adapter_dir: Optional[P
                     atomic_save_image(img, partial / names[i + k])
                     faults.checkpoint(f"sample:{style.id}:{i + k + 1}")
         finally:
+            if base is not None:
+                unfuse_exactly(pipe, base)
             if adapter_dir is not None:
                 pipe.delete_adapters(adapter_name)
         for n in names:

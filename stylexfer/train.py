@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from . import faults
 from .config import Precision, PriorMode, value
-from .data import Style, augment, augment_random, augment_resize, can_cache_latents, to_tensor
+from .data import Style, augment, augment_random, augment_resize, can_cache_latents, to_tensor, to_uint8_tensor
 from .errors import TrainingDiverged
 from .models import Components, encode_prompts
 from .prior import ClassPool
@@ -168,17 +168,24 @@ def save_adapter(components: Components, folder: Path) -> None:
         text_encoder_lora_adapter_metadata=te_meta, safe_serialization=True)
 
 
-def noisy_inputs(components: Components, pixels: Optional[torch.Tensor], gen: torch.Generator, latent_dist=None):
-    """VAE latents (sampled with ``gen``), noise and a timestep per sample from ``gen``: the noisy
-    latents, the timesteps and the target (noise or velocity, as the base model's scheduler says)."""
+def draw_noise(gen: torch.Generator, shape: tuple, num_train_timesteps: int):
+    """One step's random draws for one style, from its CPU generator (device-independent), in this order:
+    the VAE posterior sample's noise, the diffusion noise, the timesteps."""
+    eps = torch.randn(shape, generator=gen)
+    noise = torch.randn(shape, generator=gen)
+    t = torch.randint(0, num_train_timesteps, (shape[0],), generator=gen)
+    return eps, noise, t
+
+
+def noisy_from(components: Components, latent_dist, eps: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
+    """The noisy latents, timesteps and target (noise or velocity, as the base model's scheduler says)
+    from a VAE posterior and the draws of :func:`draw_noise` (any number of styles' rows at once)."""
     c = components
+    nb = c.device.type == "cuda"  # draws come pinned from the batched path's prefetch: copy without a stall
     with torch.no_grad():
-        if latent_dist is None:
-            latent_dist = c.vae.encode(pixels.to(c.device, dtype=c.vae_dtype)).latent_dist
-        eps = torch.randn(latent_dist.mean.shape, generator=gen).to(c.device, latent_dist.mean.dtype)
+        eps = eps.to(c.device, non_blocking=nb).to(latent_dist.mean.dtype)
         latents = (latent_dist.mean + latent_dist.std * eps).float() * c.vae.config.scaling_factor
-        noise = torch.randn(latents.shape, generator=gen).to(c.device)
-        t = torch.randint(0, c.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(c.device)
+        noise, t = noise.to(c.device, non_blocking=nb), t.to(c.device, non_blocking=nb)
         noisy = c.noise_scheduler.add_noise(latents, noise, t)
         pt = c.noise_scheduler.config.prediction_type
         if pt == "epsilon":
@@ -188,6 +195,17 @@ def noisy_inputs(components: Components, pixels: Optional[torch.Tensor], gen: to
         else:
             raise ValueError(f"unsupported prediction_type {pt!r} in the model's scheduler config")
     return noisy, t, target
+
+
+def noisy_inputs(components: Components, pixels: Optional[torch.Tensor], gen: torch.Generator, latent_dist=None):
+    """VAE latents (sampled with ``gen``), noise and a timestep per sample from ``gen``: the noisy
+    latents, the timesteps and the target."""
+    c = components
+    if latent_dist is None:
+        with torch.no_grad():
+            latent_dist = c.vae.encode(pixels.to(c.device, dtype=c.vae_dtype)).latent_dist
+    eps, noise, t = draw_noise(gen, tuple(latent_dist.mean.shape), c.noise_scheduler.config.num_train_timesteps)
+    return noisy_from(c, latent_dist, eps, noise, t)
 
 
 def denoising_loss(components: Components, pixels: Optional[torch.Tensor], cond: torch.Tensor, gen: torch.Generator,
@@ -310,8 +328,10 @@ class Feed:
     and prompts. The batched path and the one-style path draw through the same Feed, in the same order.
     """
 
-    def __init__(self, c: Components, style: Style, pool: Optional[ClassPool], cfg, resized: Optional[dict] = None):
+    def __init__(self, c: Components, style: Style, pool: Optional[ClassPool], cfg, resized: Optional[dict] = None,
+                 raw: bool = False):
         self.c, self.style, self.pool, self.cfg = c, style, pool, cfg
+        self.raw = raw  # pixels as uint8 (N, 3, H, W), converted on the device (4× less to copy)
         self.stream = _Stream(cfg.train.seed, style.id)
         self.prompts = [cfg.data.instance_prompt.format(object=o, style=style.id) for o in style.image_objects]
         self.inst = _Cycler(len(style.images), self.stream.np)
@@ -332,7 +352,8 @@ class Feed:
     def _pixels(self, images, ids, tag):
         res, aug, rng = self.cfg.model.resolution, self.cfg.augmentation, self.stream.np
         if not self.cacheable:  # the resize is cached, the random crop/flip/rotation is drawn every step
-            return torch.stack([to_tensor(augment_random(self._resized(images, i, tag), res, aug, rng)) for i in ids]), None
+            convert = to_uint8_tensor if self.raw else to_tensor
+            return torch.stack([convert(augment_random(self._resized(images, i, tag), res, aug, rng)) for i in ids]), None
         missing = [i for i in ids if (tag, i) not in self.latents]
         if missing:
             px = torch.stack([to_tensor(augment(images[i], res, aug, rng)) for i in missing])

@@ -80,3 +80,47 @@ def run_cli(args, cwd: Path, timeout: int = 900, env_extra: dict | None = None) 
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def metric_models(tmp_path_factory) -> dict:
+    """Tiny RANDOM-weight models of every metric's architecture, saved as the real ones are stored:
+    DINOv2 and CLIP in the hub layout, LPIPS and the FID Inception as safetensors made by
+    ``stylexfer.convert_weights`` from PyTorch pickles (the LPIPS heads are the lpips package's real
+    ones; the SqueezeNet and Inception weights are random). For plumbing tests only: no quality."""
+    import torchvision
+    from transformers import (BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor,
+                              Dinov2Config, Dinov2Model)
+
+    from stylexfer import convert_weights
+    from stylexfer.embedded import build_tokenizer
+    from stylexfer.metrics import fid_structure
+
+    root = tmp_path_factory.mktemp("metric_models")
+    torch.manual_seed(0)
+    dino = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                    image_size=56, patch_size=14))
+    dino.save_pretrained(root / "dino", safe_serialization=True)
+    BitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56}, do_center_crop=True,
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(root / "dino")
+    tok = build_tokenizer(root / "tok")
+    clip = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8), projection_dim=16))
+    clip.save_pretrained(root / "clip", safe_serialization=True)
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                  tokenizer=tok).save_pretrained(root / "clip")
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), root / "squeezenet1_1.pth")
+    convert_weights.main(["lpips", "--backbone", str(root / "squeezenet1_1.pth"), "--out", str(root / "lpips.safetensors")])
+    torch.save(fid_structure().state_dict(), root / "pt_inception.pth")
+    convert_weights.main(["fid", "--src", str(root / "pt_inception.pth"), "--out", str(root / "fid.safetensors")])
+    paths = {"dino": root / "dino", "clip_r": root / "clip", "clip_iqa": root / "clip",
+             "lpips": root / "lpips.safetensors", "fid": root / "fid.safetensors"}
+    return {k: str(v) for k, v in paths.items()}
+
+
+def metric_overrides(models: dict) -> list[str]:
+    return [f"eval.models.{k}={v}" for k, v in models.items()]

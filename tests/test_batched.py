@@ -74,15 +74,15 @@ def test_a_styles_adapter_does_not_depend_on_its_batch_mates(setup, sequential, 
 
 def test_a_diverging_style_stops_alone(setup, sequential, components, tmp_path, monkeypatch):
     cfg, styles, pools = setup
-    real = batched_mod.noisy_inputs
+    real = batched_mod.draw_noise
     calls = {"n": 0}
 
-    def poisoned(*a, **k):
-        x, t, y = real(*a, **k)
+    def poisoned(*a, **k):  # draws are made style by style, step by step (on the look-ahead thread)
+        eps, noise, t = real(*a, **k)
         calls["n"] += 1
-        return (x, t, y * float("nan")) if calls["n"] == 8 else (x, t, y)  # style 01 at step 3
+        return (eps, noise * float("nan"), t) if calls["n"] == 8 else (eps, noise, t)  # style 01 at step 3
 
-    monkeypatch.setattr(batched_mod, "noisy_inputs", poisoned)
+    monkeypatch.setattr(batched_mod, "draw_noise", poisoned)
     dirs = [tmp_path / s.id for s in styles]
     losses, failed, _ = train_together(components, styles, pools, cfg, None, dirs)
     assert failed == {"01": "style 01: loss is nan at step 3"}

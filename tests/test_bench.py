@@ -10,15 +10,23 @@ from stylexfer import bench
 from stylexfer.embedded import tiny_model_spec
 
 
-@pytest.mark.slow
-def test_bench_runs_both_paths_and_prints_the_table(tmp_path, capsys):
+def tiny_arch(tmp_path):
+    """The tiny model's architecture in the layout of shared/reference/sd21_architecture.json."""
     spec = tiny_model_spec()
     arch = tmp_path / "arch.json"
     te = dict(spec["text_encoder"], vocab_size=514)
     arch.write_text(json.dumps({"unet": spec["unet"], "vae": spec["vae"], "text_encoder": te, "scheduler": spec["scheduler"]}))
+    return arch
+
+
+SMALL = ["--styles", "2", "--images", "2", "--class-images", "2", "--res", "64", "--rank", "4"]  # a few seconds on a CPU
+
+
+@pytest.mark.slow
+def test_bench_runs_both_paths_and_prints_the_table(tmp_path, capsys):
+    arch = tiny_arch(tmp_path)
     out = tmp_path / "bench.json"
-    assert bench.main(["--arch", str(arch), "--styles", "2", "--images", "2", "--prompts", "2", "--steps", "3",
-                       "--class-images", "2", "--res", "64", "--rank", "4", "--sample-steps", "3",
+    assert bench.main(["--arch", str(arch), *SMALL, "--prompts", "2", "--steps", "3", "--sample-steps", "3",
                        "--naive-steps", "2", "--naive-images", "1", "--work", str(tmp_path / "w"), "--out", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| speed-up" in table and "naive" in table and "stylexfer" in table
@@ -31,11 +39,35 @@ def test_bench_runs_both_paths_and_prints_the_table(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bench_profile_mode_trains_without_divergence(tmp_path, capsys):
-    spec = tiny_model_spec()
-    arch = tmp_path / "arch.json"
-    arch.write_text(json.dumps({"unet": spec["unet"], "vae": spec["vae"], "text_encoder": dict(spec["text_encoder"], vocab_size=514),
-                                "scheduler": spec["scheduler"]}))
-    assert bench.main(["--arch", str(arch), "--styles", "2", "--images", "2", "--prompts", "1", "--class-images", "2",
-                       "--res", "64", "--rank", "4", "--profile", "1", "--work", str(tmp_path / "w")]) == 0
+    arch = tiny_arch(tmp_path)
+    assert bench.main(["--arch", str(arch), *SMALL, "--prompts", "1", "--profile", "1", "--work", str(tmp_path / "w")]) == 0
     out = capsys.readouterr().out
     assert "4 steps of 2 styles" in out and "Self CPU" in out
+
+
+@pytest.mark.slow
+def test_bench_breakdown_times_every_part(tmp_path, capsys):
+    arch = tiny_arch(tmp_path)
+    out = tmp_path / "bd.json"
+    assert bench.main(["--arch", str(arch), *SMALL, "--prompts", "2", "--sample-steps", "2", "--part", "breakdown",
+                       "--work", str(tmp_path / "w"), "--out", str(out)]) == 0
+    r = json.loads(out.read_text())["breakdown"]
+    for k in ("draw_s", "vae_encode_s", "lora_load_s", "generate_style_s", "generate_style_fused_s", "generate_style_no_lora_s"):
+        assert r[k] > 0, k
+    assert "per training step of 4 samples" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_train_then_sample_in_two_commands_adds_up_to_the_whole_path(tmp_path, capsys):
+    arch = tiny_arch(tmp_path)
+    out = tmp_path / "b.json"
+    common = ["--arch", str(arch), *SMALL, "--prompts", "2", "--steps", "3", "--sample-steps", "2",
+              "--work", str(tmp_path / "w"), "--out", str(out)]
+    with pytest.raises(SystemExit, match="run --part train first"):
+        bench.main(common + ["--part", "sample"])
+    assert bench.main(common + ["--part", "train"]) == 0
+    r = json.loads(out.read_text())["stylexfer"]
+    assert r["trained"] == 2 and "sample_s" not in r and "total_s" not in r
+    assert bench.main(common + ["--part", "sample"]) == 0
+    r = json.loads(out.read_text())["stylexfer"]
+    assert r["images"] == 4 and r["total_s"] == pytest.approx(r["train_s"] + r["sample_s"])

@@ -1,11 +1,16 @@
-"""The report's score formula and the FID arithmetic (no model weights needed)."""
+"""The six metrics and the final score: the report's formula, the FID arithmetic, Pixel-Hist as the
+checker computes it, and every model-backed metric through its real loading code on tiny random models."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from stylexfer.metrics import feature_stats, frechet_distance, score_components
+from PIL import Image
+
+from stylexfer.metrics import feature_stats, frechet_distance, hist_score, rgb_histogram, score_components
 
 # The reference report's score table (section 4.2) and its submission's components (section 4.1).
 REPORT = {
@@ -52,63 +57,147 @@ def test_frechet_distance_on_ten_images_is_real_finite_and_zero_on_itself():
     assert frechet_distance(m1, s1, m1, s1) == pytest.approx(0.0, abs=1e-6 * np.trace(s1))
 
 
-# ------------------------------------------- model-backed metrics on tiny random models (hub layout)
+# ------------------------------------------------------------------ Pixel-Hist (the checker's)
 
-@pytest.fixture(scope="module")
-def tiny_metric_models(tmp_path_factory):
-    import torch
-    from transformers import (BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor,
-                              Dinov2Config, Dinov2Model)
-
-    from stylexfer.embedded import build_tokenizer
-
-    root = tmp_path_factory.mktemp("metric_models")
-    torch.manual_seed(0)
-    dino = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                                    image_size=56, patch_size=14))
-    dino.save_pretrained(root / "dino", safe_serialization=True)
-    BitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56}, do_center_crop=True,
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(root / "dino")
-    tok = build_tokenizer(root / "tok")
-    clip = CLIPModel(CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8), projection_dim=16))
-    clip.save_pretrained(root / "clip", safe_serialization=True)
-    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                  tokenizer=tok).save_pretrained(root / "clip")
-    return root
+def _smooth(rng, mean, n=3, size=32):
+    return [Image.fromarray(np.clip(rng.normal(mean, 25, (size, size, 3)), 0, 255).astype(np.uint8)) for _ in range(n)]
 
 
-def _images(n, seed):
-    from PIL import Image
+def test_hist_is_one_on_itself_and_drops_for_shuffled_colours():
+    rng = np.random.default_rng(0)
+    warm = _smooth(rng, (200, 90, 40))
+    assert hist_score(warm[:1], warm[:1]) == pytest.approx(1.0)
+    assert hist_score([warm[0]] * 3, [warm[0]]) == pytest.approx(1.0)
+    assert hist_score([warm[0].resize((64, 64), Image.NEAREST)], [warm[0]]) == pytest.approx(1.0)  # size-free
+    shuffled = [Image.fromarray(np.asarray(im)[..., [1, 0, 2]].copy()) for im in warm]  # red and green swapped
+    assert hist_score(warm, warm) > hist_score(shuffled, warm) + 0.3
+    assert -1.0 <= hist_score(shuffled, warm) < 0.9
 
+
+def test_hist_keeps_the_checkers_uint8_arithmetic():
+    # the checker combines B·256 + G·16 + R in uint8, so blue wraps away: only 256 of 4096 cells fill
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    h = rgb_histogram(np.asarray(img)[..., ::-1].copy())
+    assert h.size == 4096 and h.sum() == 32 * 32 and h[256:].sum() == 0
+    a = np.asarray(img).copy()
+    a[..., 2] = 255 - a[..., 2]  # a different blue channel: the same "RGB" histogram
+    assert (rgb_histogram(a[..., ::-1].copy()) == h).all()
+
+
+# ------------------------------------------- model-backed metrics on tiny random models (real loaders)
+
+def _images(n, seed, size=48):
     rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)) for _ in range(n)]
+    return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def test_dino_similarity_runs_through_its_loading_code(tiny_metric_models):
-    from stylexfer.metrics import dino_similarity
+def _eval_cfg(models, **kw):
+    from omegaconf import OmegaConf
 
+    from conftest import compose
+
+    ev = compose([f"eval.models.{k}={v}" for k, v in models.items()]).eval
+    for k, v in kw.items():
+        OmegaConf.update(ev, k, v)
+    return ev
+
+
+def test_dino_is_one_on_itself_and_a_cosine_otherwise(metric_models):
+    from stylexfer.metrics import Dino
+
+    dino = Dino(metric_models["dino"], "cpu")
     a, b = _images(1, 0), _images(3, 1)
-    path = str(tiny_metric_models / "dino")
-    assert dino_similarity(a, a, path) == pytest.approx(1.0, abs=1e-5)  # an image against itself
-    v = dino_similarity(a, b, path)
-    assert -1.0 <= v < 1.0
+    assert dino(a, a) == pytest.approx(1.0, abs=1e-5)
+    assert -1.0 <= dino(a, b) < 1.0
+    emb = dino.embed(a + b)
+    manual = float((emb[:1] @ emb[1:].T).mean())  # every (generated, reference) pair, averaged
+    assert dino(a, b) == pytest.approx(manual, abs=1e-6)
 
 
-def test_clip_r_and_clip_iqa_run_through_their_loading_code(tiny_metric_models):
-    from stylexfer.metrics import clip_iqa, clip_r_precision
+def test_lpips_loads_the_converted_file_and_equals_the_lpips_package(metric_models):
+    import lpips
+    import torch
 
-    path = str(tiny_metric_models / "clip")
+    from stylexfer.metrics import Lpips
+
+    ours = Lpips(metric_models["lpips"], "cpu")
+    # the lpips package's own loader (its v0.1 heads) around the same SqueezeNet weights
+    ref = lpips.LPIPS(net="squeeze", pretrained=True, pnet_rand=True, verbose=False)
+    sq = torch.load(str(Path(metric_models["lpips"]).parent / "squeezenet1_1.pth"), weights_only=True)
+    for slice_ in ref.net.children():
+        for idx, layer in slice_.named_children():
+            layer.load_state_dict({k[len(f"features.{idx}."):]: v for k, v in sq.items() if k.startswith(f"features.{idx}.")})
+    gen, refs = _images(2, 3), _images(3, 4)
+    with torch.no_grad():
+        want = np.mean([float(ref(ours.tensor([g]), ours.tensor([r]))) for g in gen for r in refs])
+    assert ours(gen, refs) == pytest.approx(want, rel=1e-5)
+    assert ours(gen[:1], gen[:1]) == pytest.approx(0.0, abs=1e-7)  # an image against itself
+    assert ours(gen, refs) > 0
+
+
+def test_fid_features_load_back_and_fid_is_zero_on_itself(metric_models):
+    import torch
+
+    from stylexfer.metrics import Fid, fid_network, fid_structure
+
+    imgs, other = _images(10, 5, size=64), _images(10, 6, size=64)
+    for dims in (64, 2048):
+        fid = Fid(metric_models["fid"], "cpu", dims)
+        feats = fid.features(imgs)
+        assert feats.shape == (10, dims) and np.isfinite(feats).all()
+        v = fid(imgs, imgs)
+        assert v == pytest.approx(0.0, abs=1e-6 * max(1.0, float(np.trace(np.cov(feats, rowvar=False)))))
+        d = fid(other, imgs)
+        assert np.isfinite(d) and d > 0
+    # the loaded network is the converted one: same output as the pickle loaded into pytorch-fid's structure
+    src = torch.load(str(Path(metric_models["fid"]).parent / "pt_inception.pth"), weights_only=True)
+
+    def loaded():
+        net = fid_structure()
+        net.load_state_dict(src)
+        return net
+
+    ref = fid_network(0, structure=loaded).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(Fid(metric_models["fid"], "cpu", 64).model(x)[0], ref(x)[0], atol=1e-6)
+
+
+def test_clip_r_bookkeeping_and_clip_iqa_range(metric_models):
+    from stylexfer.metrics import ClipIqa, ClipR
+
     imgs = _images(4, 2)
-    candidates = ["an image of cat", "an image of boat", "an image of tree"]
-    truth = [0, 1, 2, 0]
-    precision, picks = clip_r_precision(imgs, truth, candidates, path)
-    assert len(picks) == 4 and all(0 <= p < 3 for p in picks)
-    assert precision == pytest.approx(np.mean([p == t for p, t in zip(picks, truth)]))  # the bookkeeping
-    assert clip_r_precision(imgs, picks, candidates, path)[0] == 1.0  # its own picks are all "right"
-    q = clip_iqa(imgs, path)
+    candidates = ["cat", "boat", "tree", "house", "dog", "car", "lamp"]
+    top1 = ClipR(metric_models["clip_r"], "cpu", candidates, top_k=1)
+    picks = top1.picks(imgs, ["cat"] * 4)
+    assert len(picks) == 4 and all(len(p) == 1 and p[0] in candidates for p in picks)
+    assert top1(imgs, objects=[p[0] for p in picks]) == 1.0  # its own picks are all retrieved
+    wrong = [next(c for c in candidates if c != p[0]) for p in picks]
+    assert top1(imgs, objects=wrong) == 0.0
+    all7 = ClipR(metric_models["clip_r"], "cpu", candidates, top_k=7)
+    assert all7(imgs, objects=wrong) == 1.0  # top-7 of 7 candidates always holds the truth
+    q = ClipIqa(metric_models["clip_iqa"], "cpu")(imgs)
     assert 0.0 < q < 1.0
+
+
+def test_missing_weights_are_all_named_before_anything_runs(metric_models, tmp_path):
+    from stylexfer.errors import ModelNotFoundError
+    from stylexfer.evaluate import preflight
+
+    models = dict(metric_models, dino=str(tmp_path / "no_dino"), fid=str(tmp_path / "no_fid.safetensors"),
+                  clip_iqa="someone/not-cached-clip")
+    ev = _eval_cfg(models, skip_missing=False)
+    with pytest.raises(ModelNotFoundError) as e:
+        preflight(ev, demo=False)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for key in ("eval.models.dino", "eval.models.fid", "eval.models.clip_iqa", "no_dino", "someone/not-cached-clip"):
+        assert key in msg
+    assert "eval.models.lpips" not in msg and "eval.models.clip_r" not in msg  # those are present
+    ev.skip_missing = True
+    assert set(preflight(ev, demo=False)) == {"dino", "fid", "clip_iqa"}
+    ev.skip_missing = None  # null: skip for the demo model, fail for a real one
+    assert set(preflight(ev, demo=True)) == {"dino", "fid", "clip_iqa"}
+    with pytest.raises(ModelNotFoundError):
+        preflight(ev, demo=False)

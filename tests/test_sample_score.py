@@ -1,4 +1,4 @@
-"""Sampling (seeded, batch-independent, every sampler) and the weight-free score."""
+"""Sampling: seeded, batch-independent, every sampler; img2img from the average image."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from PIL import Image
 
 from stylexfer.data import discover_styles
 from stylexfer.sample import generate, make_pipeline
-from stylexfer.score import color_histogram, hist_similarity
 
 
 def arr(img):
@@ -42,18 +41,38 @@ def test_img2img_from_the_average_image_depends_on_strength(components, demo_roo
     assert d_low < d_high  # less noise added, closer to the average image
 
 
-def test_hist_similarity_properties():
-    rng = np.random.default_rng(0)
-    imgs = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(3)]
-    assert hist_similarity(imgs[1:], imgs[:1], 64) < 1.0
-    assert hist_similarity(imgs[:1], imgs[:1], 64) == pytest.approx(1.0)
-    red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
-    assert hist_similarity([red], [red]) == pytest.approx(1.0)
-    assert hist_similarity([red], [blue]) == pytest.approx(1 / 3)  # only the green channel (0) agrees
-    warm = [Image.fromarray(np.clip(rng.normal((200, 90, 40), 20, (32, 32, 3)), 0, 255).astype(np.uint8)) for _ in range(3)]
-    shuffled = [Image.fromarray(np.asarray(im)[..., ::-1].copy()) for im in warm]  # channels swapped
-    assert hist_similarity(warm, warm) > hist_similarity(shuffled, warm) + 0.3
-    h = color_histogram(red, 16)
-    assert h.shape == (3, 16) and np.allclose(h.sum(axis=1), 1.0)
-    # independent of image size
-    assert hist_similarity([red.resize((64, 64))], [red]) == pytest.approx(1.0)
+def test_fused_lora_sampling_matches_unfused_and_restores_the_base_weights_exactly(components, tmp_path):
+    import torch
+
+    from conftest import compose
+    from stylexfer.sample import fuse_exactly, unfuse_exactly
+    from stylexfer.train import add_adapters, remove_adapters, save_adapter
+
+    c = components
+    cfg = compose(["lora=unet_te", "lora.unet_rank=4", "lora.text_encoder_rank=4"])
+    add_adapters(c, cfg, 0)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for m in list(c.unet.modules()) + list(c.text_encoder.modules()):
+            if hasattr(m, "lora_B") and "default" in m.lora_B:
+                m.lora_B["default"].weight.normal_(0, 0.05)  # a trained-looking, non-zero adapter
+    save_adapter(c, tmp_path / "ad")
+    remove_adapters(c)
+    before = {k: v.clone() for k, v in list(c.unet.state_dict().items()) + list(c.text_encoder.state_dict().items())}
+    pipe = make_pipeline(c, "ddim")
+    pipe.load_lora_weights(str(tmp_path / "ad"), adapter_name="s")
+    prompts = ["an image of cat in style_00", "an image of boat in style_00"]
+    unfused = generate(pipe, prompts, [1, 2], 6, 7.5, 64)
+    base = fuse_exactly(pipe, "s")
+    fused = generate(pipe, prompts, [1, 2], 6, 7.5, 64)
+    unfuse_exactly(pipe, base)
+    again = generate(pipe, prompts, [1, 2], 6, 7.5, 64)
+    pipe.delete_adapters("s")
+    plain = generate(pipe, prompts, [1, 2], 6, 7.5, 64)
+    for u, f, a, p in zip(unfused, fused, again, plain):
+        assert np.abs(arr(u) - arr(f)).max() <= 2  # fusing changes only float rounding
+        assert (arr(u) == arr(a)).all()  # unfused again: the same images as before fusing
+        assert np.abs(arr(u) - arr(p)).mean() > 0.5  # and the adapter did something
+    after = dict(list(c.unet.state_dict().items()) + list(c.text_encoder.state_dict().items()))
+    after = {k.replace(".base_layer", ""): v for k, v in after.items() if "lora_" not in k}  # peft's wrappers stay
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

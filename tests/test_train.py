@@ -139,7 +139,7 @@ def test_a_style_adapter_is_reproducible_and_independent_of_other_styles(compone
 
 def test_adapter_key_ignores_sampling_and_scoring_settings(style):
     base = adapter_spec(style, compose(), "m", "p")
-    for ov in ["init.strength=0.8", "scheduler=dpmpp", "scheduler.steps=10", "sample.seed=3", "eval.hist_bins=16",
+    for ov in ["init.strength=0.8", "scheduler=dpmpp", "scheduler.steps=10", "sample.seed=3", "eval.fid_dims=2048",
                "init=noise", "data.prompt='{object}'"]:
         assert adapter_spec(style, compose([ov]), "m", "p") == base, ov
     for ov in ["lora.unet_rank=4", "train.steps=10", "prior.weight=0.5", "augmentation=crop_flip",

@@ -1,0 +1,184 @@
+"""Evaluation stage: the six metrics and the final score of a folder of generated images, per style
+and overall, written to ``scores.json`` and ``scores.md``.
+
+Called at the end of every run (on the run's ``images/``) and usable alone on any folder laid out the
+same way (``<images>/<style id>/<object>.png``, as the competition's upload folders are)::
+
+    python -m stylexfer.evaluate images=path/to/images data.root=path/to/styles [eval.models.dino=...]
+
+Overall values follow the checker: every metric is the mean over styles, except CLIP-R, which is the
+fraction of all images retrieved. A metric whose weights are missing is ``null`` with the reason in
+``unavailable``; the final score is then ``null`` too, never a number made of fewer metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .data import Style, load_image, object_name_from_file
+from .errors import DataError, ModelNotFoundError
+from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, Scorer, check_weights, hub_offline, score_components
+from .store import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def skip_missing(ev, demo: bool) -> bool:
+    """``eval.skip_missing``, with null meaning: skip for the embedded demo, fail for real work."""
+    return demo if ev.skip_missing is None else bool(ev.skip_missing)
+
+
+def preflight(ev, demo: bool) -> dict[str, str]:
+    """Check every configured metric's weights before any work starts.
+
+    Returns {metric: why} for the metrics that will be unavailable (``eval.skip_missing``); raises
+    ModelNotFoundError naming every missing model otherwise. For the demo model nothing is downloaded:
+    only local files and the local hub cache count."""
+    missing = check_weights(list(ev.metrics), ev.models, offline=hub_offline() or demo)
+    if missing and not skip_missing(ev, demo):
+        raise ModelNotFoundError(
+            f"metric weights missing for {', '.join(missing)}: " + "; ".join(f"{m}: {why}" for m, why in missing.items())
+            + " — or set eval.skip_missing=true to score without them")
+    return missing
+
+
+def candidate_prompts(ev, styles: Sequence[Style]) -> list[str]:
+    """CLIP-R's candidate texts: the lines of ``eval.clip_r_prompts``, or every object of the data set."""
+    if ev.clip_r_prompts:
+        lines = Path(ev.clip_r_prompts).expanduser().read_text(encoding="utf-8").splitlines()
+        return sorted({l.strip().lower() for l in lines if l.strip()})
+    return sorted({o.lower() for s in styles for o in s.objects})
+
+
+def generated_images(folder: Path, style: Style) -> tuple[list, list[str], list[str]]:
+    """(images, object names, file names) of one style's folder; files starting with "_" are not outputs."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("_"))
+    by_stem = dict(zip(style.object_files, style.objects))
+    images, objects = [], []
+    for p in files:
+        images.append(load_image(p))
+        stem = p.stem
+        base = stem.rsplit("_", 1)[0] if stem not in by_stem and stem.rsplit("_", 1)[-1].isdigit() else stem
+        objects.append(by_stem.get(base, object_name_from_file(base)))
+    return images, objects, [p.name for p in files]
+
+
+def evaluate(images_root: Path, styles: Sequence[Style], ev, device: str, unavailable: Optional[dict] = None) -> dict:
+    """Score every style that has a folder under ``images_root``; returns the scores document."""
+    images_root = Path(images_root)
+    if not images_root.is_dir():
+        raise DataError(f"images={images_root}: no such folder")
+    present = [s for s in styles if (images_root / s.id).is_dir()]
+    if not present:
+        raise DataError(f"images={images_root}: no folder named after a style ({', '.join(s.id for s in styles)})")
+    scorer = Scorer.load(ev, device, candidate_prompts(ev, styles))
+    per_style, retrieved = {}, []
+    for s in present:
+        images, objects, files = generated_images(images_root / s.id, s)
+        if not images:
+            per_style[s.id] = {"error": f"{images_root / s.id}: no images"}
+            continue
+        if len(images) < 2 and "fid" in scorer.metrics:
+            raise DataError(f"{images_root / s.id}: FID needs at least 2 images per style")
+        scores = scorer.score_style(images, s.images, objects)
+        if "clip_r" in scores:
+            retrieved.append((scores["clip_r"], len(images)))
+        per_style[s.id] = {**scores, **_final(scores), "images": len(images)}
+        log.info("scores %s: %s", s.id, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+    ok = [v for v in per_style.values() if "error" not in v]
+    overall = {m: float(np.mean([v[m] for v in ok])) for m in scorer.metrics if ok}
+    if retrieved:  # the checker's CLIP-R: the fraction of all images, not the mean of styles' fractions
+        overall["clip_r"] = float(sum(r * n for r, n in retrieved) / sum(n for _, n in retrieved))
+    overall.update(_final(overall))
+    why = dict(unavailable or {})
+    why.update(scorer.unavailable)
+    return {"metrics": list(ev.metrics), "models": scorer.models, "fid_dims": ev.fid_dims,
+            "clip_r_top_k": ev.clip_r_top_k, "styles": per_style, "overall": overall,
+            "unavailable": {m: why[m] for m in ev.metrics if m in why}}
+
+
+def _final(scores: dict) -> dict:
+    if all(m in scores for m in METRIC_NAMES):
+        return score_components(**{m: scores[m] for m in METRIC_NAMES})
+    return {"final": None}
+
+
+def _fmt(v) -> str:
+    return "—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def markdown(doc: dict, title: str) -> str:
+    cols = [m for m in METRIC_NAMES if m in doc["metrics"]] + ["final"]
+    arrow = {m: " ↑" if HIGHER_IS_BETTER[m] else " ↓" for m in cols}
+    lines = [f"# {title}", "", "| style | " + " | ".join(c + arrow[c] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for sid, st in doc["styles"].items():
+        lines.append(f"| {sid} | " + " | ".join(_fmt(st.get(c)) for c in cols) + " |")
+    ov = doc["overall"]
+    lines.append("| **overall** | " + " | ".join(f"**{_fmt(ov.get(c))}**" for c in cols) + " |")
+    if ov.get("final") is not None:
+        lines += ["", f"Style component {ov['style']:.4f} · text component {ov['text']:.4f} · "
+                      f"quality component {ov['quality']:.4f} · **final {ov['final']:.6f}**"]
+    if doc["unavailable"]:
+        lines += ["", "Unavailable (the final score needs all six):"] + [f"- `{m}`: {why}" for m, why in doc["unavailable"].items()]
+    lines += ["", "Models: " + "; ".join(f"{m}: `{v}`" for m, v in doc["models"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_scores(out_dir: Path, doc: dict, title: str) -> None:
+    atomic_write_text(Path(out_dir) / "scores.md", markdown(doc, title))
+    atomic_write_json(Path(out_dir) / "scores.json", doc)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _main(cfg) -> None:
+    from .config import validate_eval
+    from .data import discover_styles
+    from .embedded import ensure_demo_data
+
+    validate_eval(cfg.eval)
+    demo = cfg.data.root is None
+    missing = preflight(cfg.eval, demo)
+    cache = Path(cfg.paths.cache_dir).expanduser()
+    root = Path(cfg.data.root).expanduser() if cfg.data.root else ensure_demo_data(cache)
+    styles = discover_styles(root, cfg.data.styles, list(cfg.data.objects), cfg.data.max_objects)
+    doc = evaluate(Path(cfg.images).expanduser(), styles, cfg.eval, _device(cfg.device), missing)
+    doc.update(images=str(Path(cfg.images).expanduser().resolve()), data_root=str(root))
+    out = Path(cfg.paths.output_dir)
+    write_scores(out, doc, f"stylexfer scores: {cfg.images}")
+    log.info("overall: %s → %s", ", ".join(f"{k}={_fmt(v)}" for k, v in doc["overall"].items()), out / "scores.md")
+
+
+def cli() -> None:
+    import hydra
+    from omegaconf import DictConfig
+
+    from .errors import StylexferError
+    from .main import CONFIG_DIR, _discard_if_empty
+
+    @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+    def app(cfg: DictConfig) -> None:
+        try:
+            _main(cfg)
+        except StylexferError as e:
+            print(f"error: {e}", file=sys.stderr)
+            _discard_if_empty(Path(cfg.paths.output_dir))
+            sys.exit(e.exit_code)
+
+    app()
+
+
+if __name__ == "__main__":
+    cli()
