@@ -69,15 +69,17 @@ def generated_images(folder: Path, style: Style) -> tuple[list, list[str], list[
     return images, objects, [p.name for p in files]
 
 
-def evaluate(images_root: Path, styles: Sequence[Style], ev, device: str, unavailable: Optional[dict] = None) -> dict:
-    """Score every style that has a folder under ``images_root``; returns the scores document."""
+def evaluate(images_root: Path, styles: Sequence[Style], ev, device: str, unavailable: Optional[dict] = None,
+             demo: bool = False) -> dict:
+    """Score every style that has a folder under ``images_root``; returns the scores document.
+    ``unavailable``: what :func:`preflight` found missing; ``demo``: look up nothing on the hub."""
     images_root = Path(images_root)
     if not images_root.is_dir():
         raise DataError(f"images={images_root}: no such folder")
     present = [s for s in styles if (images_root / s.id).is_dir()]
     if not present:
         raise DataError(f"images={images_root}: no folder named after a style ({', '.join(s.id for s in styles)})")
-    scorer = Scorer.load(ev, device, candidate_prompts(ev, styles))
+    scorer = Scorer.load(ev, device, candidate_prompts(ev, styles), offline=hub_offline() or demo, skip=list(unavailable or {}))
     per_style, retrieved = {}, []
     for s in present:
         images, objects, files = generated_images(images_root / s.id, s)
@@ -154,7 +156,7 @@ def _main(cfg) -> None:
     cache = Path(cfg.paths.cache_dir).expanduser()
     root = Path(cfg.data.root).expanduser() if cfg.data.root else ensure_demo_data(cache)
     styles = discover_styles(root, cfg.data.styles, list(cfg.data.objects), cfg.data.max_objects)
-    doc = evaluate(Path(cfg.images).expanduser(), styles, cfg.eval, _device(cfg.device), missing)
+    doc = evaluate(Path(cfg.images).expanduser(), styles, cfg.eval, _device(cfg.device), missing, demo)
     doc.update(images=str(Path(cfg.images).expanduser().resolve()), data_root=str(root))
     out = Path(cfg.paths.output_dir)
     write_scores(out, doc, f"stylexfer scores: {cfg.images}")

@@ -378,9 +378,11 @@ class Scorer:
     models: dict  # metric -> the id/path it used
 
     @classmethod
-    def load(cls, ev, device: str, candidates: Sequence[str], offline: Optional[bool] = None) -> "Scorer":
+    def load(cls, ev, device: str, candidates: Sequence[str], offline: Optional[bool] = None,
+             skip: Sequence[str] = ()) -> "Scorer":
+        """``skip``: metrics already found unavailable (not looked up again)."""
         offline = hub_offline() if offline is None else offline
-        names = list(ev.metrics)
+        names = [m for m in ev.metrics if m not in skip]
         missing = check_weights(names, ev.models, offline)
         metrics, models = {}, {}
         for m in names:

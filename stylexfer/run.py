@@ -115,7 +115,7 @@ def run(cfg: DictConfig) -> dict:
 
     sampled = [s for s in styles if "images" in summary["styles"][s.id]]
     if sampled:
-        doc = evaluate(run_dir / "images", sampled, cfg.eval, str(components.device), unavailable)
+        doc = evaluate(run_dir / "images", sampled, cfg.eval, str(components.device), unavailable, demo=cfg.model.path is None)
         write_scores(run_dir, doc, f"stylexfer run `{cfg.name}`: scores")
         for sid, sc in doc["styles"].items():
             summary["styles"][sid]["scores"] = sc
