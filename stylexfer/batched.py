@@ -192,69 +192,68 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
         unet = c.unet
         if tr.compile and c.device.type == "cuda":
             unet = torch.compile(c.unet)
-        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylexfer-draw")
-        pending = None  # the next step's data, drawn on the worker while the GPU runs this step
-
-        def live_now():
-            return [s for s in range(n) if active[s] > 0]
-
-        for step in bar:
-            live = live_now()
-            if not live:
-                break
-            d = _keep(pending.result() if pending is not None else _draw(c, feeds, live), live)
-            checkpoint_now = every and (step + 1) % every == 0 and step + 1 < tr.steps
+        # the next step's data is drawn on the worker while the GPU runs this step; leaving the block
+        # waits for a draw still under way
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylexfer-draw") as ahead:
             pending = None
-            if step + 1 < tr.steps and not checkpoint_now:  # a checkpoint saves the streams first
-                pending = ahead.submit(_draw, c, feeds, live)
-            noisy, ts, targets = noisy_from(c, _posterior(c, d), d.eps, d.noise, d.t)
-            ad.router.groups = torch.tensor(live, device=c.device)
-            ad.router.all_slots = len(live) == n
-            cond = text(d.prompts)
-            with _autocast(c, precision):
-                pred = unet(noisy.to(c.dtype), ts, cond.to(c.dtype)).sample
-            per_sample = F.mse_loss(pred.float(), targets.float(), reduction="none").mean(dim=(1, 2, 3))
-            per_style = per_sample.view(len(live), -1)
-            style_loss = per_style[:, :b].mean(dim=1)
-            if use_prior:
-                style_loss = style_loss + cfg.prior.weight * per_style[:, b:].mean(dim=1)
-            finite = torch.isfinite(style_loss)
-            # copy the losses to the host without waiting: the backward and the optimizer step are queued
-            # first, and the host reads the values (ready since the forward) while the GPU works on them
-            host = style_loss.detach().to("cpu", non_blocking=c.device.type == "cuda")
-            ready = torch.cuda.Event() if c.device.type == "cuda" else None
-            if ready is not None:
-                ready.record()
-            total = torch.where(finite, style_loss, torch.zeros_like(style_loss)).sum()
-            total.backward()
-            step_active = active.clone()
-            step_active[torch.tensor(live, device=c.device)] *= finite.to(active.dtype)
-            ad.clip_per_slot(tr.max_grad_norm, step_active)  # a diverged style's slot gets no update
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=False)
-            if ready is not None:
-                ready.synchronize()
-            values = host.tolist()
-            for k, s in enumerate(live):
-                if not math.isfinite(values[k]):
-                    failed[ids[s]] = f"style {ids[s]}: loss is {values[k]} at step {step + 1}"
-                    active[s] = 0
-                    log.error(failed[ids[s]])
-                else:
-                    losses[ids[s]].append(values[k])
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{np.mean(values):.4f}")
-            if checkpoint_now:
-                _save_checkpoint(ckpt_dir, step + 1, params, opt, [f.stream for f in feeds],
-                                 [cy for f in feeds for cy in f.cycles()], {"losses": losses, "failed": failed})
-                for sid in ids:
-                    faults.checkpoint(f"train:{sid}:{step + 1}")
-                if step + 1 < tr.steps and live_now():
-                    pending = ahead.submit(_draw, c, feeds, live_now())
-        if pending is not None:
-            pending.result()
-        ahead.shutdown()
+
+            def live_now():
+                return [s for s in range(n) if active[s] > 0]
+
+            for step in bar:
+                live = live_now()
+                if not live:
+                    break
+                d = _keep(pending.result() if pending is not None else _draw(c, feeds, live), live)
+                checkpoint_now = every and (step + 1) % every == 0 and step + 1 < tr.steps
+                pending = None
+                if step + 1 < tr.steps and not checkpoint_now:  # a checkpoint saves the streams first
+                    pending = ahead.submit(_draw, c, feeds, live)
+                noisy, ts, targets = noisy_from(c, _posterior(c, d), d.eps, d.noise, d.t)
+                ad.router.groups = torch.tensor(live, device=c.device)
+                ad.router.all_slots = len(live) == n
+                cond = text(d.prompts)
+                with _autocast(c, precision):
+                    pred = unet(noisy.to(c.dtype), ts, cond.to(c.dtype)).sample
+                per_sample = F.mse_loss(pred.float(), targets.float(), reduction="none").mean(dim=(1, 2, 3))
+                per_style = per_sample.view(len(live), -1)
+                style_loss = per_style[:, :b].mean(dim=1)
+                if use_prior:
+                    style_loss = style_loss + cfg.prior.weight * per_style[:, b:].mean(dim=1)
+                finite = torch.isfinite(style_loss)
+                # copy the losses to the host without waiting: the backward and the optimizer step are queued
+                # first, and the host reads the values (ready since the forward) while the GPU works on them
+                host = style_loss.detach().to("cpu", non_blocking=c.device.type == "cuda")
+                ready = torch.cuda.Event() if c.device.type == "cuda" else None
+                if ready is not None:
+                    ready.record()
+                total = torch.where(finite, style_loss, torch.zeros_like(style_loss)).sum()
+                total.backward()
+                step_active = active.clone()
+                step_active[torch.tensor(live, device=c.device)] *= finite.to(active.dtype)
+                ad.clip_per_slot(tr.max_grad_norm, step_active)  # a diverged style's slot gets no update
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=False)
+                if ready is not None:
+                    ready.synchronize()
+                values = host.tolist()
+                for k, s in enumerate(live):
+                    if not math.isfinite(values[k]):
+                        failed[ids[s]] = f"style {ids[s]}: loss is {values[k]} at step {step + 1}"
+                        active[s] = 0
+                        log.error(failed[ids[s]])
+                    else:
+                        losses[ids[s]].append(values[k])
+                if step % 10 == 0:
+                    bar.set_postfix(loss=f"{np.mean(values):.4f}")
+                if checkpoint_now:
+                    _save_checkpoint(ckpt_dir, step + 1, params, opt, [f.stream for f in feeds],
+                                     [cy for f in feeds for cy in f.cycles()], {"losses": losses, "failed": failed})
+                    for sid in ids:
+                        faults.checkpoint(f"train:{sid}:{step + 1}")
+                    if step + 1 < tr.steps and live_now():
+                        pending = ahead.submit(_draw, c, feeds, live_now())
         ad.router.groups = None
         c.unet.eval()
         c.text_encoder.eval()

@@ -135,7 +135,8 @@ class TrainConfig:
     # styles trained together in one batched pass (each sample through its own style's LoRA);
     # 0 = as many as fit (all; halved on a CUDA out-of-memory), 1 = one style at a time
     styles_per_batch: int = 0
-    # torch.compile the UNet for batched training on CUDA (one compilation, ~1 min, then faster steps)
+    # torch.compile the UNet for batched training on CUDA; on an H100 (SD 2.1 shape) it compiled in 188 s
+    # for 9% faster steps: a loss for one 800-step run (README: Speed)
     compile: bool = False
 
 

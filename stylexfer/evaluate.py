@@ -22,7 +22,9 @@ import numpy as np
 
 from .data import Style, load_image, object_name_from_file
 from .errors import DataError, ModelNotFoundError
-from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, Scorer, check_weights, hub_offline, score_components
+from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, Scorer, check_weights, score_components
+from .models import hub_offline
+from .report import fmt
 from .store import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,8 @@ def candidate_prompts(ev, styles: Sequence[Style]) -> list[str]:
     return sorted({o.lower() for s in styles for o in s.objects})
 
 
-def generated_images(folder: Path, style: Style) -> tuple[list, list[str], list[str]]:
-    """(images, object names, file names) of one style's folder; files starting with "_" are not outputs."""
+def generated_images(folder: Path, style: Style) -> tuple[list, list[str]]:
+    """(images, object names) of one style's folder; files starting with "_" are not outputs."""
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("_"))
     by_stem = dict(zip(style.object_files, style.objects))
     images, objects = [], []
@@ -66,7 +68,7 @@ def generated_images(folder: Path, style: Style) -> tuple[list, list[str], list[
         stem = p.stem
         base = stem.rsplit("_", 1)[0] if stem not in by_stem and stem.rsplit("_", 1)[-1].isdigit() else stem
         objects.append(by_stem.get(base, object_name_from_file(base)))
-    return images, objects, [p.name for p in files]
+    return images, objects
 
 
 def evaluate(images_root: Path, styles: Sequence[Style], ev, device: str, unavailable: Optional[dict] = None,
@@ -82,7 +84,7 @@ def evaluate(images_root: Path, styles: Sequence[Style], ev, device: str, unavai
     scorer = Scorer.load(ev, device, candidate_prompts(ev, styles), offline=hub_offline() or demo, skip=list(unavailable or {}))
     per_style, retrieved = {}, []
     for s in present:
-        images, objects, files = generated_images(images_root / s.id, s)
+        images, objects = generated_images(images_root / s.id, s)
         if not images:
             per_style[s.id] = {"error": f"{images_root / s.id}: no images"}
             continue
@@ -111,18 +113,14 @@ def _final(scores: dict) -> dict:
     return {"final": None}
 
 
-def _fmt(v) -> str:
-    return "—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
 def markdown(doc: dict, title: str) -> str:
     cols = [m for m in METRIC_NAMES if m in doc["metrics"]] + ["final"]
     arrow = {m: " ↑" if HIGHER_IS_BETTER[m] else " ↓" for m in cols}
     lines = [f"# {title}", "", "| style | " + " | ".join(c + arrow[c] for c in cols) + " |", "|---|" + "---|" * len(cols)]
     for sid, st in doc["styles"].items():
-        lines.append(f"| {sid} | " + " | ".join(_fmt(st.get(c)) for c in cols) + " |")
+        lines.append(f"| {sid} | " + " | ".join(fmt(st.get(c)) for c in cols) + " |")
     ov = doc["overall"]
-    lines.append("| **overall** | " + " | ".join(f"**{_fmt(ov.get(c))}**" for c in cols) + " |")
+    lines.append("| **overall** | " + " | ".join(f"**{fmt(ov.get(c))}**" for c in cols) + " |")
     if ov.get("final") is not None:
         lines += ["", f"Style component {ov['style']:.4f} · text component {ov['text']:.4f} · "
                       f"quality component {ov['quality']:.4f} · **final {ov['final']:.6f}**"]
@@ -160,7 +158,7 @@ def _main(cfg) -> None:
     doc.update(images=str(Path(cfg.images).expanduser().resolve()), data_root=str(root))
     out = Path(cfg.paths.output_dir)
     write_scores(out, doc, f"stylexfer scores: {cfg.images}")
-    log.info("overall: %s → %s", ", ".join(f"{k}={_fmt(v)}" for k, v in doc["overall"].items()), out / "scores.md")
+    log.info("overall: %s → %s", ", ".join(f"{k}={fmt(v)}" for k, v in doc["overall"].items()), out / "scores.md")
 
 
 def cli() -> None:

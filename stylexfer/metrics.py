@@ -14,7 +14,6 @@ once per evaluation, not once per style.
 from __future__ import annotations
 
 import math
-import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -25,10 +24,12 @@ import numpy as np
 from PIL import Image
 
 from .errors import ModelNotFoundError
+from .models import hub_offline, looks_like_hub_id
 
 FID_CLIP = 20.0
 METRIC_NAMES = ("dino", "hist", "lpips", "clip_r", "fid", "clip_iqa")
 MODEL_METRICS = ("dino", "lpips", "clip_r", "fid", "clip_iqa")  # hist needs no weights
+FILE_METRICS = ("lpips", "fid")  # weights in one safetensors file (made by stylexfer.convert_weights)
 HIGHER_IS_BETTER = {"dino": True, "hist": True, "lpips": False, "clip_r": True, "fid": False, "clip_iqa": True,
                     "final": True}
 
@@ -142,15 +143,9 @@ HOW_TO_GET = {
 }
 
 
-def _is_hub_id(path: str) -> bool:
-    from .models import looks_like_hub_id
-
-    return looks_like_hub_id(path)
-
-
 def locate(metric: str, source: str, offline: bool) -> Path:
     """The local file or folder holding ``metric``'s weights; ModelNotFoundError with the reason if absent."""
-    if source and _is_hub_id(source) and metric not in ("lpips", "fid"):
+    if source and looks_like_hub_id(source) and metric not in FILE_METRICS:
         from huggingface_hub import snapshot_download
 
         try:
@@ -162,7 +157,7 @@ def locate(metric: str, source: str, offline: bool) -> Path:
     p = Path(source).expanduser() if source else None
     if p is None or not p.exists():
         raise ModelNotFoundError(f"{source}: no such file or folder")
-    if metric in ("lpips", "fid"):
+    if metric in FILE_METRICS:
         if p.suffix != ".safetensors" or not p.is_file():
             raise ModelNotFoundError(f"{source}: expected a .safetensors file")
     elif not (p / "config.json").exists() or not list(p.glob("*.safetensors")):
@@ -170,16 +165,21 @@ def locate(metric: str, source: str, offline: bool) -> Path:
     return p
 
 
-def check_weights(metrics: Sequence[str], models, offline: bool) -> dict[str, str]:
-    """{metric: why its weights are unavailable} for every model-backed metric in ``metrics``."""
-    missing = {}
+def find_weights(metrics: Sequence[str], models, offline: bool) -> tuple[dict[str, Path], dict[str, str]]:
+    """({metric: local weights}, {metric: why its weights are unavailable}) for the model-backed metrics."""
+    found, missing = {}, {}
     for m in metrics:
         if m in MODEL_METRICS:
             try:
-                locate(m, getattr(models, m), offline)
+                found[m] = locate(m, getattr(models, m), offline)
             except ModelNotFoundError as e:
                 missing[m] = f"{e} (set eval.models.{m}: {HOW_TO_GET[m]})"
-    return missing
+    return found, missing
+
+
+def check_weights(metrics: Sequence[str], models, offline: bool) -> dict[str, str]:
+    """{metric: why its weights are unavailable} for every model-backed metric in ``metrics``."""
+    return find_weights(metrics, models, offline)[1]
 
 
 # ----------------------------------------------------------------------------- model-backed metrics
@@ -365,10 +365,6 @@ class ClipIqa(_Clip):
         return float(self.torch.softmax(100.0 * img @ txt.T, dim=1)[:, 0].mean())
 
 
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
 @dataclass
 class Scorer:
     """The metrics that can run (models loaded once) and why the others cannot."""
@@ -383,7 +379,7 @@ class Scorer:
         """``skip``: metrics already found unavailable (not looked up again)."""
         offline = hub_offline() if offline is None else offline
         names = [m for m in ev.metrics if m not in skip]
-        missing = check_weights(names, ev.models, offline)
+        paths, missing = find_weights(names, ev.models, offline)
         metrics, models = {}, {}
         for m in names:
             if m in missing:
@@ -392,14 +388,13 @@ class Scorer:
                 metrics[m] = lambda g, r, **_: hist_score(g, r)
                 models[m] = "weight-free (checker's RGB 16³ + HSV 72-cell histograms)"
                 continue
-            source = getattr(ev.models, m)
-            path = locate(m, source, offline)
+            path = paths[m]
             metrics[m] = {"dino": lambda: Dino(path, device),
                           "lpips": lambda: Lpips(path, device),
                           "fid": lambda: Fid(path, device, ev.fid_dims),
                           "clip_r": lambda: ClipR(path, device, candidates, ev.clip_r_top_k),
                           "clip_iqa": lambda: ClipIqa(path, device)}[m]()
-            models[m] = source
+            models[m] = getattr(ev.models, m)
         return cls(metrics=metrics, unavailable=missing, models=models)
 
     def score_style(self, generated, references, objects) -> dict:

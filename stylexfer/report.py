@@ -27,7 +27,7 @@ def image_grid(rows: Sequence[tuple[str, Sequence[tuple[str, Image.Image]]]], ce
     return grid
 
 
-def _fmt(v) -> str:
+def fmt(v) -> str:
     return "—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
@@ -46,9 +46,9 @@ def write_reports(run_dir: Path, summary: dict, grid: Image.Image | None) -> Non
               "|---|---|---|" + "---|" * len(metrics)]
     for sid, st in summary["styles"].items():
         trained = "reused" if st.get("reused") else f"{st.get('train_seconds', 0):.0f}s"
-        vals = [_fmt(st.get("scores", {}).get(m, "—")) for m in metrics]
+        vals = [fmt(st.get("scores", {}).get(m, "—")) for m in metrics]
         lines.append(f"| {sid} | `{st.get('adapter_key', '—')}` | {trained} | " + " | ".join(vals) + " |")
-    lines.append("| **overall** | | | " + " | ".join(_fmt(summary["scores"].get(m, "—")) for m in metrics) + " |")
+    lines.append("| **overall** | | | " + " | ".join(fmt(summary["scores"].get(m, "—")) for m in metrics) + " |")
     if summary.get("unavailable"):
         lines += ["", "Unavailable metrics (so no final score):"] + [f"- `{k}`: {v}" for k, v in summary["unavailable"].items()]
     lines += ["", "![grid](grid.png)", ""]

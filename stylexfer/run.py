@@ -77,7 +77,8 @@ def run(cfg: DictConfig) -> dict:
     log.info("data: %d style(s) from %s: %s", len(styles), data_root, ", ".join(s.id for s in styles))
     resolved = resolve_model(cfg.model, cache)
     # metric weights too: a missing model fails the run now, not after an hour of training
-    unavailable = preflight(cfg.eval, demo=cfg.model.path is None)
+    demo = cfg.model.path is None
+    unavailable = preflight(cfg.eval, demo)
     components = load_components(resolved, cfg.model)
     log.info("model: %s (%s, %s, %s prediction)", resolved.source, components.device, str(components.dtype).split(".")[-1],
              resolved.prediction_type)
@@ -115,7 +116,7 @@ def run(cfg: DictConfig) -> dict:
 
     sampled = [s for s in styles if "images" in summary["styles"][s.id]]
     if sampled:
-        doc = evaluate(run_dir / "images", sampled, cfg.eval, str(components.device), unavailable, demo=cfg.model.path is None)
+        doc = evaluate(run_dir / "images", sampled, cfg.eval, str(components.device), unavailable, demo)
         write_scores(run_dir, doc, f"stylexfer run `{cfg.name}`: scores")
         for sid, sc in doc["styles"].items():
             summary["styles"][sid]["scores"] = sc

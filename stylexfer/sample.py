@@ -75,25 +75,22 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int, gui
         return pipe(image=[init_image] * len(prompts), strength=strength, **kwargs).images
 
 
-def fuse_exactly(pipe, adapter_name: str) -> dict:
+def fuse_exactly(pipe, adapter_name: str) -> list:
     """Fold the loaded LoRA into the base weights for sampling (diffusers' ``fuse_lora``: no LoRA matmuls
-    per layer, ~1.7× faster on SD 2.1) and return the base weights it changed, so that
-    :func:`unfuse_exactly` restores them bit for bit (``unfuse_lora`` alone subtracts the delta again,
-    which in bfloat16 does not give the same weights back)."""
-    base = {}
-    for part in (pipe.unet, pipe.text_encoder):
-        for name, module in part.named_modules():
-            layer = getattr(module, "base_layer", None)
-            if layer is not None and hasattr(layer, "weight"):
-                base[(id(part), name)] = (layer, layer.weight.detach().clone())
+    per layer; a style's 25 images at 512 px took 7.0 s fused vs 7.7 s unfused on an H100) and return the
+    base weights it changes, so that :func:`unfuse_exactly` restores them bit for bit (``unfuse_lora``
+    alone subtracts the delta again, which in bfloat16 does not give the same weights back)."""
+    base = [(m.base_layer, m.base_layer.weight.detach().clone())
+            for part in (pipe.unet, pipe.text_encoder) for m in part.modules()
+            if hasattr(getattr(m, "base_layer", None), "weight")]
     pipe.fuse_lora(adapter_names=[adapter_name], lora_scale=1.0)
     return base
 
 
-def unfuse_exactly(pipe, base: dict) -> None:
+def unfuse_exactly(pipe, base: list) -> None:
     pipe.unfuse_lora()
     with torch.no_grad():
-        for layer, weight in base.values():
+        for layer, weight in base:
             layer.weight.copy_(weight)
 
 

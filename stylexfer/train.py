@@ -343,7 +343,7 @@ class Feed:
     def cycles(self):
         return (self.inst, self.cls)
 
-    def _resized(self, images, i, tag):
+    def _resized(self, images, i):
         key = id(images[i])  # a shared pool's images are resized once for every style that uses them
         if key not in self.resized:
             self.resized[key] = augment_resize(images[i], self.cfg.model.resolution, self.cfg.augmentation)
@@ -353,7 +353,7 @@ class Feed:
         res, aug, rng = self.cfg.model.resolution, self.cfg.augmentation, self.stream.np
         if not self.cacheable:  # the resize is cached, the random crop/flip/rotation is drawn every step
             convert = to_uint8_tensor if self.raw else to_tensor
-            return torch.stack([convert(augment_random(self._resized(images, i, tag), res, aug, rng)) for i in ids]), None
+            return torch.stack([convert(augment_random(self._resized(images, i), res, aug, rng)) for i in ids]), None
         missing = [i for i in ids if (tag, i) not in self.latents]
         if missing:
             px = torch.stack([to_tensor(augment(images[i], res, aug, rng)) for i in missing])
