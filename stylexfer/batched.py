@@ -12,6 +12,7 @@ turns NaN/inf stops at once (its slot is masked) while the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -31,7 +32,6 @@ from tqdm.auto import tqdm
 from . import faults
 from .config import Precision, PriorMode, value
 from .data import Style, uint8_to_model
-from .errors import TrainingDiverged
 from .models import Components
 from .multilora import MultiAdapters, Router, inject, restore
 from .prior import ClassPool
@@ -146,6 +146,40 @@ def _posterior(c: Components, d: _Draw) -> _Dist:
     return _Dist(post.mean, post.std)
 
 
+class _CompiledOrPlain(torch.nn.Module):
+    """A module's ``torch.compile`` version that falls back to the module itself, with one warning, if
+    compiling fails (no C compiler or Triton on the machine, say): the run goes on at eager speed."""
+
+    def __init__(self, plain: torch.nn.Module, compiled):
+        super().__init__()
+        self.plain, self.compiled = plain, compiled
+
+    def forward(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - a real error (out of memory ...) raises again below
+                log.warning("torch.compile of the VAE encoder failed (%s: %s); encoding without it",
+                            type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                self.compiled = None
+        return self.plain(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def compiled_vae_encoder(c: Components, on: bool):
+    """``c.vae.encoder`` replaced by its ``torch.compile`` version on CUDA while training (put back after).
+    Only for per-step encoding of random crops (on the main thread); cached latents are encoded once, plain."""
+    if not (on and c.device.type == "cuda"):
+        yield
+        return
+    plain = c.vae.encoder
+    c.vae.encoder = _CompiledOrPlain(plain, torch.compile(plain))
+    try:
+        yield
+    finally:
+        c.vae.encoder = plain
+
+
 def train_together(c: Components, styles: list[Style], pools: list[Optional[ClassPool]], cfg,
                    ckpt_dir: Optional[Path], export_dirs: list[Path]) -> tuple[dict, dict, float]:
     """Train every style in one pass; write each finished style's adapter to its ``export_dirs`` entry.
@@ -194,7 +228,8 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
             unet = torch.compile(c.unet)
         # the next step's data is drawn on the worker while the GPU runs this step; leaving the block
         # waits for a draw still under way
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylexfer-draw") as ahead:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylexfer-draw") as ahead, \
+                compiled_vae_encoder(c, tr.compile_vae and not feeds[0].cacheable):
             pending = None
 
             def live_now():
@@ -277,6 +312,9 @@ def train_group(c: Components, styles: list[Style], pools: list[Optional[ClassPo
     key and files as the one-style path). Returns ({id: (seconds, losses)}, {id: error})."""
     root = Path(cache_dir) / "adapters"
     keys = [stable_hash(sp) for sp in specs]
+    if c.device.type == "cuda" and (cfg.train.compile or cfg.train.compile_vae):
+        # compiled kernels kept in the store: a later run on this machine loads them instead of compiling
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir) / "torch-compile"))
     ckpt = root / ".partial" / f"group-{stable_hash(keys)}"
     tmps = [root / f".{k}.tmp-{uuid.uuid4().hex[:8]}" for k in keys]
     for t in tmps:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -55,7 +54,6 @@ def build_components(arch_path: Path, device: str, dtype: torch.dtype):
     for m in (unet, vae, text_encoder):
         m.requires_grad_(False).eval().to(device=device, dtype=dtype)
     if device == "cuda":  # as load_components does
-        unet.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
     resolved = ResolvedModel(folder=tok_dir.parent, source="SD 2.1-shaped, random weights", identity="bench-random",
@@ -87,7 +85,8 @@ def bench_cfg(args, extra=()):
         cfg = compose(config_name="config", overrides=[
             "+strategy=safe", f"model.resolution={args.res}", f"lora.unet_rank={args.rank}", f"train.steps={args.steps}",
             f"prior.num_class_images={args.class_images}", f"sample.batch_size={args.sample_batch}",
-            f"train.mixed_precision={'bf16' if torch.cuda.is_available() else 'no'}", "train.checkpoint_every=0",
+            f"prior.batch_size={args.sample_batch}",
+            "train.checkpoint_every=0",
             f"paths.cache_dir={args.work / 'store'}", f"paths.output_dir={args.work / 'run'}",
             f"train.compile={str(bool(getattr(args, 'compile', False))).lower()}", *extra])
     OmegaConf.resolve(cfg)
@@ -98,7 +97,8 @@ def naive(args, c, styles, cfg) -> dict:
     """(a): the usual loop, timed on a few steps and images, extrapolated to the workload."""
     from .models import encode_prompts
     from .sample import generate, make_pipeline
-    from .train import _Stream, add_adapters, remove_adapters
+    from .config import Precision, value
+    from .train import _autocast, _Stream, add_adapters, remove_adapters
 
     style = styles[0]
     stream = _Stream(0, style.id)
@@ -118,7 +118,7 @@ def naive(args, c, styles, cfg) -> dict:
         noise = torch.randn_like(lat)
         t = torch.randint(0, 1000, (2,), device=c.device)
         noisy = c.noise_scheduler.add_noise(lat.float(), noise.float(), t)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.cuda.is_available()):
+        with _autocast(c, Precision(value(cfg.train.mixed_precision))):  # the same precision as stylexfer's path
             pred = c.unet(noisy.to(c.dtype), t, cond).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
         loss.backward()
@@ -151,6 +151,47 @@ def naive(args, c, styles, cfg) -> dict:
     n_images = args.styles * args.prompts
     return {"train_step_s": step_s, "samples_per_s": 2 / step_s, "image_s": image_s, "peak_train_gib": train_mem,
             "train_s": step_s * n_steps, "sample_s": image_s * n_images, "total_s": step_s * n_steps + image_s * n_images}
+
+
+def arithmetic(args, c, cfg) -> dict:
+    """The workload's floating-point operations (counted by torch's FlopCounterMode on one sample of each
+    model call) and the time they take at this device's measured bf16/fp32 matrix-product rate: the floor
+    no implementation beats by much. Frozen weights need no weight gradients, so a training sample costs
+    a UNet forward, the backward to its inputs (about one more forward) and a VAE encoding."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    r = args.res
+    lat = torch.randn(1, c.latent_channels, r // c.vae_scale, r // c.vae_scale, device=c.device, dtype=c.dtype)
+    cond = torch.randn(1, 77, c.text_encoder.config.hidden_size, device=c.device, dtype=c.dtype)
+    px = torch.randn(1, 3, r, r, device=c.device, dtype=c.vae_dtype)
+    gf = {}
+    for name, fn in (("unet_forward", lambda: c.unet(lat, torch.tensor([500], device=c.device), cond)),
+                     ("vae_encode", lambda: c.vae.encode(px)), ("vae_decode", lambda: c.vae.decode(lat.to(c.vae_dtype)))):
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            fn()
+        gf[name] = fc.get_total_flops() / 1e9
+    n = 8192 if c.device.type == "cuda" else 512
+    a = torch.randn(n, n, device=c.device, dtype=c.dtype)
+    for _ in range(3):
+        a @ a
+    _sync()
+    t0 = time.time()
+    for _ in range(10):
+        a @ a
+    _sync()
+    tflops = 2 * n**3 * 10 / (time.time() - t0) / 1e12
+    steps_per_image = int(args.sample_steps * cfg.init.strength)
+    pool = args.class_images * (cfg.prior.steps * 2 * gf["unet_forward"] + gf["vae_decode"])
+    train = args.styles * args.steps * 2 * (2 * gf["unet_forward"] + gf["vae_encode"])
+    sample = args.styles * args.prompts * (steps_per_image * 2 * gf["unet_forward"] + gf["vae_encode"] + gf["vae_decode"])
+    out = {"gflop_per_sample": gf, "matmul_tflops": tflops, "class_pool_pflop": pool / 1e6, "train_pflop": train / 1e6,
+           "sample_pflop": sample / 1e6}
+    out["floor_s"] = (pool + train + sample) / 1e3 / tflops
+    print(f"arithmetic: UNet forward {gf['unet_forward']:.0f} GFLOP, VAE encode {gf['vae_encode']:.0f}, decode "
+          f"{gf['vae_decode']:.0f} per sample; workload {out['class_pool_pflop']:.1f} (class pool) + "
+          f"{out['train_pflop']:.1f} (train) + {out['sample_pflop']:.1f} (sample) PFLOP; matrix products at "
+          f"{tflops:.0f} TFLOP/s here -> floor {out['floor_s']:.0f} s", flush=True)
+    return out
 
 
 def train_phase(args, c, styles, cfg) -> dict:
@@ -242,7 +283,7 @@ def breakdown(args, c, styles, cfg) -> dict:
     """Where the stylexfer path's time goes: host-side data drawing, the VAE, whole training steps (with
     eager and compiled), and one style's sampling (stock LoRA layers,
     fused LoRA, no LoRA)."""
-    from .batched import _draw, _posterior, train_together
+    from .batched import _draw, _posterior, compiled_vae_encoder, train_together
     from .data import average_image
     from .prior import ensure_pool, pool_objects, pool_spec
     from .sample import fuse_exactly, generate, make_pipeline, unfuse_exactly
@@ -272,6 +313,19 @@ def breakdown(args, c, styles, cfg) -> dict:
         _posterior(c, d)
     _sync()
     out["vae_encode_s"] = (time.time() - t0) / 5
+    if c.device.type == "cuda":
+        with compiled_vae_encoder(c, True):
+            t0 = time.time()
+            _posterior(c, d)
+            _sync()
+            out["vae_compile_s"] = time.time() - t0
+            _posterior(c, d)
+            _sync()
+            t0 = time.time()
+            for _ in range(5):
+                _posterior(c, d)
+            _sync()
+            out["vae_encode_compiled_s"] = (time.time() - t0) / 5
 
     def run(label, n, **over):
         saved = {k: getattr(cfg.augmentation, k) for k in over if hasattr(cfg.augmentation, k)}
@@ -344,7 +398,7 @@ def main(argv=None) -> int:
     p.add_argument("--res", type=int, default=512)
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--sample-steps", type=int, default=40)
-    p.add_argument("--sample-batch", type=int, default=25)
+    p.add_argument("--sample-batch", type=int, default=25, help="images per pipeline call (sampling and class images)")
     p.add_argument("--naive-steps", type=int, default=20)
     p.add_argument("--compile", action="store_true", help="train.compile=true for the stylexfer path")
     p.add_argument("--try-compile", action="store_true", help="breakdown: also time compiled training steps")
@@ -375,6 +429,7 @@ def main(argv=None) -> int:
     results = {**previous, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                "args": {k: str(v) for k, v in vars(args).items()}}
     if args.part in ("naive", "both"):
+        results["arithmetic"] = arithmetic(args, c, cfg)
         results["naive"] = naive(args, c, styles, cfg)
         print("naive:", json.dumps(results["naive"]), flush=True)
     if args.part in ("stylexfer", "both"):
@@ -387,13 +442,16 @@ def main(argv=None) -> int:
             sx["total_s"] = sx["train_s"] + sx["sample_s"]
         results["stylexfer"] = sx
     atomic_write_json(args.out, results)
-    rows = [("path", "train s", "sample s", "total s", "train samples/s", "peak train GiB", "speed-up")]
+    rows = [("path", "class pool s", "train s", "sample s", "total s", "train samples/s", "peak train GiB", "speed-up")]
     base = results.get("naive", {}).get("total_s")
     for name in ("naive", "stylexfer"):
         r = results.get(name)
         if r and "total_s" in r:
-            rows.append((name, f"{r['train_s']:.0f}", f"{r['sample_s']:.0f}", f"{r['total_s']:.0f}", f"{r['samples_per_s']:.1f}",
-                         f"{r['peak_train_gib']:.1f}", f"{base / r['total_s']:.1f}x" if base else "—"))
+            pool = f"{r['class_images_s']:.0f} (in train)" if "class_images_s" in r else "not timed"
+            rows.append((name, pool, f"{r['train_s']:.0f}", f"{r['sample_s']:.0f}", f"{r['total_s']:.0f}",
+                         f"{r['samples_per_s']:.1f}", f"{r['peak_train_gib']:.1f}", f"{base / r['total_s']:.1f}x" if base else "—"))
+    if "arithmetic" in results:
+        rows.append(("arithmetic floor", "", "", "", f"{results['arithmetic']['floor_s']:.0f}", "", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print(" | ".join(v.rjust(w) for v, w in zip(r, widths)))

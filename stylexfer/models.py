@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -162,8 +162,9 @@ def load_components(resolved: ResolvedModel, model_cfg) -> Components:
         m.requires_grad_(False)
         m.eval()
         m.to(device=device, dtype=dtype)
-    if device.type == "cuda":  # NHWC convolutions and autotuned kernels: faster on tensor cores
-        unet.to(memory_format=torch.channels_last)
+    if device.type == "cuda":  # autotuned kernels; the UNet stays NCHW: on an H100 (torch 2.11) channels-last
+        # made a 28-sample training step 0.300 s instead of 0.255 s and a 50-sample forward 0.159 s instead of
+        # 0.135 s (GroupNorm and the attention reshapes copy NHWC tensors), README: Speed
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
     # The VAE decodes in float32 on fp16 (SD's VAE overflows in half precision).

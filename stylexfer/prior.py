@@ -16,14 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
-from tqdm.auto import tqdm
 
-from . import faults
 from .config import PriorMode, value
 from .data import Style, load_image
 from .models import Components
-from .sample import generate, image_seed, make_pipeline
-from .store import atomic_save_image, atomic_write_json, build_once, stable_hash
+from .sample import generate, image_seed, make_in_chunks, make_pipeline
+from .store import atomic_write_json, build_once, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +64,12 @@ def ensure_pool(components: Components, spec: dict, prior_cfg, cache_dir: Path) 
         log.info("generating %d class images with the base model (pool %s)%s", len(prompts), key,
                  f", {have} already made" if have else "")
         pipe = make_pipeline(components, spec["sampler"])
-        bs = prior_cfg.batch_size
-        for i in tqdm(range(0, len(prompts), bs), desc="class images", unit="batch", leave=False):
-            if all((partial / n).exists() for n in names[i:i + bs]):
-                continue  # the same fixed chunks every time, so a resumed pool equals an uninterrupted one
-            chunk = prompts[i:i + bs]
-            seeds = [image_seed(spec["seed"], "class", i + j) for j in range(len(chunk))]
-            images = generate(pipe, chunk, seeds, spec["steps"], spec["guidance_scale"], spec["resolution"])
-            for j, img in enumerate(images):
-                atomic_save_image(img, partial / names[i + j])
-                faults.checkpoint(f"class:{i + j}")
+
+        def make(i: int, j: int) -> list:
+            seeds = [image_seed(spec["seed"], "class", k) for k in range(i, j)]
+            return generate(pipe, prompts[i:j], seeds, spec["steps"], spec["guidance_scale"], spec["resolution"])
+
+        make_in_chunks(partial, names, prior_cfg.batch_size, make, lambda n: f"class:{n}", "class images")
         for n in names:
             os.replace(partial / n, tmp / n)
         atomic_write_json(tmp / "manifest.json", {"spec": spec, "images": [{"file": n, "prompt": p} for n, p in zip(names, prompts)]})

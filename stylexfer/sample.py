@@ -13,7 +13,8 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -73,6 +74,30 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int, gui
         if init_image is None:
             return pipe(height=resolution, width=resolution, **kwargs).images
         return pipe(image=[init_image] * len(prompts), strength=strength, **kwargs).images
+
+
+def make_in_chunks(partial: Path, names: Sequence[str], chunk: int, make: Callable[[int, int], list],
+                   point: Callable[[int], str], desc: str) -> None:
+    """Images ``names`` made ``chunk`` at a time by ``make(i, j)`` (images ``i..j-1``) into ``partial``.
+
+    The chunks are the same fixed slices every time and a chunk whose files all exist is skipped, so a
+    killed run resumes where it stopped and ends with the same files. A chunk's PNGs are encoded on worker
+    threads (zlib releases the GIL) while the next chunk is generated; ``faults.checkpoint(point(n))``
+    runs once image ``n`` is on disk."""
+    def written(pending):
+        for n, fut in pending:
+            fut.result()
+            faults.checkpoint(point(n))
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="stylexfer-png") as pool:
+        pending: list = []
+        for i in tqdm(range(0, len(names), chunk), desc=desc, unit="batch", leave=False):
+            if all((partial / n).exists() for n in names[i:i + chunk]):
+                continue
+            images = make(i, min(i + chunk, len(names)))
+            written(pending)
+            pending = [(i + k, pool.submit(atomic_save_image, img, partial / names[i + k])) for k, img in enumerate(images)]
+        written(pending)
 
 
 def fuse_exactly(pipe, adapter_name: str) -> list:
@@ -148,17 +173,13 @@ def ensure_samples(components: Components, style: Style, adapter_dir: Optional[P
             pipe.load_lora_weights(str(adapter_dir), adapter_name=adapter_name)
             if cfg.sample.fuse_lora:
                 base = fuse_exactly(pipe, adapter_name)
-        bs = cfg.sample.batch_size
+        def make(i: int, j: int) -> list:
+            return generate(pipe, [b.prompt for b in jobs[i:j]], [b.seed for b in jobs[i:j]], cfg.scheduler.steps,
+                            cfg.scheduler.guidance_scale, res, init, cfg.init.strength)
+
         try:
-            for i in tqdm(range(0, len(jobs), bs), desc=f"sample {style.id}", unit="batch", leave=False):
-                if all((partial / n).exists() for n in names[i:i + bs]):
-                    continue
-                batch = jobs[i:i + bs]
-                images = generate(pipe, [j.prompt for j in batch], [j.seed for j in batch], cfg.scheduler.steps,
-                                  cfg.scheduler.guidance_scale, res, init, cfg.init.strength)
-                for k, img in enumerate(images):
-                    atomic_save_image(img, partial / names[i + k])
-                    faults.checkpoint(f"sample:{style.id}:{i + k + 1}")
+            make_in_chunks(partial, names, cfg.sample.batch_size, make, lambda n: f"sample:{style.id}:{n + 1}",
+                           f"sample {style.id}")
         finally:
             if base is not None:
                 unfuse_exactly(pipe, base)

@@ -102,3 +102,42 @@ def test_a_failing_batched_pass_falls_back_to_one_style_at_a_time(components, de
     styles = discover_styles(demo_root, styles=["00", "01"])
     assert run_mod.train_in_batches(components, styles, cfg, tmp_path) == ({}, {})
     assert "batched training of 00, 01 failed (RuntimeError: kernel exploded): training them one at a time" in caplog.text
+
+
+def test_the_compiled_vae_encoder_is_swapped_in_on_cuda_only_and_always_put_back():
+    from types import SimpleNamespace
+
+    from stylexfer.batched import _CompiledOrPlain, compiled_vae_encoder
+
+    plain = torch.nn.Linear(3, 3)
+    cpu = SimpleNamespace(device=torch.device("cpu"), vae=SimpleNamespace(encoder=plain))
+    with compiled_vae_encoder(cpu, True):
+        assert cpu.vae.encoder is plain  # nothing to gain on a CPU
+    gpu = SimpleNamespace(device=torch.device("cuda"), vae=SimpleNamespace(encoder=plain))  # compiling is lazy
+    with compiled_vae_encoder(gpu, False):
+        assert gpu.vae.encoder is plain
+    with pytest.raises(RuntimeError, match="boom"):
+        with compiled_vae_encoder(gpu, True):
+            assert isinstance(gpu.vae.encoder, _CompiledOrPlain) and gpu.vae.encoder.plain is plain
+            raise RuntimeError("boom")
+    assert gpu.vae.encoder is plain
+
+
+def test_a_failing_compile_falls_back_to_the_plain_module_with_one_warning(caplog):
+    from stylexfer.batched import _CompiledOrPlain
+
+    calls = []
+
+    def broken(x):
+        calls.append(x)
+        raise RuntimeError("no C compiler found\nmore detail")
+
+    plain = torch.nn.Linear(3, 2)
+    m = _CompiledOrPlain(plain, broken)
+    x = torch.randn(4, 3)
+    with caplog.at_level("WARNING"):
+        assert torch.equal(m(x), plain(x))
+        assert torch.equal(m(x), plain(x))
+    assert len(calls) == 1  # not tried again
+    warnings = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
+    assert warnings == ["torch.compile of the VAE encoder failed (RuntimeError: no C compiler found); encoding without it"]

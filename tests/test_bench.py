@@ -35,6 +35,17 @@ def test_bench_runs_both_paths_and_prints_the_table(tmp_path, capsys):
     for path in ("naive", "stylexfer"):
         assert r[path]["train_s"] > 0 and r[path]["sample_s"] > 0 and r[path]["samples_per_s"] > 0
     assert r["naive"]["train_s"] == pytest.approx(r["naive"]["train_step_s"] * 2 * 3)  # extrapolated to 2 styles × 3 steps
+    a = r["arithmetic"]
+    gf = a["gflop_per_sample"]
+    assert 0 < gf["unet_forward"] < gf["vae_decode"] and gf["vae_encode"] > 0  # the tiny models, counted by torch
+    # 2 styles × 3 steps × 2 samples × (forward + backward to the inputs + VAE encoding)
+    assert a["train_pflop"] == pytest.approx(2 * 3 * 2 * (2 * gf["unet_forward"] + gf["vae_encode"]) / 1e6)
+    # 2 class images × 25 steps × CFG; 2 styles × 2 prompts × int(3 steps × 0.9) = 2 steps × CFG, + init encode and decode
+    assert a["class_pool_pflop"] == pytest.approx(2 * (25 * 2 * gf["unet_forward"] + gf["vae_decode"]) / 1e6)
+    assert a["sample_pflop"] == pytest.approx(4 * (2 * 2 * gf["unet_forward"] + gf["vae_encode"] + gf["vae_decode"]) / 1e6)
+    total = a["class_pool_pflop"] + a["train_pflop"] + a["sample_pflop"]
+    assert a["floor_s"] == pytest.approx(total * 1e3 / a["matmul_tflops"])
+    assert "arithmetic floor" in table
 
 
 @pytest.mark.slow
