@@ -313,7 +313,7 @@ def train_group(c: Components, styles: list[Style], pools: list[Optional[ClassPo
     root = Path(cache_dir) / "adapters"
     keys = [stable_hash(sp) for sp in specs]
     if c.device.type == "cuda" and (cfg.train.compile or cfg.train.compile_vae):
-        # compiled kernels kept in the store: a later run on this machine loads them instead of compiling
+        # torch's compile cache in the store, where later runs on this machine can reuse compiled kernels
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir) / "torch-compile"))
     ckpt = root / ".partial" / f"group-{stable_hash(keys)}"
     tmps = [root / f".{k}.tmp-{uuid.uuid4().hex[:8]}" for k in keys]

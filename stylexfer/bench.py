@@ -6,8 +6,10 @@ strength 0.9 and 40 steps) through (a) the naive per-style loop and (b) the styl
 
 (a) is timed over ``--naive-steps`` training steps and ``--naive-images`` sampled images and
 extrapolated to the workload (VAE + text encoder every step, batch 2, peft LoRA, one image per
-pipeline call). (b) runs the whole workload: all styles in batched training passes, latents and text
-embeddings cached, bf16 frozen weights, SDPA attention, fused AdamW, then batched sampling.
+pipeline call), in the same precision. (b) runs the whole workload: the class pool, all styles in
+batched training passes (text embeddings cached, random crops encoded by a compiled VAE encoder, bf16
+frozen weights, SDPA attention, fused AdamW), then batched sampling with fused LoRA. ``--part naive``
+also counts the workload's FLOPs and prints the time they take at this device's matrix-product rate.
 Random weights: the numbers are speed, never quality. Prints a table and writes ``bench.json``.
 """
 
