@@ -34,6 +34,16 @@ def _sync():
         torch.cuda.synchronize()
 
 
+def _timed(fn, n: int = 1):
+    """Mean seconds per call of ``fn`` over ``n`` calls, its device work included, and the last call's result."""
+    _sync()
+    t0 = time.time()
+    for _ in range(n):
+        result = fn()
+    _sync()
+    return (time.time() - t0) / n, result
+
+
 def build_components(arch_path: Path, device: str, dtype: torch.dtype):
     """SD 2.1-shaped UNet, VAE, text encoder from the published configs, random weights, in memory."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -129,14 +139,8 @@ def naive(args, c, styles, cfg) -> dict:
         opt.zero_grad()
 
     c.unet.train()
-    for _ in range(3):
-        step()
-    _sync()
-    t0 = time.time()
-    for _ in range(args.naive_steps):
-        step()
-    _sync()
-    step_s = (time.time() - t0) / args.naive_steps
+    _timed(step, 3)  # warm-up
+    step_s, _ = _timed(step, args.naive_steps)
     train_mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     c.unet.eval()
     remove_adapters(c)
@@ -174,14 +178,8 @@ def arithmetic(args, c, cfg) -> dict:
         gf[name] = fc.get_total_flops() / 1e9
     n = 8192 if c.device.type == "cuda" else 512
     a = torch.randn(n, n, device=c.device, dtype=c.dtype)
-    for _ in range(3):
-        a @ a
-    _sync()
-    t0 = time.time()
-    for _ in range(10):
-        a @ a
-    _sync()
-    tflops = 2 * n**3 * 10 / (time.time() - t0) / 1e12
+    _timed(lambda: a @ a, 3)  # warm-up
+    tflops = 2 * n**3 / _timed(lambda: a @ a, 10)[0] / 1e12
     steps_per_image = int(args.sample_steps * cfg.init.strength)
     pool = args.class_images * (cfg.prior.steps * 2 * gf["unet_forward"] + gf["vae_decode"])
     train = args.styles * args.steps * 2 * (2 * gf["unet_forward"] + gf["vae_encode"])
@@ -298,36 +296,18 @@ def breakdown(args, c, styles, cfg) -> dict:
     feeds = [Feed(c, s, pool, cfg, {}, raw=True) for s in styles]
     live = list(range(len(styles)))
     _draw(c, feeds, live)  # fills the resize cache
-    t0 = time.time()
-    for _ in range(5):
-        for f in feeds:
-            f.next()
-    out["draw_crops_s"] = (time.time() - t0) / 5
-    t0 = time.time()
-    for _ in range(5):
-        d = _draw(c, feeds, live)
-    out["draw_s"] = (time.time() - t0) / 5
-    for _ in range(2):
-        _posterior(c, d)
-    _sync()
-    t0 = time.time()
-    for _ in range(5):
-        _posterior(c, d)
-    _sync()
-    out["vae_encode_s"] = (time.time() - t0) / 5
+    out["draw_crops_s"], _ = _timed(lambda: [f.next() for f in feeds], 5)
+    out["draw_s"], d = _timed(lambda: _draw(c, feeds, live), 5)
+    def encode():
+        return _posterior(c, d)
+
+    _timed(encode, 2)  # warm-up
+    out["vae_encode_s"], _ = _timed(encode, 5)
     if c.device.type == "cuda":
         with compiled_vae_encoder(c, True):
-            t0 = time.time()
-            _posterior(c, d)
-            _sync()
-            out["vae_compile_s"] = time.time() - t0
-            _posterior(c, d)
-            _sync()
-            t0 = time.time()
-            for _ in range(5):
-                _posterior(c, d)
-            _sync()
-            out["vae_encode_compiled_s"] = (time.time() - t0) / 5
+            out["vae_compile_s"], _ = _timed(encode)
+            _timed(encode)
+            out["vae_encode_compiled_s"], _ = _timed(encode, 5)
 
     def run(label, n, **over):
         saved = {k: getattr(cfg.augmentation, k) for k in over if hasattr(cfg.augmentation, k)}
@@ -357,23 +337,13 @@ def breakdown(args, c, styles, cfg) -> dict:
     seeds = list(range(len(prompts)))
 
     def gen_s():
-        _sync()
-        t = time.time()
-        generate(pipe, prompts, seeds, args.sample_steps, 7.5, args.res, init, 0.9)
-        _sync()
-        return time.time() - t
+        return _timed(lambda: generate(pipe, prompts, seeds, args.sample_steps, 7.5, args.res, init, 0.9))[0]
 
     generate(pipe, prompts, seeds, 2, 7.5, args.res, init, 0.9)  # warm-up at the measured batch shape (cudnn autotune)
     out["generate_style_no_lora_s"] = gen_s()
-    t0 = time.time()
-    pipe.load_lora_weights(str(adapter), adapter_name="bd")
-    _sync()
-    out["lora_load_s"] = time.time() - t0
+    out["lora_load_s"], _ = _timed(lambda: pipe.load_lora_weights(str(adapter), adapter_name="bd"))
     out["generate_style_s"] = gen_s()
-    t0 = time.time()
-    base = fuse_exactly(pipe, "bd")
-    _sync()
-    out["lora_fuse_s"] = time.time() - t0
+    out["lora_fuse_s"], base = _timed(lambda: fuse_exactly(pipe, "bd"))
     out["generate_style_fused_s"] = gen_s()
     unfuse_exactly(pipe, base)
     pipe.delete_adapters("bd")

@@ -47,20 +47,27 @@ def test_explicit_device_is_left_alone():
         assert d == "cpu"
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_training_and_sampling_on_the_gpu_in_bf16(demo_root, tiny_dir, cache_dir, tmp_path):
+@pytest.fixture
+def gpu_components(tiny_dir, cache_dir):
+    """The tiny model loaded on the GPU in the default dtype (bf16), as a run loads it."""
     from omegaconf import OmegaConf
 
-    from conftest import compose
-    from stylexfer.data import discover_styles
     from stylexfer.models import load_components, resolve_model
-    from stylexfer.sample import ensure_samples, sample_spec
-    from stylexfer.train import adapter_spec, train_style
 
     mc = OmegaConf.create({"path": str(tiny_dir), "revision": None, "variant": None, "local_files_only": True,
                            "device": "cuda", "dtype": "auto"})
-    c = load_components(resolve_model(mc, cache_dir), mc)
+    return load_components(resolve_model(mc, cache_dir), mc)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_and_sampling_on_the_gpu_in_bf16(demo_root, gpu_components, tmp_path):
+    from conftest import compose
+    from stylexfer.data import discover_styles
+    from stylexfer.sample import ensure_samples, sample_spec
+    from stylexfer.train import adapter_spec, train_style
+
+    c = gpu_components
     assert c.dtype == torch.bfloat16 and c.device.type == "cuda"
     (style,) = discover_styles(demo_root, styles=["00"], max_objects=2)
     cfg = compose(["prior=none", "train.steps=20", "model.device=cuda", "scheduler.steps=5"])
@@ -73,17 +80,12 @@ def test_training_and_sampling_on_the_gpu_in_bf16(demo_root, tiny_dir, cache_dir
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_batched_training_with_the_compiled_vae_encoder_on_the_gpu(demo_root, tiny_dir, cache_dir, tmp_path):
-    from omegaconf import OmegaConf
-
+def test_batched_training_with_the_compiled_vae_encoder_on_the_gpu(demo_root, gpu_components, tmp_path):
     from conftest import compose
     from stylexfer.batched import train_together
     from stylexfer.data import discover_styles
-    from stylexfer.models import load_components, resolve_model
 
-    mc = OmegaConf.create({"path": str(tiny_dir), "revision": None, "variant": None, "local_files_only": True,
-                           "device": "cuda", "dtype": "auto"})
-    c = load_components(resolve_model(mc, cache_dir), mc)
+    c = gpu_components
     plain = c.vae.encoder
     styles = discover_styles(demo_root, styles=["00", "01"], max_objects=2)
     losses = {}
