@@ -33,61 +33,13 @@ from . import faults
 from .config import Precision, PriorMode, value
 from .data import Style, uint8_to_model
 from .models import Components
-from .multilora import MultiAdapters, Router, inject, restore
+from .multilora import restore
 from .prior import ClassPool
 from .store import atomic_write_json, stable_hash
-from .train import (Feed, TextCache, _autocast, _Dist, _load_checkpoint, _save_checkpoint, add_adapters, draw_noise,
-                    make_optimizer, noisy_from, remove_adapters, save_adapter)
+from .train import (Feed, TextCache, _autocast, _Dist, _load_checkpoint, _save_checkpoint, draw_noise, export_adapter,
+                    inject_adapters, make_optimizer, noisy_from)
 
 log = logging.getLogger(__name__)
-
-
-def _peft_lora_weights(model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{module name: (lora_A weight (r, in), lora_B weight (out, r))} of the model's peft adapter."""
-    out = {}
-    for name, module in model.named_modules():
-        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
-            out[name] = (module.lora_A["default"].weight.detach().clone(), module.lora_B["default"].weight.detach().clone())
-    return out
-
-
-def _inject_all(c: Components, cfg, feeds: list[Feed]) -> MultiAdapters:
-    """Multi-style LoRA layers whose slot ``s`` starts exactly as style ``s``'s peft adapter would."""
-    lo = cfg.lora
-    inits = []
-    for f in feeds:
-        add_adapters(c, cfg, f.stream.lora_seed)
-        inits.append((_peft_lora_weights(c.unet), _peft_lora_weights(c.text_encoder)))
-        remove_adapters(c)
-    ad = MultiAdapters(router=Router())
-    n = len(feeds)
-    ad.unet = inject(c.unet, lo.unet_target_modules, n, lo.unet_rank, lo.unet_alpha or lo.unet_rank, ad.router)
-    if lo.text_encoder_rank > 0:
-        ad.text_encoder = inject(c.text_encoder, lo.text_encoder_target_modules, n, lo.text_encoder_rank,
-                                 lo.text_encoder_alpha or lo.text_encoder_rank, ad.router)
-    with torch.no_grad():
-        for s, (u, t) in enumerate(inits):
-            for layers, weights in ((ad.unet, u), (ad.text_encoder, t)):
-                for name, layer in layers.items():
-                    a, b = weights[name]
-                    layer.A[s].copy_(a.float())
-                    layer.B[s].copy_(b.float())
-    return ad
-
-
-def _export(c: Components, cfg, ad: MultiAdapters, slot: int, folder: Path) -> None:
-    """Write slot ``slot`` as a stock diffusers LoRA file (through peft, like the sequential path)."""
-    add_adapters(c, cfg, 0)
-    try:
-        with torch.no_grad():
-            for model, layers in ((c.unet, ad.unet), (c.text_encoder, ad.text_encoder)):
-                for name, layer in layers.items():
-                    m = model.get_submodule(name)
-                    m.lora_A["default"].weight.copy_(layer.A[slot])
-                    m.lora_B["default"].weight.copy_(layer.B[slot])
-        save_adapter(c, folder)
-    finally:
-        remove_adapters(c)
 
 
 @dataclass
@@ -186,13 +138,16 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
     Returns ({style id: losses}, {style id: error line of a style that diverged}, seconds)."""
     from diffusers.optimization import get_scheduler
 
+    if cfg.lora.dropout > 0 and len(styles) > 1:
+        raise ValueError("lora.dropout > 0: dropout masks come from the device's global random stream, so in a "
+                         "batched pass a style's adapter would depend on its batch mates; train one style at a time")
     t0 = time.time()
     tr = cfg.train
     use_prior = value(cfg.prior.mode) != PriorMode.none.value and all(p is not None for p in pools)
     precision = Precision(value(tr.mixed_precision))
     resized: dict = {}  # shared: a shared class pool is resized once, not once per style
     feeds = [Feed(c, s, p if use_prior else None, cfg, resized, raw=True) for s, p in zip(styles, pools)]
-    ad = _inject_all(c, cfg, feeds)
+    ad = inject_adapters(c, cfg, [f.stream.lora_seed for f in feeds])
     groups = ad.groups(tr.lr, tr.lr * cfg.lora.text_encoder_lr_scale)
     params = [p for g in groups for p in g["params"]]
     train_te = bool(ad.text_encoder)
@@ -296,7 +251,7 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
         restore(c.text_encoder, ad.text_encoder)
         for s, sid in enumerate(ids):
             if sid not in failed:
-                _export(c, cfg, ad, s, export_dirs[s])
+                export_adapter(c, cfg, ad, s, export_dirs[s])
     finally:
         ad.router.index = ad.router.groups = None
         restore(c.unet, ad.unet)

@@ -4,9 +4,10 @@ strength 0.9 and 40 steps) through (a) the naive per-style loop and (b) the styl
 
     python -m stylexfer.bench --arch ../shared/reference/sd21_architecture.json [--part naive|stylexfer|both]
 
-(a) is timed over ``--naive-steps`` training steps and ``--naive-images`` sampled images and
-extrapolated to the workload (VAE + text encoder every step, batch 2, peft LoRA, one image per
-pipeline call), in the same precision. (b) runs the whole workload: the class pool, all styles in
+(a) is the usual loop, diffusers' DreamBooth-LoRA example per style, timed over ``--naive-images``
+class images, ``--naive-steps`` training steps and ``--naive-images`` sampled images and extrapolated
+to the workload (class images and samples one per pipeline call; VAE + text encoder every step, batch
+2; peft LoRA under bf16 autocast; the LoRA loaded unfused for sampling). (b) runs the whole workload: the class pool, all styles in
 batched training passes (text embeddings cached, random crops encoded by a compiled VAE encoder, bf16
 frozen weights, SDPA attention, fused AdamW), then batched sampling with fused LoRA. ``--part naive``
 also counts the workload's FLOPs and prints the time they take at this device's matrix-product rate.
@@ -106,21 +107,32 @@ def bench_cfg(args, extra=()):
 
 
 def naive(args, c, styles, cfg) -> dict:
-    """(a): the usual loop, timed on a few steps and images, extrapolated to the workload."""
+    """(a): the usual loop — diffusers' DreamBooth-LoRA example per style — timed on a few class images,
+    steps and images and extrapolated to the workload: the class pool one image per pipeline call; steps of
+    batch 2 (an instance and a class image) that run the VAE and the text encoder every step, with peft's
+    LoRA layers (float32 weights) under bf16 autocast, as the example trains with ``--mixed_precision=bf16``;
+    then the style's images one per pipeline call with its LoRA loaded by stock ``load_lora_weights``."""
+    from .config import Precision, value
+    from .data import fit_square, to_tensor
     from .models import encode_prompts
     from .sample import generate, make_pipeline
-    from .config import Precision, value
-    from .train import _autocast, _Stream, add_adapters, remove_adapters
+    from .train import _autocast, _Stream, add_adapters, remove_adapters, save_adapter
 
     style = styles[0]
-    stream = _Stream(0, style.id)
-    groups = add_adapters(c, cfg, stream.lora_seed)
+    pipe = make_pipeline(c, value(cfg.prior.sampler))
+    prior = cfg.prior
+
+    def class_image(i):
+        generate(pipe, [f"an image of thing {i}"], [i], prior.steps, prior.guidance_scale, args.res)
+
+    _timed(lambda: generate(pipe, ["x"], [0], 2, prior.guidance_scale, args.res))  # warm-up
+    class_s = sum(_timed(lambda: class_image(i))[0] for i in range(args.naive_images)) / args.naive_images
+    groups = add_adapters(c, cfg, _Stream(0, style.id).lora_seed)
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, weight_decay=1e-2)
-    from .data import fit_square, to_tensor
-
     px = torch.stack([to_tensor(fit_square(style.images[0], args.res)), to_tensor(fit_square(style.images[1], args.res))])
     prompts = ["an image of a in style_00", "an image of b"]
+    autocast = Precision.bf16 if c.dtype == torch.bfloat16 else Precision(value(cfg.train.mixed_precision))
     torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
 
     def step():
@@ -130,7 +142,7 @@ def naive(args, c, styles, cfg) -> dict:
         noise = torch.randn_like(lat)
         t = torch.randint(0, 1000, (2,), device=c.device)
         noisy = c.noise_scheduler.add_noise(lat.float(), noise.float(), t)
-        with _autocast(c, Precision(value(cfg.train.mixed_precision))):  # the same precision as stylexfer's path
+        with _autocast(c, autocast):
             pred = c.unet(noisy.to(c.dtype), t, cond).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
         loss.backward()
@@ -138,25 +150,36 @@ def naive(args, c, styles, cfg) -> dict:
         opt.step()
         opt.zero_grad()
 
+    adapter = Path(tempfile.mkdtemp(prefix="naive-lora-"))
     c.unet.train()
-    _timed(step, 3)  # warm-up
-    step_s, _ = _timed(step, args.naive_steps)
+    try:
+        _timed(step, 3)  # warm-up
+        step_s, _ = _timed(step, args.naive_steps)
+        save_adapter(c, adapter)
+    finally:
+        c.unet.eval()
+        remove_adapters(c)
     train_mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
-    c.unet.eval()
-    remove_adapters(c)
     pipe = make_pipeline(c, "ddim", img2img=True)
-    init = Image.new("RGB", (args.res, args.res), (120, 90, 60))
-    generate(pipe, ["x"], [0], args.sample_steps, 7.5, args.res, init, 0.9)
-    _sync()
-    t0 = time.time()
-    for i in range(args.naive_images):
-        generate(pipe, [f"an image of thing {i} in style_00"], [i], args.sample_steps, 7.5, args.res, init, 0.9)
-    _sync()
-    image_s = (time.time() - t0) / args.naive_images
+    pipe.load_lora_weights(str(adapter), adapter_name="naive")
+    try:
+        init = Image.new("RGB", (args.res, args.res), (120, 90, 60))
+        generate(pipe, ["x"], [0], args.sample_steps, 7.5, args.res, init, 0.9)
+        _sync()
+        t0 = time.time()
+        for i in range(args.naive_images):
+            generate(pipe, [f"an image of thing {i} in style_00"], [i], args.sample_steps, 7.5, args.res, init, 0.9)
+        _sync()
+        image_s = (time.time() - t0) / args.naive_images
+    finally:
+        pipe.delete_adapters("naive")
     n_steps = args.styles * args.steps
     n_images = args.styles * args.prompts
-    return {"train_step_s": step_s, "samples_per_s": 2 / step_s, "image_s": image_s, "peak_train_gib": train_mem,
-            "train_s": step_s * n_steps, "sample_s": image_s * n_images, "total_s": step_s * n_steps + image_s * n_images}
+    pool_s = class_s * args.class_images
+    train_s = pool_s + step_s * n_steps
+    return {"class_image_s": class_s, "train_step_s": step_s, "samples_per_s": 2 / step_s, "image_s": image_s,
+            "peak_train_gib": train_mem, "class_images_s": pool_s, "train_s": train_s, "sample_s": image_s * n_images,
+            "total_s": train_s + image_s * n_images}
 
 
 def arithmetic(args, c, cfg) -> dict:
@@ -375,6 +398,8 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="train.compile=true for the stylexfer path")
     p.add_argument("--try-compile", action="store_true", help="breakdown: also time compiled training steps")
     p.add_argument("--naive-images", type=int, default=2)
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Hydra override for the stylexfer path's config (repeatable), e.g. train.lora_compute=float32")
     p.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="stylexfer-bench-")))
     p.add_argument("--out", type=Path, default=Path("bench.json"))
     p.add_argument("--profile", type=int, default=0, metavar="N",
@@ -389,7 +414,7 @@ def main(argv=None) -> int:
     from .data import discover_styles
 
     styles = discover_styles(make_dataset(args.work / "data", args.styles, args.images, args.prompts, args.res))
-    cfg = bench_cfg(args)
+    cfg = bench_cfg(args, args.override)
     print(f"built an SD 2.1-shaped model with RANDOM weights on {device} in {time.time() - t0:.0f}s "
           f"({sum(p.numel() for p in c.unet.parameters()) / 1e6:.0f} M UNet parameters)", flush=True)
     if args.profile:
@@ -419,7 +444,7 @@ def main(argv=None) -> int:
     for name in ("naive", "stylexfer"):
         r = results.get(name)
         if r and "total_s" in r:
-            pool = f"{r['class_images_s']:.0f} (in train)" if "class_images_s" in r else "not timed"
+            pool = f"{r['class_images_s']:.0f} (in train)" if "class_images_s" in r else "—"
             rows.append((name, pool, f"{r['train_s']:.0f}", f"{r['sample_s']:.0f}", f"{r['total_s']:.0f}",
                          f"{r['samples_per_s']:.1f}", f"{r['peak_train_gib']:.1f}", f"{base / r['total_s']:.1f}x" if base else "—"))
     if "arithmetic" in results:

@@ -51,6 +51,11 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class LoraCompute(str, Enum):
+    model = "model"  # LoRA matmuls in the frozen model's dtype (bf16 on CUDA), as diffusers' example under bf16
+    float32 = "float32"  # LoRA matmuls in float32 (peft's numerics when the LoRA weights are float32)
+
+
 @dataclass
 class ModelConfig:
     name: str = "tiny"
@@ -130,6 +135,12 @@ class TrainConfig:
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
     mixed_precision: Precision = Precision.no
+    # dtype of the LoRA branch's matmuls (its weights and optimizer state are float32 either way): "model" =
+    # the frozen model's dtype (bf16 on CUDA; what diffusers' DreamBooth example computes under bf16 mixed
+    # precision), "float32" = peft's numerics. On an H100 (SD 2.1 shape, 14 styles, 28 samples per step):
+    # 0.324 s per step and 24.8 GiB peak with "model", 0.363 s and 31.2 GiB with "float32" (no float32 copies
+    # of the activations; the add folded into the matmul). Identical on CPU, where the model is float32.
+    lora_compute: LoraCompute = LoraCompute.model
     seed: int = 0
     checkpoint_every: int = 100  # steps between resumable training checkpoints; 0 = none
     # styles trained together in one batched pass (each sample through its own style's LoRA);

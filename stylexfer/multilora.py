@@ -10,10 +10,12 @@ losses with respect to a style's slice is exactly that style's own gradient.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -32,11 +34,22 @@ class Router:
 
 
 class MultiLoraLinear(nn.Module):
-    def __init__(self, base: nn.Linear, slots: int, rank: int, scale: float, router: Router):
+    """``base(x) + scale · B_s A_s dropout(x)`` with ``s`` the style slot of each sample.
+
+    The LoRA weights are float32 parameters (the optimizer's master copy); ``compute_dtype`` is the dtype
+    their matmuls run in: float32 (peft's numerics), or the frozen model's dtype (bf16 on CUDA: what
+    diffusers' DreamBooth example does under bf16 mixed precision, with no float32 copies of the
+    activations). Under autocast the autocast dtype is used. When the branch runs in the base output's
+    dtype, the add and the scale are folded into the second matmul (``baddbmm``)."""
+
+    def __init__(self, base: nn.Linear, slots: int, rank: int, scale: float, router: Router,
+                 compute_dtype: torch.dtype = torch.float32, dropout: float = 0.0):
         super().__init__()
         self.base = base
         self.scale = scale
         self.router = router
+        self.compute_dtype = compute_dtype
+        self.dropout = dropout
         dev = base.weight.device
         self.A = nn.Parameter(torch.zeros(slots, rank, base.in_features, device=dev, dtype=torch.float32))
         self.B = nn.Parameter(torch.zeros(slots, base.out_features, rank, device=dev, dtype=torch.float32))
@@ -47,18 +60,24 @@ class MultiLoraLinear(nn.Module):
         if r.groups is not None:  # contiguous equal runs per style: (styles, run × tokens, features)
             A = self.A if r.all_slots else self.A[r.groups]
             B = self.B if r.all_slots else self.B[r.groups]
-            flat = x.reshape(A.shape[0], -1, x.shape[-1])
         elif r.index is not None:
             idx = r.index
             if idx.shape[0] != x.shape[0]:  # classifier-free guidance stacks [uncond; cond]
                 idx = idx.repeat(x.shape[0] // idx.shape[0])
             A, B = self.A[idx], self.B[idx]
-            flat = x.reshape(x.shape[0], -1, x.shape[-1])
         else:
             return y
-        dt = torch.get_autocast_dtype("cuda") if (x.is_cuda and torch.is_autocast_enabled("cuda")) else self.A.dtype
-        h = torch.bmm(flat.to(dt), A.transpose(1, 2).to(dt))
-        d = torch.bmm(h, B.transpose(1, 2).to(dt)) * self.scale
+        flat = x.reshape(A.shape[0], -1, x.shape[-1])
+        if self.dropout and self.training:
+            flat = F.dropout(flat, self.dropout)
+        autocast = x.is_cuda and torch.is_autocast_enabled("cuda")
+        dt = torch.get_autocast_dtype("cuda") if autocast else self.compute_dtype
+        with torch.autocast("cuda", enabled=False) if autocast else contextlib.nullcontext():
+            h = torch.bmm(flat.to(dt), A.transpose(1, 2).to(dt))
+            Bt = B.transpose(1, 2).to(dt)
+            if y.dtype == dt:  # y + scale · (h @ Bᵀ) in one matmul, rounded once
+                return torch.baddbmm(y.reshape(A.shape[0], -1, y.shape[-1]), h, Bt, alpha=self.scale).view(y.shape)
+            d = torch.bmm(h, Bt) * self.scale
         return y + d.reshape(*x.shape[:-1], -1).to(y.dtype)
 
 
@@ -66,12 +85,13 @@ def _matches(name: str, targets) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def inject(model: nn.Module, targets, slots: int, rank: int, alpha: float, router: Router) -> dict[str, MultiLoraLinear]:
+def inject(model: nn.Module, targets, slots: int, rank: int, alpha: float, router: Router,
+           compute_dtype: torch.dtype = torch.float32, dropout: float = 0.0) -> dict[str, MultiLoraLinear]:
     """Replace every ``nn.Linear`` whose name ends with a target (``to_q``, ``to_out.0`` ...)."""
     layers = {}
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and _matches(name, targets):
-            layer = MultiLoraLinear(module, slots, rank, alpha / rank, router)
+            layer = MultiLoraLinear(module, slots, rank, alpha / rank, router, compute_dtype, dropout)
             model.set_submodule(name, layer)
             layers[name] = layer
     if not layers:
@@ -83,6 +103,12 @@ def restore(model: nn.Module, layers: dict[str, MultiLoraLinear]) -> None:
     """Put the base ``nn.Linear`` modules back."""
     for name, layer in layers.items():
         model.set_submodule(name, layer.base)
+
+
+def reinstate(model: nn.Module, layers: dict[str, MultiLoraLinear]) -> None:
+    """Put injected layers taken out by :func:`restore` back in (to use trained weights in place)."""
+    for name, layer in layers.items():
+        model.set_submodule(name, layer)
 
 
 @dataclass

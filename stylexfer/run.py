@@ -159,6 +159,9 @@ def train_in_batches(components, styles, cfg, cache: Path) -> tuple[dict, dict]:
             todo.append((style, spec_pool, spec))
     if per_batch == 1 or len(todo) < 2:
         return {}, {}
+    if cfg.lora.dropout > 0:  # per-style dropout masks cannot be drawn from per-style streams in one pass
+        log.info("lora.dropout=%s: training the styles one at a time (no batched pass)", cfg.lora.dropout)
+        return {}, {}
     pools: dict = {}
     for _, spec_pool, _ in todo:
         if spec_pool is not None and pool_key(spec_pool) not in pools:

@@ -7,9 +7,11 @@ text encoder with LoRA when ``lora.text_encoder_rank > 0``) predicts the noise o
 base model's scheduler config says; loss = MSE(instance) + ``prior.weight`` × MSE(class). The text
 encoder's LoRA sits in its own optimizer group at ``train.lr × lora.text_encoder_lr_scale``.
 
+The LoRA layers are :mod:`stylexfer.multilora`'s (here with one slot; the batched pass uses one slot
+per style), initialised as peft initialises them, with matmuls in ``train.lora_compute``'s dtype.
 All randomness (image order, crops, flips, VAE sampling, noise, timesteps, LoRA init) comes from
 streams seeded by ``(train.seed, style id)``, so a style's adapter does not depend on other styles.
-The adapter is saved with ``StableDiffusionPipeline.save_lora_weights`` (safetensors, diffusers
+The adapter is written through peft's layers with ``StableDiffusionPipeline.save_lora_weights`` (safetensors, diffusers
 format, with the LoRA config as metadata), so stock ``load_lora_weights`` reads it back.
 """
 
@@ -31,10 +33,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import faults
-from .config import Precision, PriorMode, value
+from .config import LoraCompute, Precision, PriorMode, value
 from .data import Style, augment, augment_random, augment_resize, can_cache_latents, to_tensor, to_uint8_tensor
 from .errors import TrainingDiverged
 from .models import Components, encode_prompts
+from .multilora import MultiAdapters, Router, inject, restore
 from .prior import ClassPool
 from .store import atomic_write_json, build_once, stable_hash
 
@@ -168,6 +171,59 @@ def save_adapter(components: Components, folder: Path) -> None:
         text_encoder_lora_adapter_metadata=te_meta, safe_serialization=True)
 
 
+def _peft_lora_weights(model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module name: (lora_A weight (r, in), lora_B weight (out, r))} of the model's peft adapter."""
+    out = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            out[name] = (module.lora_A["default"].weight.detach().clone(), module.lora_B["default"].weight.detach().clone())
+    return out
+
+
+def inject_adapters(c: Components, cfg, seeds: list[int]) -> MultiAdapters:
+    """LoRA layers (:mod:`stylexfer.multilora`) with one slot per style in the UNet and, when
+    ``lora.text_encoder_rank > 0``, the text encoder; slot ``s`` starts exactly as a peft adapter
+    initialised with ``seeds[s]`` would (peft's init, so the saved files are peft's format)."""
+    lo = cfg.lora
+    inits = []
+    for seed in seeds:
+        add_adapters(c, cfg, seed)
+        inits.append((_peft_lora_weights(c.unet), _peft_lora_weights(c.text_encoder)))
+        remove_adapters(c)
+    compute = c.dtype if value(cfg.train.lora_compute) == LoraCompute.model.value else torch.float32
+    ad = MultiAdapters(router=Router())
+    n = len(seeds)
+    ad.unet = inject(c.unet, lo.unet_target_modules, n, lo.unet_rank, lo.unet_alpha or lo.unet_rank, ad.router,
+                     compute, lo.dropout)
+    if lo.text_encoder_rank > 0:
+        ad.text_encoder = inject(c.text_encoder, lo.text_encoder_target_modules, n, lo.text_encoder_rank,
+                                 lo.text_encoder_alpha or lo.text_encoder_rank, ad.router, compute, lo.dropout)
+    with torch.no_grad():
+        for s, (u, t) in enumerate(inits):
+            for layers, weights in ((ad.unet, u), (ad.text_encoder, t)):
+                for name, layer in layers.items():
+                    a, b = weights[name]
+                    layer.A[s].copy_(a.float())
+                    layer.B[s].copy_(b.float())
+    return ad
+
+
+def export_adapter(c: Components, cfg, ad: MultiAdapters, slot: int, folder: Path) -> None:
+    """Write slot ``slot`` as a stock diffusers LoRA file (through peft's layers and ``save_lora_weights``).
+    The injected layers must be taken out first (:func:`stylexfer.multilora.restore`)."""
+    add_adapters(c, cfg, 0)
+    try:
+        with torch.no_grad():
+            for model, layers in ((c.unet, ad.unet), (c.text_encoder, ad.text_encoder)):
+                for name, layer in layers.items():
+                    m = model.get_submodule(name)
+                    m.lora_A["default"].weight.copy_(layer.A[slot])
+                    m.lora_B["default"].weight.copy_(layer.B[slot])
+        save_adapter(c, folder)
+    finally:
+        remove_adapters(c)
+
+
 def draw_noise(gen: torch.Generator, shape: tuple, num_train_timesteps: int):
     """One step's random draws for one style, from its CPU generator (device-independent), in this order:
     the VAE posterior sample's noise, the diffusion noise, the timesteps."""
@@ -235,16 +291,12 @@ def train_style(components: Components, style: Style, pool: Optional[ClassPool],
 
     def build(tmp: Path) -> None:
         t0 = time.time()
-        result.losses = _train_loop(components, style, pool, cfg, partial)
-        save_adapter(components, tmp)
+        result.losses, _ = _train_loop(components, style, pool, cfg, partial, export_to=tmp)
         result.seconds = time.time() - t0
         atomic_write_json(tmp / "train.json", {"style": style.id, "spec": spec, "seconds": round(result.seconds, 2),
                                                "losses": [round(x, 6) for x in result.losses]})
 
-    try:
-        _, built = build_once(target, build)
-    finally:
-        remove_adapters(components)
+    _, built = build_once(target, build)
     shutil.rmtree(partial, ignore_errors=True)
     result.reused = not built
     return result
@@ -384,56 +436,68 @@ def make_optimizer(c: Components, groups: list[dict], tr):
 
 
 def _train_loop(components: Components, style: Style, pool: Optional[ClassPool], cfg,
-                ckpt_dir: Optional[Path] = None) -> list[float]:
+                ckpt_dir: Optional[Path] = None, export_to: Optional[Path] = None) -> tuple[list[float], MultiAdapters]:
+    """Train one style and write its adapter to ``export_to`` if given. The model is left as it was; the
+    trained layers are returned (with the losses) and :func:`stylexfer.multilora.reinstate` puts them back."""
     from diffusers.optimization import get_scheduler
 
     c, tr = components, cfg.train
     use_prior = pool is not None and value(cfg.prior.mode) != PriorMode.none.value
     precision = Precision(value(tr.mixed_precision))
     feed = Feed(c, style, pool if use_prior else None, cfg)
-    groups = add_adapters(c, cfg, feed.stream.lora_seed)
+    ad = inject_adapters(c, cfg, [feed.stream.lora_seed])
+    ad.router.groups, ad.router.all_slots = torch.zeros(1, dtype=torch.long, device=c.device), True
+    groups = ad.groups(tr.lr, tr.lr * cfg.lora.text_encoder_lr_scale)
     params = [p for g in groups for p in g["params"]]
-    train_te = len(groups) > 1
+    train_te = bool(ad.text_encoder)
     text = TextCache(c, train_te)
-    c.unet.train()
-    c.text_encoder.train(train_te)
-    opt = make_optimizer(c, groups, tr)
-    sched = get_scheduler(value(tr.lr_scheduler), opt, num_warmup_steps=tr.lr_warmup_steps, num_training_steps=tr.steps)
-
-    losses: list[float] = []
-    start = 0
-    if ckpt_dir is not None:
-        start, saved = _load_checkpoint(ckpt_dir, params, opt, [feed.stream], list(feed.cycles()))
-        if start:
-            losses = saved
-            log.info("style %s: resuming training from its checkpoint at step %d", style.id, start)
-        for _ in range(start):  # the schedule is a function of the step: replay it
+    try:
+        c.unet.train()
+        c.text_encoder.train(train_te)
+        opt = make_optimizer(c, groups, tr)
+        sched = get_scheduler(value(tr.lr_scheduler), opt, num_warmup_steps=tr.lr_warmup_steps,
+                              num_training_steps=tr.steps)
+        losses: list[float] = []
+        start = 0
+        if ckpt_dir is not None:
+            start, saved = _load_checkpoint(ckpt_dir, params, opt, [feed.stream], list(feed.cycles()))
+            if start:
+                losses = saved
+                log.info("style %s: resuming training from its checkpoint at step %d", style.id, start)
+            for _ in range(start):  # the schedule is a function of the step: replay it
+                sched.step()
+        every = tr.checkpoint_every if ckpt_dir is not None else 0
+        b = tr.batch_size
+        bar = tqdm(range(start, tr.steps), desc=f"train {style.id}", unit="step", leave=False, initial=start,
+                   total=tr.steps)
+        for step in bar:
+            px, dist, prompts = feed.next()
+            per_sample = denoising_loss(c, px, text(prompts), feed.stream.torch, precision, latent_dist=dist)
+            loss = per_sample[:b].mean()
+            if use_prior:
+                loss = loss + cfg.prior.weight * per_sample[b:].mean()
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"style {style.id}: loss is {loss.item()} at step {step + 1}")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, tr.max_grad_norm)
+            opt.step()
             sched.step()
-    every = tr.checkpoint_every if ckpt_dir is not None else 0
-    b = tr.batch_size
-    bar = tqdm(range(start, tr.steps), desc=f"train {style.id}", unit="step", leave=False, initial=start, total=tr.steps)
-    for step in bar:
-        px, dist, prompts = feed.next()
-        per_sample = denoising_loss(c, px, text(prompts), feed.stream.torch, precision, latent_dist=dist)
-        loss = per_sample[:b].mean()
-        if use_prior:
-            loss = loss + cfg.prior.weight * per_sample[b:].mean()
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"style {style.id}: loss is {loss.item()} at step {step + 1}")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, tr.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if every and (step + 1) % every == 0 and step + 1 < tr.steps:
-            _save_checkpoint(ckpt_dir, step + 1, params, opt, [feed.stream], list(feed.cycles()), losses)
-            faults.checkpoint(f"train:{style.id}:{step + 1}")
-    c.unet.eval()
-    c.text_encoder.eval()
-    return losses
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            if every and (step + 1) % every == 0 and step + 1 < tr.steps:
+                _save_checkpoint(ckpt_dir, step + 1, params, opt, [feed.stream], list(feed.cycles()), losses)
+                faults.checkpoint(f"train:{style.id}:{step + 1}")
+    finally:
+        ad.router.groups = None
+        c.unet.eval()
+        c.text_encoder.eval()
+        restore(c.unet, ad.unet)
+        restore(c.text_encoder, ad.text_encoder)
+    if export_to is not None:
+        export_adapter(c, cfg, ad, 0, export_to)
+    return losses, ad
 
 
 @dataclass

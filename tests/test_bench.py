@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -34,7 +35,12 @@ def test_bench_runs_both_paths_and_prints_the_table(tmp_path, capsys):
     assert r["stylexfer"]["images"] == 4 and r["stylexfer"]["failed"] == {}
     for path in ("naive", "stylexfer"):
         assert r[path]["train_s"] > 0 and r[path]["sample_s"] > 0 and r[path]["samples_per_s"] > 0
-    assert r["naive"]["train_s"] == pytest.approx(r["naive"]["train_step_s"] * 2 * 3)  # extrapolated to 2 styles × 3 steps
+    n = r["naive"]  # extrapolated: 2 class images one per call, 2 styles × 3 steps, 2 styles × 2 images one per call
+    assert n["class_images_s"] == pytest.approx(2 * n["class_image_s"]) and n["class_image_s"] > 0
+    assert n["train_s"] == pytest.approx(n["class_images_s"] + n["train_step_s"] * 2 * 3)
+    assert n["total_s"] == pytest.approx(n["train_s"] + n["image_s"] * 4)
+    naive_row = next(line for line in table.splitlines() if line.strip().startswith("naive |"))
+    assert "(in train)" in naive_row  # the naive row counts its class pool too
     a = r["arithmetic"]
     gf = a["gflop_per_sample"]
     assert 0 < gf["unet_forward"] < gf["vae_decode"] and gf["vae_encode"] > 0  # the tiny models, counted by torch
@@ -82,3 +88,13 @@ def test_bench_train_then_sample_in_two_commands_adds_up_to_the_whole_path(tmp_p
     assert bench.main(common + ["--part", "sample"]) == 0
     r = json.loads(out.read_text())["stylexfer"]
     assert r["images"] == 4 and r["total_s"] == pytest.approx(r["train_s"] + r["sample_s"])
+
+
+def test_bench_overrides_reach_the_stylexfer_config(tmp_path):
+    args = argparse.Namespace(
+        res=64, rank=4, steps=3, class_images=2, sample_batch=2, work=tmp_path, compile=False)
+    assert bench.bench_cfg(args).train.lora_compute == "model"
+    cfg = bench.bench_cfg(args, ["train.lora_compute=float32", "lora.unet_alpha=8"])
+    assert cfg.train.lora_compute == "float32" and cfg.lora.unet_alpha == 8 and cfg.lora.unet_rank == 4
+    with pytest.raises(Exception, match="lora_compute"):
+        bench.bench_cfg(args, ["train.lora_compute=fp8"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, metric_overrides
+from conftest import metric_overrides
 from stylexfer.metrics import METRIC_NAMES, score_components
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from stylexfer.data import discover_styles
 from stylexfer.sample import generate, make_pipeline

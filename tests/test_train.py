@@ -3,6 +3,7 @@ scheduler config, adapters save/load through stock diffusers, and a style's adap
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -14,8 +15,8 @@ from safetensors import safe_open
 from conftest import compose
 from stylexfer.data import discover_styles, fit_square, to_tensor
 from stylexfer.models import encode_prompts, load_components, resolve_model
-from stylexfer.train import (ADAPTER_FILE, _train_loop, adapter_spec, denoising_loss, remove_adapters,
-                             save_adapter, train_style)
+from stylexfer.multilora import reinstate, restore
+from stylexfer.train import ADAPTER_FILE, _train_loop, adapter_spec, denoising_loss, train_style
 
 FAST = ["prior=none", "augmentation=none", "train.lr=1e-3"]
 
@@ -34,6 +35,25 @@ def fixed_eval_loss(components, style, draws: int = 4) -> float:
         return float(torch.stack([denoising_loss(components, px, cond, gen) for _ in range(draws)]).mean())
 
 
+@contextlib.contextmanager
+def trained(components, ad):
+    """The one-style loop's trained LoRA layers put back into the model for the block."""
+    reinstate(components.unet, ad.unet)
+    reinstate(components.text_encoder, ad.text_encoder)
+    ad.router.groups, ad.router.all_slots = torch.zeros(1, dtype=torch.long), True
+    try:
+        yield
+    finally:
+        ad.router.groups = None
+        restore(components.unet, ad.unet)
+        restore(components.text_encoder, ad.text_encoder)
+
+
+def no_lora_left(components) -> bool:
+    return not any("Lora" in type(m).__name__ for part in (components.unet, components.text_encoder)
+                   for m in part.modules())
+
+
 def unet_out(components, cond, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 4, 16, 16, generator=g)
@@ -44,14 +64,12 @@ def unet_out(components, cond, seed=0):
 def test_training_lowers_the_denoising_loss_on_the_style_images(components, style):
     before = fixed_eval_loss(components, style)
     cfg = compose(FAST + ["train.steps=80"])
-    try:
-        losses = _train_loop(components, style, None, cfg)
+    losses, ad = _train_loop(components, style, None, cfg)
+    assert no_lora_left(components) and fixed_eval_loss(components, style) == pytest.approx(before, rel=1e-6)
+    with trained(components, ad):
         after = fixed_eval_loss(components, style)
-    finally:
-        remove_adapters(components)
     assert len(losses) == 80 and all(np.isfinite(losses))
     assert after < 0.95 * before, (before, after)
-    assert fixed_eval_loss(components, style) == pytest.approx(before, rel=1e-6)  # adapters removed cleanly
 
 
 def test_loss_target_follows_the_scheduler_prediction_type(tiny_dir, tmp_path, cache_dir):
@@ -90,13 +108,10 @@ def test_adapter_with_text_encoder_lora_loads_through_stock_diffusers(components
     cfg = compose(FAST + ["train.steps=6", "train.lr=5e-2", "lora.unet_rank=4", "lora.unet_alpha=8",
                           "lora.text_encoder_rank=2", "lora.text_encoder_alpha=1"])
     prompt = ["an image of aquarium in style_00"]
-    try:
-        _train_loop(components, style, None, cfg)
+    _, ad = _train_loop(components, style, None, cfg, export_to=tmp_path)
+    with trained(components, ad):
         trained_emb = encode_prompts(components, prompt)
         trained_out = unet_out(components, trained_emb)
-        save_adapter(components, tmp_path)
-    finally:
-        remove_adapters(components)
 
     f = tmp_path / ADAPTER_FILE
     with safe_open(str(f), "pt") as sf:
@@ -160,8 +175,6 @@ def test_nan_loss_stops_the_style_with_the_step(components, style, monkeypatch):
         return out * float("nan") if calls["n"] == 3 else out
 
     monkeypatch.setattr(train_mod, "denoising_loss", poisoned)
-    try:
-        with pytest.raises(TrainingDiverged, match=r"style 00: loss is nan at step 3"):
-            _train_loop(components, style, None, compose(FAST + ["train.steps=10"]))
-    finally:
-        remove_adapters(components)
+    with pytest.raises(TrainingDiverged, match=r"style 00: loss is nan at step 3"):
+        _train_loop(components, style, None, compose(FAST + ["train.steps=10"]))
+    assert no_lora_left(components)  # the model is left as it was
