@@ -133,9 +133,12 @@ def compiled_vae_encoder(c: Components, on: bool):
 
 
 def train_together(c: Components, styles: list[Style], pools: list[Optional[ClassPool]], cfg,
-                   ckpt_dir: Optional[Path], export_dirs: list[Path]) -> tuple[dict, dict, float]:
+                   ckpt_dir: Optional[Path], export_dirs: list[Path],
+                   clock: Optional[list] = None) -> tuple[dict, dict, float]:
     """Train every style in one pass; write each finished style's adapter to its ``export_dirs`` entry.
-    Returns ({style id: losses}, {style id: error line of a style that diverged}, seconds)."""
+    Returns ({style id: losses}, {style id: error line of a style that diverged}, seconds). ``clock``, if
+    given, gets the time at which each step's losses reached the host (the loop is then at most one step
+    ahead of the device), for steady-state step times free of the set-up and export."""
     from diffusers.optimization import get_scheduler
 
     if cfg.lora.dropout > 0 and len(styles) > 1:
@@ -178,6 +181,7 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
         every = tr.checkpoint_every if ckpt_dir is not None else 0
         bar = tqdm(range(start, tr.steps), desc=f"train {len(ids)} styles", unit="step", leave=False,
                    initial=start, total=tr.steps)
+        ticks = clock if clock is not None else []
         unet = c.unet
         if tr.compile and c.device.type == "cuda":
             unet = torch.compile(c.unet)
@@ -228,6 +232,7 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
                 if ready is not None:
                     ready.synchronize()
                 values = host.tolist()
+                ticks.append(time.perf_counter())
                 for k, s in enumerate(live):
                     if not math.isfinite(values[k]):
                         failed[ids[s]] = f"style {ids[s]}: loss is {values[k]} at step {step + 1}"
@@ -245,6 +250,11 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
                     if step + 1 < tr.steps and live_now():
                         pending = ahead.submit(_draw, c, feeds, live_now())
         ad.router.groups = None
+        skip = min(10, len(ticks) // 2)  # the first steps compile and autotune
+        if len(ticks) - skip >= 2:
+            per_step = (ticks[-1] - ticks[skip]) / (len(ticks) - 1 - skip)
+            log.info("%d styles: %.3f s per step over steps %d-%d (%.1f samples/s)", len(ids), per_step,
+                     start + skip + 2, start + len(ticks), len(d.t) / per_step)
         c.unet.eval()
         c.text_encoder.eval()
         restore(c.unet, ad.unet)

@@ -141,3 +141,16 @@ def test_a_failing_compile_falls_back_to_the_plain_module_with_one_warning(caplo
     assert len(calls) == 1  # not tried again
     warnings = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
     assert warnings == ["torch.compile of the VAE encoder failed (RuntimeError: no C compiler found); encoding without it"]
+
+
+def test_the_loop_clock_times_every_step_and_the_log_gives_the_steady_rate(components, demo_root, tmp_path, caplog):
+    cfg = compose(["prior=none", "train.steps=6", "augmentation=none"])
+    styles = discover_styles(demo_root, styles=["00", "01"])
+    clock: list = []
+    with caplog.at_level("INFO"):
+        train_together(components, styles, [None, None], cfg, None, [tmp_path / s.id for s in styles], clock=clock)
+    assert len(clock) == 6 and clock == sorted(clock)  # one tick per step, when its losses reached the host
+    # the first half of a short pass is left out (compiling and autotuning happen there): steps 5-6
+    line = next(r.getMessage() for r in caplog.records if "s per step over steps" in r.getMessage())
+    per_step = (clock[-1] - clock[3]) / 2
+    assert line == f"2 styles: {per_step:.3f} s per step over steps 5-6 ({2 / per_step:.1f} samples/s)"
