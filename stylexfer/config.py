@@ -146,8 +146,8 @@ class TrainConfig:
     # styles trained together in one batched pass (each sample through its own style's LoRA);
     # 0 = as many as fit (all; halved on a CUDA out-of-memory), 1 = one style at a time
     styles_per_batch: int = 0
-    # torch.compile the UNet for batched training on CUDA; in a probe on an H100 (SD 2.1 shape, torch 2.11) it
-    # took 179 s to compile for 0.173 s instead of 0.215 s per 28-sample UNet step: a loss for one 800-step run
+    # torch.compile the UNet for batched training on CUDA; on an H100 (SD 2.1 shape, torch 2.11, 14 styles) it
+    # took 164 s to compile for 0.296 s instead of 0.340 s per 28-sample step: a loss for one 800-step run
     compile: bool = False
     # torch.compile the VAE encoder for batched training on CUDA (the random crops are encoded every step):
     # on an H100, 28 crops at 512 px in 0.095 s instead of 0.169 s, for 22-26 s of compiling once per run
