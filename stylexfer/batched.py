@@ -132,6 +132,14 @@ def compiled_vae_encoder(c: Components, on: bool):
         c.vae.encoder = plain
 
 
+def steady_step_s(ticks: list, skip: int) -> Optional[float]:
+    """Seconds per step from a pass's ``clock`` ticks (see :func:`train_together`), leaving out the first
+    ``skip`` steps; None when fewer than two steps are left to time."""
+    if len(ticks) - skip < 2:
+        return None
+    return (ticks[-1] - ticks[skip]) / (len(ticks) - 1 - skip)
+
+
 def train_together(c: Components, styles: list[Style], pools: list[Optional[ClassPool]], cfg,
                    ckpt_dir: Optional[Path], export_dirs: list[Path],
                    clock: Optional[list] = None) -> tuple[dict, dict, float]:
@@ -251,8 +259,8 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
                         pending = ahead.submit(_draw, c, feeds, live_now())
         ad.router.groups = None
         skip = min(10, len(ticks) // 2)  # the first steps compile and autotune
-        if len(ticks) - skip >= 2:
-            per_step = (ticks[-1] - ticks[skip]) / (len(ticks) - 1 - skip)
+        per_step = steady_step_s(ticks, skip)
+        if per_step is not None:
             log.info("%d styles: %.3f s per step over steps %d-%d (%.1f samples/s)", len(ids), per_step,
                      start + skip + 2, start + len(ticks), len(d.t) / per_step)
         c.unet.eval()

@@ -150,7 +150,7 @@ def naive(args, c, styles, cfg) -> dict:
         opt.step()
         opt.zero_grad()
 
-    adapter = Path(tempfile.mkdtemp(prefix="naive-lora-"))
+    adapter = args.work / "naive-lora"
     c.unet.train()
     try:
         _timed(step, 3)  # warm-up
@@ -162,15 +162,14 @@ def naive(args, c, styles, cfg) -> dict:
     train_mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     pipe = make_pipeline(c, "ddim", img2img=True)
     pipe.load_lora_weights(str(adapter), adapter_name="naive")
+    init = Image.new("RGB", (args.res, args.res), (120, 90, 60))
+
+    def image(i):
+        generate(pipe, [f"an image of thing {i} in style_00"], [i], args.sample_steps, 7.5, args.res, init, 0.9)
+
     try:
-        init = Image.new("RGB", (args.res, args.res), (120, 90, 60))
-        generate(pipe, ["x"], [0], args.sample_steps, 7.5, args.res, init, 0.9)
-        _sync()
-        t0 = time.time()
-        for i in range(args.naive_images):
-            generate(pipe, [f"an image of thing {i} in style_00"], [i], args.sample_steps, 7.5, args.res, init, 0.9)
-        _sync()
-        image_s = (time.time() - t0) / args.naive_images
+        image(-1)  # warm-up
+        image_s = sum(_timed(lambda: image(i))[0] for i in range(args.naive_images)) / args.naive_images
     finally:
         pipe.delete_adapters("naive")
     n_steps = args.styles * args.steps
@@ -306,7 +305,7 @@ def breakdown(args, c, styles, cfg) -> dict:
     """Where the stylexfer path's time goes: host-side data drawing, the VAE, whole training steps (with
     eager and compiled), and one style's sampling (stock LoRA layers,
     fused LoRA, no LoRA)."""
-    from .batched import _draw, _posterior, compiled_vae_encoder, train_together
+    from .batched import _draw, _posterior, compiled_vae_encoder, steady_step_s, train_together
     from .data import average_image
     from .prior import ensure_pool, pool_objects, pool_spec
     from .sample import fuse_exactly, generate, make_pipeline, unfuse_exactly
@@ -348,7 +347,7 @@ def breakdown(args, c, styles, cfg) -> dict:
             setattr(cfg.augmentation, k, v)
         cfg.train.compile = False
         assert not failed, failed
-        return time.time() - t, ((clock[-1] - clock[4]) / (len(clock) - 5) if len(clock) > 6 else None)
+        return time.time() - t, steady_step_s(clock, 5)
 
     run("warm", 3)
     out["step_s"] = run("crop", 25)[1]
