@@ -51,7 +51,8 @@ def build_components(arch_path: Path, device: str, dtype: torch.dtype):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from .embedded import build_tokenizer
-    from .models import Components, ResolvedModel
+    from .backends.torch.models import Components
+    from .models import ResolvedModel
 
     arch = json.loads(arch_path.read_text())
     strip = lambda d: {k: v for k, v in d.items() if not k.startswith("_")}
@@ -76,6 +77,23 @@ def build_components(arch_path: Path, device: str, dtype: torch.dtype):
                       vae_dtype=vae.dtype, model=resolved)
 
 
+def _backend(c, cache: Path):
+    """The PyTorch backend around components built here (the stages take a backend)."""
+    from .backends.torch import TorchBackend
+
+    return TorchBackend.from_components(c, cache)
+
+
+def _shared_pool(c, styles, cfg):
+    """The workload's one shared class pool (made, or found in the store)."""
+    from .prior import ensure_pool, pool_objects, pool_spec
+
+    cache = Path(cfg.paths.cache_dir)
+    spec = pool_spec(pool_objects(styles, styles[0], cfg.prior.mode), cfg.prior, c.model.identity,
+                     cfg.model.resolution, cfg.backend.name)
+    return ensure_pool(_backend(c, cache), spec, cfg.prior, cache)
+
+
 def make_dataset(root: Path, styles: int, images: int, prompts: int, size: int) -> Path:
     rng = np.random.default_rng(0)
     for s in range(styles):
@@ -92,11 +110,11 @@ def make_dataset(root: Path, styles: int, images: int, prompts: int, size: int) 
 def bench_cfg(args, extra=()):
     from hydra import compose, initialize_config_dir
 
-    from . import main as _main  # noqa: F401 - schema and resolvers
+    from .app import CONFIG_DIR  # schema and resolvers registered
 
-    with initialize_config_dir(config_dir=_main.CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
-            "+strategy=safe", f"model.resolution={args.res}", f"lora.unet_rank={args.rank}", f"train.steps={args.steps}",
+            "+strategy=safe", f"model.resolution={args.res}", f"lora.unet_lora_rank={args.rank}", f"train.steps={args.steps}",
             f"prior.num_class_images={args.class_images}", f"sample.batch_size={args.sample_batch}",
             f"prior.batch_size={args.sample_batch}",
             "train.checkpoint_every=0",
@@ -113,10 +131,11 @@ def naive(args, c, styles, cfg) -> dict:
     LoRA layers (float32 weights) under bf16 autocast, as the example trains with ``--mixed_precision=bf16``;
     then the style's images one per pipeline call with its LoRA loaded by stock ``load_lora_weights``."""
     from .config import Precision, value
-    from .data import fit_square, to_tensor
-    from .models import encode_prompts
-    from .sample import generate, make_pipeline
-    from .train import _autocast, _Stream, add_adapters, remove_adapters, save_adapter
+    from .backends.torch.models import encode_prompts
+    from .backends.torch.sample import generate, make_pipeline
+    from .backends.torch.tensors import to_tensor
+    from .backends.torch.train import _autocast, _Stream, add_adapters, remove_adapters, save_adapter
+    from .data import fit_square
 
     style = styles[0]
     pipe = make_pipeline(c, value(cfg.prior.sampler))
@@ -218,20 +237,22 @@ def arithmetic(args, c, cfg) -> dict:
 
 def train_phase(args, c, styles, cfg) -> dict:
     """(b), training: class images, then every style in batched passes (what ``python -m stylexfer`` does)."""
-    from .prior import ensure_pool, pool_objects, pool_spec
-    from .run import train_in_batches
+    from .prior import ensure_pool
+    from .run import _style_specs
+    from .train import train_in_batches
 
     cache = Path(cfg.paths.cache_dir)
+    backend = _backend(c, cache)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     _sync()
     t0 = time.time()
-    ensure_pool(c, pool_spec(pool_objects(styles, styles[0], cfg.prior.mode), cfg.prior, c.model.identity, args.res),
-                cfg.prior, cache)
+    _shared_pool(c, styles, cfg)
     _sync()
     t_pool = time.time() - t0
     print(f"class images: {t_pool:.1f}s", flush=True)
-    trained, failed = train_in_batches(c, styles, cfg, cache)
+    todo = [(s, *_style_specs(c.model, styles, s, cfg)) for s in styles]
+    trained, failed = train_in_batches(backend, todo, cfg, cache, lambda sp: ensure_pool(backend, sp, cfg.prior, cache))
     _sync()
     t_train = time.time() - t0
     steps = args.styles * args.steps
@@ -244,21 +265,21 @@ def train_phase(args, c, styles, cfg) -> dict:
 
 def sample_phase(args, c, styles, cfg) -> dict:
     """(b), sampling: every style's images from its stored adapter (needs a train phase in the same --work)."""
-    from .prior import pool_key, pool_objects, pool_spec
+    from .backends import ADAPTER_FILE
+    from .run import _style_specs
     from .sample import ensure_samples, sample_spec
-    from .train import ADAPTER_FILE, adapter_spec
 
     cache = Path(cfg.paths.cache_dir)
+    backend = _backend(c, cache)
     _sync()
     t0 = time.time()
     n_images = 0
     for s in styles:
-        pk = pool_key(pool_spec(pool_objects(styles, s, cfg.prior.mode), cfg.prior, c.model.identity, args.res))
-        key = stable_hash(adapter_spec(s, cfg, c.model.identity, pk))
+        key = stable_hash(_style_specs(c.model, styles, s, cfg)[1])
         adir = cache / "adapters" / key
         if not (adir / ADAPTER_FILE).exists():
             raise SystemExit(f"error: no trained adapter for style {s.id} under {args.work}: run --part train first")
-        _, recs, reused = ensure_samples(c, s, adir, cfg, sample_spec(s, cfg, key, c.model.identity), cache)
+        _, recs, reused = ensure_samples(backend, s, adir, cfg, sample_spec(s, cfg, key, c.model.identity), cache)
         assert not reused, "samples already in the store: use a fresh --work"
         n_images += len(recs)
     _sync()
@@ -280,12 +301,10 @@ def profile(args, c, styles, cfg) -> int:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from .batched import train_together
-    from .prior import ensure_pool, pool_objects, pool_spec
+    from .backends.torch.batched import train_together
 
     cfg.train.steps = 3 + args.profile
-    spec = pool_spec(pool_objects(styles, styles[0], cfg.prior.mode), cfg.prior, c.model.identity, args.res)
-    pool = ensure_pool(c, spec, cfg.prior, Path(cfg.paths.cache_dir))
+    pool = _shared_pool(c, styles, cfg)
     pools = [pool] * len(styles)
     dirs = [args.work / "prof" / s.id for s in styles]
     train_together(c, styles, pools, cfg, None, dirs)  # warm-up (cudnn autotune, allocator)
@@ -305,15 +324,13 @@ def breakdown(args, c, styles, cfg) -> dict:
     """Where the stylexfer path's time goes: host-side data drawing, the VAE, whole training steps (with
     eager and compiled), and one style's sampling (stock LoRA layers,
     fused LoRA, no LoRA)."""
-    from .batched import _draw, _posterior, compiled_vae_encoder, steady_step_s, train_together
+    from .backends.torch.batched import _draw, _posterior, compiled_vae_encoder, steady_step_s, train_together
+    from .backends.torch.sample import fuse_exactly, generate, make_pipeline, unfuse_exactly
+    from .backends.torch.train import Feed
     from .data import average_image
-    from .prior import ensure_pool, pool_objects, pool_spec
-    from .sample import fuse_exactly, generate, make_pipeline, unfuse_exactly
-    from .train import Feed
 
     out = {}
-    spec = pool_spec(pool_objects(styles, styles[0], cfg.prior.mode), cfg.prior, c.model.identity, args.res)
-    pool = ensure_pool(c, spec, cfg.prior, Path(cfg.paths.cache_dir))
+    pool = _shared_pool(c, styles, cfg)
     pools = [pool] * len(styles)
     feeds = [Feed(c, s, pool, cfg, {}, raw=True) for s in styles]
     live = list(range(len(styles)))

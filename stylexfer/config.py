@@ -57,6 +57,12 @@ class LoraCompute(str, Enum):
 
 
 @dataclass
+class BackendConfig:
+    # the framework that trains and samples: stylexfer/backends/<name>/ (torch; see stylexfer.backends)
+    name: str = "torch"
+
+
+@dataclass
 class ModelConfig:
     name: str = "tiny"
     # A hub id ("stabilityai/stable-diffusion-2-1") or a local diffusers folder; null = the embedded
@@ -74,11 +80,11 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    unet_rank: int = 32
+    unet_lora_rank: int = 32
     unet_alpha: Optional[float] = None  # null = rank (scale 1)
     unet_target_modules: List[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     dropout: float = 0.0
-    text_encoder_rank: int = 0  # 0 = text encoder frozen
+    text_encoder_lora_rank: int = 0  # 0 = text encoder frozen
     text_encoder_alpha: Optional[float] = None
     text_encoder_target_modules: List[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -211,6 +217,7 @@ class PathsConfig:
 @dataclass
 class StylexferConfig:
     name: str = "default"
+    backend: BackendConfig = field(default_factory=BackendConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
@@ -247,6 +254,20 @@ def register_configs() -> None:
     cs.store(name="evaluate_schema", node=EvaluateConfig)
 
 
+# keys that were renamed: old override → new key (the old one fails with a line naming the new one)
+RENAMED = {"lora.unet_rank": "lora.unet_lora_rank", "lora.text_encoder_rank": "lora.text_encoder_lora_rank"}
+
+
+def renamed_keys(overrides) -> list[str]:
+    """One line per command-line override that uses a renamed key (``lora.unet_rank=4`` → ``lora.unet_lora_rank``)."""
+    lines = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key in RENAMED:
+            lines.append(f"{key} was renamed: use {RENAMED[key]} (as in {RENAMED[key]}={o.split('=', 1)[-1]})")
+    return lines
+
+
 def _check(ok: bool, key: str, value, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value}: {rule}")
@@ -267,9 +288,12 @@ def validate_eval(ev) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Range checks that types cannot express; raises ConfigError naming the first bad key."""
+    from .backends import backend_names
+
+    _check(cfg.backend.name in backend_names(), "backend.name", cfg.backend.name, f"unknown; known: {backend_names()}")
     lo, tr, pr, it, sc, au, da = cfg.lora, cfg.train, cfg.prior, cfg.init, cfg.scheduler, cfg.augmentation, cfg.data
-    _check(lo.unet_rank >= 1, "lora.unet_rank", lo.unet_rank, "must be >= 1")
-    _check(lo.text_encoder_rank >= 0, "lora.text_encoder_rank", lo.text_encoder_rank, "must be >= 0 (0 = frozen)")
+    _check(lo.unet_lora_rank >= 1, "lora.unet_lora_rank", lo.unet_lora_rank, "must be >= 1")
+    _check(lo.text_encoder_lora_rank >= 0, "lora.text_encoder_lora_rank", lo.text_encoder_lora_rank, "must be >= 0 (0 = frozen)")
     _check(len(lo.unet_target_modules) > 0, "lora.unet_target_modules", list(lo.unet_target_modules), "must name at least one module")
     _check(lo.text_encoder_lr_scale > 0, "lora.text_encoder_lr_scale", lo.text_encoder_lr_scale, "must be > 0")
     _check(0.0 <= lo.dropout < 1.0, "lora.dropout", lo.dropout, "must be in [0, 1)")

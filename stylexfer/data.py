@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError, first_line
@@ -251,21 +250,6 @@ def augment(img: Image.Image, resolution: int, aug, rng: np.random.Generator) ->
 def can_cache_latents(aug) -> bool:
     """Whether an image's augmented pixels are the same at every step (so its VAE latents can be cached)."""
     return not aug.hflip and aug.rotation == 0 and not (aug.random_crop and aug.scale > 1.0)
-
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB → float tensor (3, H, W) in [-1, 1]."""
-    return uint8_to_model(to_uint8_tensor(img))
-
-
-def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB → uint8 tensor (3, H, W); the batched path ships these and converts on the device."""
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-
-
-def uint8_to_model(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (…, 3, H, W) → float32 in [-1, 1] (:func:`to_tensor` is this on the host)."""
-    return x.float() / 127.5 - 1.0
 
 
 def fit_square(img: Image.Image, resolution: int) -> Image.Image:

@@ -18,7 +18,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from .store import atomic_save_image, atomic_write_json, atomic_write_text, build_once, stable_hash
@@ -173,6 +172,8 @@ def ensure_demo_data(cache_dir: str | Path) -> Path:
 
 def _fit_vae(vae, spec: dict, resolution: int, seed: int) -> float:
     """A short reconstruction fit (MSE + tiny KL) on procedural shapes; returns the latent scaling factor."""
+    import torch
+
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     opt = torch.optim.Adam(vae.parameters(), lr=spec["vae_fit_lr"])
@@ -200,6 +201,7 @@ def _fit_vae(vae, spec: dict, resolution: int, seed: int) -> float:
 
 
 def _build_tiny_model(folder: Path) -> None:
+    import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 

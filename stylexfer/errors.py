@@ -37,3 +37,9 @@ class PartialFailure(StylexferError):
     """Some styles failed (each recorded in the summary with its error); the others finished."""
 
     exit_code = 1
+
+
+class DeviceOutOfMemory(StylexferError):
+    """A backend's training pass did not fit on its device (the caller may retry with fewer styles)."""
+
+    exit_code = 4

@@ -166,7 +166,7 @@ def cli() -> None:
     from omegaconf import DictConfig
 
     from .errors import StylexferError
-    from .main import CONFIG_DIR, _discard_if_empty
+    from .app import CONFIG_DIR, discard_if_empty
 
     @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
     def app(cfg: DictConfig) -> None:
@@ -174,7 +174,7 @@ def cli() -> None:
             _main(cfg)
         except StylexferError as e:
             print(f"error: {e}", file=sys.stderr)
-            _discard_if_empty(Path(cfg.paths.output_dir))
+            discard_if_empty(Path(cfg.paths.output_dir))
             sys.exit(e.exit_code)
 
     app()

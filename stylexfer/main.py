@@ -8,38 +8,21 @@ of the sweep go on.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import shutil
 import sys
 import traceback
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from .config import register_configs
-from .devices import job_device, n_jobs
+from .app import CONFIG_DIR, discard_if_empty
+from .config import renamed_keys
+from .devices import job_device
 from .errors import StylexferError, first_line
 from .store import atomic_write_json
 
 log = logging.getLogger("stylexfer")
-ROOT = Path(__file__).resolve().parent.parent
-# conf/ (and the ablation presets under experiments/) sit at the repository's top level, the project's layout.
-CONFIG_DIR = str(ROOT / "conf")
-register_configs()
-OmegaConf.register_new_resolver("stylexfer.root", lambda: str(ROOT), replace=True)
-OmegaConf.register_new_resolver("stylexfer.n_jobs", n_jobs, replace=True)
-
-
-def _discard_if_empty(run_dir: Path) -> None:
-    """Remove a run folder that holds nothing but Hydra's own bookkeeping (nothing half-written), and
-    its ``experiments/<name>/`` folder if that run was all it held."""
-    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if run_dir.parent.parent.name == "experiments":
-            with contextlib.suppress(OSError):  # not empty: other runs of that name stay
-                run_dir.parent.rmdir()
 
 
 def _is_multirun() -> bool:
@@ -67,11 +50,20 @@ def main(cfg: DictConfig) -> float | None:
         if not isinstance(e, StylexferError):
             raise
         print(f"error: {e}", file=sys.stderr)
-        _discard_if_empty(out)
+        discard_if_empty(out)
         sys.exit(e.exit_code)
     scores = summary["scores"]
     return scores.get("final", scores.get("hist"))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m stylexfer``: a renamed key on the command line fails in one line before Hydra composes."""
+    renamed = renamed_keys(sys.argv[1:])
+    if renamed:
+        print(f"error: {renamed[0]}", file=sys.stderr)
+        sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

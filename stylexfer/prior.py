@@ -19,8 +19,7 @@ from PIL import Image
 
 from .config import PriorMode, value
 from .data import Style, load_image
-from .models import Components
-from .sample import generate, image_seed, make_in_chunks, make_pipeline
+from .sample import image_seed, make_in_chunks
 from .store import atomic_write_json, build_once, stable_hash
 
 log = logging.getLogger(__name__)
@@ -40,9 +39,9 @@ def pool_objects(styles: list[Style], style: Style, mode: PriorMode) -> list[str
     return sorted({o for s in source for o in s.image_objects})
 
 
-def pool_spec(objects: list[str], prior_cfg, model_identity: str, resolution: int) -> dict:
+def pool_spec(objects: list[str], prior_cfg, model_identity: str, resolution: int, backend: str) -> dict:
     prompts = [prior_cfg.class_prompt.format(object=objects[i % len(objects)]) for i in range(prior_cfg.num_class_images)]
-    return {"model": model_identity, "prompts": prompts, "sampler": value(prior_cfg.sampler),
+    return {"backend": backend, "model": model_identity, "prompts": prompts, "sampler": value(prior_cfg.sampler),
             "steps": prior_cfg.steps, "guidance_scale": prior_cfg.guidance_scale, "seed": prior_cfg.seed,
             "resolution": resolution}
 
@@ -51,7 +50,7 @@ def pool_key(spec: dict) -> str:
     return stable_hash(spec)
 
 
-def ensure_pool(components: Components, spec: dict, prior_cfg, cache_dir: Path) -> ClassPool:
+def ensure_pool(backend, spec: dict, prior_cfg, cache_dir: Path) -> ClassPool:
     key = pool_key(spec)
     target = Path(cache_dir) / "class_images" / key
 
@@ -63,13 +62,11 @@ def ensure_pool(components: Components, spec: dict, prior_cfg, cache_dir: Path) 
         have = sum((partial / n).exists() for n in names)
         log.info("generating %d class images with the base model (pool %s)%s", len(prompts), key,
                  f", {have} already made" if have else "")
-        pipe = make_pipeline(components, spec["sampler"])
-
-        def make(i: int, j: int) -> list:
-            seeds = [image_seed(spec["seed"], "class", k) for k in range(i, j)]
-            return generate(pipe, prompts[i:j], seeds, spec["steps"], spec["guidance_scale"], spec["resolution"])
-
-        make_in_chunks(partial, names, prior_cfg.batch_size, make, lambda n: f"class:{n}", "class images")
+        with backend.generate(sampler=spec["sampler"], steps=spec["steps"], guidance_scale=spec["guidance_scale"],
+                              resolution=spec["resolution"]) as make:
+            make_in_chunks(partial, names, prior_cfg.batch_size,
+                           lambda i, j: make(prompts[i:j], [image_seed(spec["seed"], "class", k) for k in range(i, j)]),
+                           lambda n: f"class:{n}", "class images")
         for n in names:
             os.replace(partial / n, tmp / n)
         atomic_write_json(tmp / "manifest.json", {"spec": spec, "images": [{"file": n, "prompt": p} for n, p in zip(names, prompts)]})

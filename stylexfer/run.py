@@ -6,7 +6,6 @@ any stage writes a file.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -15,22 +14,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import faults
-from .batched import train_group
+from .backends import load_backend
 from .config import PriorMode, validate, value
 from .data import discover_styles, load_image
 from .embedded import RANDOM_WEIGHTS_NOTICE, ensure_demo_data
-from .models import load_components, resolve_model
-from .prior import ensure_pool, pool_key, pool_objects, pool_spec
-from .report import image_grid, write_reports
 from .evaluate import evaluate, preflight, write_scores
 from .errors import PartialFailure, StylexferError, TrainingDiverged, first_line
+from .models import resolve_model
+from .prior import ensure_pool, pool_key, pool_objects, pool_spec
+from .report import image_grid, write_reports
 from .sample import ensure_samples, sample_spec
-from .store import atomic_write_json, file_lock, link_or_copy_tree, stable_hash
-from .train import adapter_spec, adapter_stored, train_style
+from .store import atomic_write_json, link_or_copy_tree, stable_hash
+from .train import adapter_spec, adapter_stored, train_in_batches, train_style
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +77,13 @@ def run(cfg: DictConfig) -> dict:
     # metric weights too: a missing model fails the run now, not after an hour of training
     demo = cfg.model.path is None
     unavailable = preflight(cfg.eval, demo)
-    components = load_components(resolved, cfg.model)
-    log.info("model: %s (%s, %s, %s prediction)", resolved.source, components.device, str(components.dtype).split(".")[-1],
-             resolved.prediction_type)
+    backend = load_backend(cfg.backend.name, resolved, cfg.model, cache)
+    log.info("model: %s (%s backend, %s, %s, %s prediction)", resolved.source, backend.name, backend.device,
+             backend.dtype, resolved.prediction_type)
 
     atomic_write_json(run_dir / "status.json", {"pid": os.getpid(), "host": socket.gethostname(),
                                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                "device": str(components.device)})
+                                                "device": backend.device, "backend": backend.name})
     summary = {"name": cfg.name, "status": "running", "config_hash": config_hash, "run_dir": str(run_dir), "data_root": str(data_root),
                "model": {"source": resolved.source, "folder": str(resolved.folder), "identity": resolved.identity,
                          "random_weights": resolved.random_weights, "prediction_type": resolved.prediction_type},
@@ -98,13 +96,16 @@ def run(cfg: DictConfig) -> dict:
     for sid, why in data_errors.items():
         summary["styles"][sid] = {"error": why}
         summary["failed_styles"][sid] = why
-    batch_trained, batch_failed = train_in_batches(components, styles, cfg, cache)
+    todo = [(style, *_style_specs(resolved, styles, style, cfg)) for style in styles]
+    todo = [t for t in todo if not adapter_stored(t[2], cache)]
+    batch_trained, batch_failed = train_in_batches(backend, todo, cfg, cache,
+                                                   lambda spec: ensure_pool(backend, spec, cfg.prior, cache))
     for style in styles:
         st = summary["styles"][style.id] = {"objects": style.objects}
         try:
             if style.id in batch_failed:
                 raise TrainingDiverged(batch_failed[style.id])
-            grid_rows.append(_run_style(components, styles, style, cfg, cache, run_dir, st, batch_trained))
+            grid_rows.append(_run_style(backend, resolved, styles, style, cfg, cache, run_dir, st, batch_trained))
         except Exception as e:  # noqa: BLE001 - one style's failure must not cost the others
             line = first_line(e, with_type=not isinstance(e, StylexferError))
             if not isinstance(e, StylexferError):
@@ -116,7 +117,7 @@ def run(cfg: DictConfig) -> dict:
 
     sampled = [s for s in styles if "images" in summary["styles"][s.id]]
     if sampled:
-        doc = evaluate(run_dir / "images", sampled, cfg.eval, str(components.device), unavailable, demo)
+        doc = evaluate(run_dir / "images", sampled, cfg.eval, backend.device, unavailable, demo)
         write_scores(run_dir, doc, f"stylexfer run `{cfg.name}`: scores")
         for sid, sc in doc["styles"].items():
             summary["styles"][sid]["scores"] = sc
@@ -137,75 +138,21 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
-def _style_specs(components, styles, style, cfg):
+def _style_specs(resolved, styles, style, cfg):
     """(class-pool spec or None, adapter spec) of a style."""
-    resolved = components.model
     prior_on = value(cfg.prior.mode) != PriorMode.none.value
-    spec_pool = (pool_spec(pool_objects(styles, style, cfg.prior.mode), cfg.prior, resolved.identity, cfg.model.resolution)
-                 if prior_on else None)
+    spec_pool = (pool_spec(pool_objects(styles, style, cfg.prior.mode), cfg.prior, resolved.identity, cfg.model.resolution,
+                           cfg.backend.name) if prior_on else None)
     return spec_pool, adapter_spec(style, cfg, resolved.identity, pool_key(spec_pool) if spec_pool else None)
 
 
-def train_in_batches(components, styles, cfg, cache: Path) -> tuple[dict, dict]:
-    """Train every style whose adapter is not stored yet in batched passes of ``train.styles_per_batch``
-    styles (0 = as many as fit: all, halving on a CUDA out-of-memory). Returns ({id: (seconds, losses)}
-    of the styles trained, {id: error} of those that diverged). One style, or ``styles_per_batch=1``,
-    leaves everything to the one-style path."""
-    per_batch = cfg.train.styles_per_batch
-    todo = []
-    for style in styles:
-        spec_pool, spec = _style_specs(components, styles, style, cfg)
-        if not adapter_stored(spec, cache):
-            todo.append((style, spec_pool, spec))
-    if per_batch == 1 or len(todo) < 2:
-        return {}, {}
-    if cfg.lora.dropout > 0:  # per-style dropout masks cannot be drawn from per-style streams in one pass
-        log.info("lora.dropout=%s: training the styles one at a time (no batched pass)", cfg.lora.dropout)
-        return {}, {}
-    pools: dict = {}
-    for _, spec_pool, _ in todo:
-        if spec_pool is not None and pool_key(spec_pool) not in pools:
-            pools[pool_key(spec_pool)] = ensure_pool(components, spec_pool, cfg.prior, cache)
-    size = len(todo) if per_batch == 0 else per_batch
-    trained, failed = {}, {}
-    while todo:
-        group, rest = todo[:size], todo[size:]
-        keys = sorted(stable_hash(g[2]) for g in group)
-        try:
-            with contextlib.ExitStack() as locks:  # another job training the same styles: wait, then reuse
-                for k in keys:
-                    locks.enter_context(file_lock(cache / "adapters" / f".{k}.lock"))
-                group = [g for g in group if not adapter_stored(g[2], cache)]
-                if len(group) >= 2:
-                    t, f = train_group(components, [g[0] for g in group],
-                                       [pools[pool_key(g[1])] if g[1] is not None else None for g in group],
-                                       cfg, [g[2] for g in group], cache)
-                    trained.update(t)
-                    failed.update(f)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            if size == 1 or per_batch != 0:
-                log.warning("out of GPU memory in a batched pass: training those styles one at a time")
-                todo = rest
-                continue
-            size = max(1, size // 2)
-            log.warning("out of GPU memory with %d styles per batch: trying %d", len(group), size)
-            continue
-        except Exception as e:  # noqa: BLE001 - the one-style path isolates whatever failed
-            log.warning("batched training of %s failed (%s): training them one at a time",
-                        ", ".join(g[0].id for g in group), first_line(e, with_type=True))
-        todo = rest
-    return trained, failed
-
-
-def _run_style(components, styles, style, cfg, cache: Path, run_dir: Path, st: dict, batch_trained: dict):
-    """Train (or reuse) → sample (or reuse) → score one style; fills ``st``; returns its grid row."""
-    resolved = components.model
-    spec_pool, spec = _style_specs(components, styles, style, cfg)
+def _run_style(backend, resolved, styles, style, cfg, cache: Path, run_dir: Path, st: dict, batch_trained: dict):
+    """Train (or reuse) → sample (or reuse) one style; fills ``st``; returns its grid row."""
+    spec_pool, spec = _style_specs(resolved, styles, style, cfg)
     pkey = pool_key(spec_pool) if spec_pool else None
     # class images are only needed (and generated) when the adapter is not in the store yet
-    pool = ensure_pool(components, spec_pool, cfg.prior, cache) if spec_pool and not adapter_stored(spec, cache) else None
-    result = train_style(components, style, pool, cfg, spec, cache)
+    pool = ensure_pool(backend, spec_pool, cfg.prior, cache) if spec_pool and not adapter_stored(spec, cache) else None
+    result = train_style(backend, style, pool, cfg, spec, cache)
     if style.id in batch_trained:  # trained by this run, together with other styles
         result.reused = False
         result.seconds, result.losses = batch_trained[style.id]
@@ -220,12 +167,18 @@ def _run_style(components, styles, style, cfg, cache: Path, run_dir: Path, st: d
     st.update(adapter_key=result.key, reused=result.reused, train_seconds=round(result.seconds, 2), pool=pkey)
 
     sspec = sample_spec(style, cfg, result.key, resolved.identity)
-    sdir, records, sreused = ensure_samples(components, style, result.dir, cfg, sspec, cache)
+    sdir, records, sreused = ensure_samples(backend, style, result.dir, cfg, sspec, cache)
     if sreused:
         log.info("style %s: images %s found in the store: reusing them", style.id, stable_hash(sspec))
-    link_or_copy_tree(sdir, run_dir / "images" / style.id)
+    # images/<style>/ holds exactly the generated images (what is uploaded and scored); the init image
+    # of img2img goes to init/<style>/
+    link_or_copy_tree(sdir / "images", run_dir / "images" / style.id)
     generated = [load_image(run_dir / r.file) for r in records]
     st["images"] = [r.file for r in records]
     st["samples_key"] = stable_hash(sspec)
-    avg = [("average", load_image(sdir / "_average.png"))] if (sdir / "_average.png").exists() else []
+    avg = []
+    if (sdir / "init").is_dir():
+        link_or_copy_tree(sdir / "init", run_dir / "init" / style.id)
+        st["init_image"] = f"init/{style.id}/average.png"
+        avg = [("average", load_image(run_dir / st["init_image"]))]
     return style.id, avg + [(r.object, img) for r, img in zip(records, generated)]

@@ -1,49 +1,43 @@
-"""Training stage: DreamBooth-LoRA for one style (the diffusers DreamBooth-LoRA recipe, as modules).
+"""Training stage: which styles need an adapter, which train together, and where each adapter is stored.
 
-Per step: ``train.batch_size`` instance images of the style (augmented) with their prompts
-(``data.instance_prompt``), plus as many class images with their class prompts when prior
-preservation is on; VAE latents, noise and a random timestep per sample; the UNet (with LoRA, and the
-text encoder with LoRA when ``lora.text_encoder_rank > 0``) predicts the noise or the velocity, as the
-base model's scheduler config says; loss = MSE(instance) + ``prior.weight`` × MSE(class). The text
-encoder's LoRA sits in its own optimizer group at ``train.lr × lora.text_encoder_lr_scale``.
+The recipe (DreamBooth-LoRA: the instance prompt ``data.instance_prompt``, prior preservation, the
+augmentation, the optimizer) is computed by the backend (:meth:`stylexfer.backends.Backend.train`);
+this module decides the rest. An adapter lives in the stage store at ``<cache>/adapters/<key>/``, the
+key hashing everything that determines it (:func:`adapter_spec`: the backend, the model, the style's
+images, prompts, LoRA, prior, augmentation and training settings), so a run whose overrides only
+touch sampling or scoring finds it and trains nothing.
 
-The LoRA layers are :mod:`stylexfer.multilora`'s (here with one slot; the batched pass uses one slot
-per style), initialised as peft initialises them, with matmuls in ``train.lora_compute``'s dtype.
-All randomness (image order, crops, flips, VAE sampling, noise, timesteps, LoRA init) comes from
-streams seeded by ``(train.seed, style id)``, so a style's adapter does not depend on other styles.
-The adapter is written through peft's layers with ``StableDiffusionPipeline.save_lora_weights`` (safetensors, diffusers
-format, with the LoRA config as metadata), so stock ``load_lora_weights`` reads it back.
+Styles whose adapters are missing train in batched passes of ``train.styles_per_batch`` styles (0 =
+all; halved when the device runs out of memory); a pass that fails leaves its styles to the one-style
+path, so one bad style costs only itself. Every style's random streams are its own, so its adapter is
+the same whichever styles shared its pass.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
+from omegaconf import OmegaConf
 
-from . import faults
-from .config import LoraCompute, Precision, PriorMode, value
-from .data import Style, augment, augment_random, augment_resize, can_cache_latents, to_tensor, to_uint8_tensor
-from .errors import TrainingDiverged
-from .models import Components, encode_prompts
-from .multilora import MultiAdapters, Router, inject, restore
+from .backends import ADAPTER_FILE
+from .config import PriorMode, value
+from .data import Style
+from .errors import DeviceOutOfMemory, TrainingDiverged, first_line
 from .prior import ClassPool
-from .store import atomic_write_json, build_once, stable_hash
+from .store import atomic_write_json, build_once, file_lock, stable_hash
 
 log = logging.getLogger(__name__)
 
-ADAPTER_FILE = "pytorch_lora_weights.safetensors"
+# training settings that change how the work is scheduled, not what it computes
+SCHEDULING_KEYS = ("checkpoint_every", "styles_per_batch")
 
 
 @dataclass
@@ -57,15 +51,13 @@ class TrainResult:
 
 def adapter_spec(style: Style, cfg, model_identity: str, pool_key: Optional[str]) -> dict:
     """Everything that determines a style's adapter (and nothing that only affects sampling/scoring)."""
-    from omegaconf import OmegaConf
-
-    prior = OmegaConf.to_container(cfg.prior, resolve=True, enum_to_str=True)
     if value(cfg.prior.mode) == PriorMode.none.value:
         prior = {"mode": "none"}
     else:
-        prior = {"mode": prior["mode"], "weight": prior["weight"], "pool": pool_key}
+        prior = {"mode": value(cfg.prior.mode), "weight": cfg.prior.weight, "pool": pool_key}
     return {
-        "version": 1,
+        "version": 2,
+        "backend": cfg.backend.name,
         "model": model_identity,
         "style": style.fingerprint(),
         "instance_prompt": cfg.data.instance_prompt,
@@ -73,228 +65,38 @@ def adapter_spec(style: Style, cfg, model_identity: str, pool_key: Optional[str]
         "lora": OmegaConf.to_container(cfg.lora, resolve=True, enum_to_str=True),
         "prior": prior,
         "augmentation": {k: v for k, v in OmegaConf.to_container(cfg.augmentation, resolve=True).items() if k != "name"},
-        # how often we checkpoint and how many styles share a batch do not change the result
         "train": {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True, enum_to_str=True).items()
-                  if k not in ("checkpoint_every", "styles_per_batch")},
+                  if k not in SCHEDULING_KEYS},
         "dtype": str(cfg.model.dtype),
     }
-
-
-def _lora_config(rank: int, alpha: Optional[float], targets, dropout: float):
-    from peft import LoraConfig
-
-    return LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=dropout,
-                      init_lora_weights="gaussian", target_modules=list(targets))
-
-
-def _autocast(components: Components, precision: Precision):
-    if components.device.type == "cuda" and precision != Precision.no:
-        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == Precision.bf16 else torch.float16)
-    return contextlib.nullcontext()
-
-
-class _Stream:
-    """Per-style random streams: numpy for data order and augmentation, torch for latents/noise/timesteps."""
-
-    def __init__(self, seed: int, style_id: str):
-        base = int(stable_hash([seed, style_id], 12), 16)
-        self.np = np.random.default_rng(base)
-        self.torch = torch.Generator("cpu").manual_seed(base % (2**63))
-        self.lora_seed = base % (2**31)
-
-
-class _Cycler:
-    """Epoch-wise shuffled indices over ``n`` items (like a shuffling DataLoader)."""
-
-    def __init__(self, n: int, rng: np.random.Generator):
-        self.n, self.rng, self.order = n, rng, []
-
-    def take(self, k: int) -> list[int]:
-        out = []
-        while len(out) < k:
-            if not self.order:
-                self.order = list(self.rng.permutation(self.n))
-            out.append(int(self.order.pop()))
-        return out
-
-
-def add_adapters(components: Components, cfg, seed: int) -> list[dict]:
-    """Inject fresh LoRA layers (seeded init) into the UNet and, if asked, the text encoder;
-    return optimizer parameter groups (LoRA weights in float32)."""
-    lo = cfg.lora
-    torch.manual_seed(seed)
-    components.unet.add_adapter(_lora_config(lo.unet_rank, lo.unet_alpha, lo.unet_target_modules, lo.dropout))
-    groups = [{"params": [p for p in components.unet.parameters() if p.requires_grad], "lr": cfg.train.lr, "name": "unet"}]
-    if lo.text_encoder_rank > 0:
-        components.text_encoder.add_adapter(_lora_config(lo.text_encoder_rank, lo.text_encoder_alpha,
-                                                         lo.text_encoder_target_modules, lo.dropout))
-        groups.append({"params": [p for p in components.text_encoder.parameters() if p.requires_grad],
-                       "lr": cfg.train.lr * lo.text_encoder_lr_scale, "name": "text_encoder"})
-    for g in groups:
-        for p in g["params"]:
-            p.data = p.data.float()
-    return groups
-
-
-def remove_adapters(components: Components) -> None:
-    """Take the LoRA layers out again, leaving the base model exactly as loaded (plain modules)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for model in (components.unet, components.text_encoder):
-        if "default" in (getattr(model, "peft_config", None) or {}):
-            if hasattr(model, "delete_adapters"):
-                model.delete_adapters("default")
-            else:
-                model.delete_adapter("default")
-        for name, module in list(model.named_modules()):
-            if isinstance(module, BaseTunerLayer):  # an emptied wrapper: put the wrapped layer back
-                model.set_submodule(name, module.get_base_layer())
-        model.requires_grad_(False)
-
-
-def save_adapter(components: Components, folder: Path) -> None:
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(components.unet))
-    te = components.text_encoder
-    te_layers = None
-    te_meta = None
-    if getattr(te, "peft_config", None):
-        te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(te))
-        te_meta = te.peft_config["default"].to_dict()
-    StableDiffusionPipeline.save_lora_weights(
-        str(folder), unet_lora_layers={k: v.detach().float().cpu() for k, v in unet_layers.items()},
-        text_encoder_lora_layers=None if te_layers is None else {k: v.detach().float().cpu() for k, v in te_layers.items()},
-        unet_lora_adapter_metadata=components.unet.peft_config["default"].to_dict(),
-        text_encoder_lora_adapter_metadata=te_meta, safe_serialization=True)
-
-
-def _peft_lora_weights(model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{module name: (lora_A weight (r, in), lora_B weight (out, r))} of the model's peft adapter."""
-    out = {}
-    for name, module in model.named_modules():
-        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
-            out[name] = (module.lora_A["default"].weight.detach().clone(), module.lora_B["default"].weight.detach().clone())
-    return out
-
-
-def inject_adapters(c: Components, cfg, seeds: list[int]) -> MultiAdapters:
-    """LoRA layers (:mod:`stylexfer.multilora`) with one slot per style in the UNet and, when
-    ``lora.text_encoder_rank > 0``, the text encoder; slot ``s`` starts exactly as a peft adapter
-    initialised with ``seeds[s]`` would (peft's init, so the saved files are peft's format)."""
-    lo = cfg.lora
-    inits = []
-    for seed in seeds:
-        add_adapters(c, cfg, seed)
-        inits.append((_peft_lora_weights(c.unet), _peft_lora_weights(c.text_encoder)))
-        remove_adapters(c)
-    compute = c.dtype if value(cfg.train.lora_compute) == LoraCompute.model.value else torch.float32
-    ad = MultiAdapters(router=Router())
-    n = len(seeds)
-    ad.unet = inject(c.unet, lo.unet_target_modules, n, lo.unet_rank, lo.unet_alpha or lo.unet_rank, ad.router,
-                     compute, lo.dropout)
-    if lo.text_encoder_rank > 0:
-        ad.text_encoder = inject(c.text_encoder, lo.text_encoder_target_modules, n, lo.text_encoder_rank,
-                                 lo.text_encoder_alpha or lo.text_encoder_rank, ad.router, compute, lo.dropout)
-    with torch.no_grad():
-        for s, (u, t) in enumerate(inits):
-            for layers, weights in ((ad.unet, u), (ad.text_encoder, t)):
-                for name, layer in layers.items():
-                    a, b = weights[name]
-                    layer.A[s].copy_(a.float())
-                    layer.B[s].copy_(b.float())
-    return ad
-
-
-def export_adapter(c: Components, cfg, ad: MultiAdapters, slot: int, folder: Path) -> None:
-    """Write slot ``slot`` as a stock diffusers LoRA file (through peft's layers and ``save_lora_weights``).
-    The injected layers must be taken out first (:func:`stylexfer.multilora.restore`)."""
-    add_adapters(c, cfg, 0)
-    try:
-        with torch.no_grad():
-            for model, layers in ((c.unet, ad.unet), (c.text_encoder, ad.text_encoder)):
-                for name, layer in layers.items():
-                    m = model.get_submodule(name)
-                    m.lora_A["default"].weight.copy_(layer.A[slot])
-                    m.lora_B["default"].weight.copy_(layer.B[slot])
-        save_adapter(c, folder)
-    finally:
-        remove_adapters(c)
-
-
-def draw_noise(gen: torch.Generator, shape: tuple, num_train_timesteps: int):
-    """One step's random draws for one style, from its CPU generator (device-independent), in this order:
-    the VAE posterior sample's noise, the diffusion noise, the timesteps."""
-    eps = torch.randn(shape, generator=gen)
-    noise = torch.randn(shape, generator=gen)
-    t = torch.randint(0, num_train_timesteps, (shape[0],), generator=gen)
-    return eps, noise, t
-
-
-def noisy_from(components: Components, latent_dist, eps: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
-    """The noisy latents, timesteps and target (noise or velocity, as the base model's scheduler says)
-    from a VAE posterior and the draws of :func:`draw_noise` (any number of styles' rows at once)."""
-    c = components
-    nb = c.device.type == "cuda"  # draws come pinned from the batched path's prefetch: copy without a stall
-    with torch.no_grad():
-        eps = eps.to(c.device, non_blocking=nb).to(latent_dist.mean.dtype)
-        latents = (latent_dist.mean + latent_dist.std * eps).float() * c.vae.config.scaling_factor
-        noise, t = noise.to(c.device, non_blocking=nb), t.to(c.device, non_blocking=nb)
-        noisy = c.noise_scheduler.add_noise(latents, noise, t)
-        pt = c.noise_scheduler.config.prediction_type
-        if pt == "epsilon":
-            target = noise
-        elif pt == "v_prediction":
-            target = c.noise_scheduler.get_velocity(latents, noise, t)
-        else:
-            raise ValueError(f"unsupported prediction_type {pt!r} in the model's scheduler config")
-    return noisy, t, target
-
-
-def noisy_inputs(components: Components, pixels: Optional[torch.Tensor], gen: torch.Generator, latent_dist=None):
-    """VAE latents (sampled with ``gen``), noise and a timestep per sample from ``gen``: the noisy
-    latents, the timesteps and the target."""
-    c = components
-    if latent_dist is None:
-        with torch.no_grad():
-            latent_dist = c.vae.encode(pixels.to(c.device, dtype=c.vae_dtype)).latent_dist
-    eps, noise, t = draw_noise(gen, tuple(latent_dist.mean.shape), c.noise_scheduler.config.num_train_timesteps)
-    return noisy_from(c, latent_dist, eps, noise, t)
-
-
-def denoising_loss(components: Components, pixels: Optional[torch.Tensor], cond: torch.Tensor, gen: torch.Generator,
-                   precision: Precision = Precision.no, latent_dist=None) -> torch.Tensor:
-    """Per-sample MSE of the model's noise/velocity prediction (the training objective)."""
-    c = components
-    noisy, t, target = noisy_inputs(c, pixels, gen, latent_dist)
-    with _autocast(c, precision):
-        pred = c.unet(noisy.to(c.dtype), t, cond.to(c.dtype)).sample
-    return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
 
 
 def adapter_stored(spec: dict, cache_dir: Path) -> bool:
     return (Path(cache_dir) / "adapters" / stable_hash(spec) / ADAPTER_FILE).exists()
 
 
-def train_style(components: Components, style: Style, pool: Optional[ClassPool], cfg, spec: dict,
-                cache_dir: Path) -> TrainResult:
-    """Train (or reuse) the style's adapter; it lives at ``<cache>/adapters/<key>/``."""
+def _train_record(style: Style, spec: dict, seconds: float, losses: list, batched_with: Optional[list] = None) -> dict:
+    rec = {"style": style.id, "spec": spec, "seconds": round(seconds, 2), "losses": [round(x, 6) for x in losses]}
+    if batched_with:
+        rec["batched_with"] = batched_with
+    return rec
+
+
+def train_style(backend, style: Style, pool: Optional[ClassPool], cfg, spec: dict, cache_dir: Path) -> TrainResult:
+    """Train (or reuse) one style's adapter; it lives at ``<cache>/adapters/<key>/``."""
     key = stable_hash(spec)
     target = Path(cache_dir) / "adapters" / key
     if (target / ADAPTER_FILE).exists():
         return TrainResult(key=key, dir=target, reused=True)
     result = TrainResult(key=key, dir=target, reused=False)
-
     partial = Path(cache_dir) / "adapters" / ".partial" / key
 
     def build(tmp: Path) -> None:
-        t0 = time.time()
-        result.losses, _ = _train_loop(components, style, pool, cfg, partial, export_to=tmp)
-        result.seconds = time.time() - t0
-        atomic_write_json(tmp / "train.json", {"style": style.id, "spec": spec, "seconds": round(result.seconds, 2),
-                                               "losses": [round(x, 6) for x in result.losses]})
+        out = backend.train([style], [pool], cfg, partial, [tmp])
+        if style.id in out.failed:
+            raise TrainingDiverged(out.failed[style.id])
+        result.seconds, result.losses = out.seconds, out.losses[style.id]
+        atomic_write_json(tmp / "train.json", _train_record(style, spec, result.seconds, result.losses))
 
     _, built = build_once(target, build)
     shutil.rmtree(partial, ignore_errors=True)
@@ -302,205 +104,77 @@ def train_style(components: Components, style: Style, pool: Optional[ClassPool],
     return result
 
 
-# ------------------------------------------------------------------------------------- checkpoints
-# A checkpoint is a folder ``step-NNNNNNN/`` (renamed into place when complete) holding the LoRA
-# weights, the optimizer state and the torch RNG state as safetensors, and the step, the numpy RNG
-# state, the data order and the losses so far as JSON: resuming from it continues bit for bit.
-
-def _save_checkpoint(folder: Path, step: int, params, opt, streams: list["_Stream"], cycles, losses) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(params)}
-    osd = opt.state_dict()
-    for idx, st in osd["state"].items():
-        for k, v in st.items():
-            tensors[f"opt.{idx}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
-    for k, st in enumerate(streams):
-        tensors[f"rng.torch.{k}"] = st.torch.get_state()
-    meta = {"step": step, "param_groups": osd["param_groups"], "np_state": [st.np.bit_generator.state for st in streams],
-            "orders": [None if c is None else c.order for c in cycles], "losses": losses}
-    tmp = folder / f".step-{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "state.safetensors"))
-    atomic_write_json(tmp / "state.json", meta)
-    os.rename(tmp, folder / f"step-{step:07d}")
-    for old in sorted(folder.glob("step-*"))[:-1]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(folder: Path, params, opt, streams: list["_Stream"], cycles):
-    from safetensors.torch import load_file
-
-    done = sorted(folder.glob("step-*")) if folder.is_dir() else []
-    if not done:
-        return 0, None
-    latest = done[-1]
-    tensors = load_file(str(latest / "state.safetensors"))
-    meta = json.loads((latest / "state.json").read_text())
-    with torch.no_grad():
-        for i, p in enumerate(params):
-            p.copy_(tensors[f"param.{i}"].to(p.device))
-    state: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, idx, name = k.split(".", 2)
-            state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    for k, st in enumerate(streams):
-        st.torch.set_state(tensors[f"rng.torch.{k}"])
-        st.np.bit_generator.state = meta["np_state"][k]
-    for c, order in zip(cycles, meta["orders"]):
-        if c is not None:
-            c.order = list(order)
-    return int(meta["step"]), meta["losses"]
-
-
-class TextCache:
-    """Prompt embeddings: computed once per prompt while the text encoder is frozen, every step otherwise."""
-
-    def __init__(self, c: Components, trainable: bool):
-        self.c, self.trainable, self.cache = c, trainable, {}
-
-    def __call__(self, prompts: list[str]) -> torch.Tensor:
-        if self.trainable:
-            return encode_prompts(self.c, prompts, grad=True)
-        missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
-        if missing:
-            for p, e in zip(missing, encode_prompts(self.c, missing)):
-                self.cache[p] = e
-        return torch.stack([self.cache[p] for p in prompts])
-
-
-class Feed:
-    """One style's training data: its random streams, image order, augmentation and latent cache.
-
-    ``next()`` gives a step's ``train.batch_size`` instance samples followed by as many class samples
-    (under prior preservation): pixels (or cached VAE posteriors when augmentation is deterministic)
-    and prompts. The batched path and the one-style path draw through the same Feed, in the same order.
-    """
-
-    def __init__(self, c: Components, style: Style, pool: Optional[ClassPool], cfg, resized: Optional[dict] = None,
-                 raw: bool = False):
-        self.c, self.style, self.pool, self.cfg = c, style, pool, cfg
-        self.raw = raw  # pixels as uint8 (N, 3, H, W), converted on the device (4× less to copy)
-        self.stream = _Stream(cfg.train.seed, style.id)
-        self.prompts = [cfg.data.instance_prompt.format(object=o, style=style.id) for o in style.image_objects]
-        self.inst = _Cycler(len(style.images), self.stream.np)
-        self.cls = _Cycler(len(pool.images), self.stream.np) if pool is not None else None
-        self.cacheable = can_cache_latents(cfg.augmentation)
-        self.latents: dict = {}
-        self.resized: dict = {} if resized is None else resized
-
-    def cycles(self):
-        return (self.inst, self.cls)
-
-    def _resized(self, images, i):
-        key = id(images[i])  # a shared pool's images are resized once for every style that uses them
-        if key not in self.resized:
-            self.resized[key] = augment_resize(images[i], self.cfg.model.resolution, self.cfg.augmentation)
-        return self.resized[key]
-
-    def _pixels(self, images, ids, tag):
-        res, aug, rng = self.cfg.model.resolution, self.cfg.augmentation, self.stream.np
-        if not self.cacheable:  # the resize is cached, the random crop/flip/rotation is drawn every step
-            convert = to_uint8_tensor if self.raw else to_tensor
-            return torch.stack([convert(augment_random(self._resized(images, i), res, aug, rng)) for i in ids]), None
-        missing = [i for i in ids if (tag, i) not in self.latents]
-        if missing:
-            px = torch.stack([to_tensor(augment(images[i], res, aug, rng)) for i in missing])
-            with torch.no_grad():
-                d = self.c.vae.encode(px.to(self.c.device, dtype=self.c.vae_dtype)).latent_dist
-            for j, i in enumerate(missing):
-                self.latents[(tag, i)] = (d.mean[j:j + 1], d.std[j:j + 1])
-        return None, _Dist(torch.cat([self.latents[(tag, i)][0] for i in ids]),
-                           torch.cat([self.latents[(tag, i)][1] for i in ids]))
-
-    def next(self):
-        b = self.cfg.train.batch_size
-        ids = self.inst.take(b)
-        px, dist = self._pixels(self.style.images, ids, "i")
-        prompts = [self.prompts[i] for i in ids]
-        if self.cls is not None:
-            cids = self.cls.take(b)
-            cpx, cdist = self._pixels(self.pool.images, cids, "c")
-            px = None if px is None else torch.cat([px, cpx])
-            dist = None if dist is None else _Dist(torch.cat([dist.mean, cdist.mean]), torch.cat([dist.std, cdist.std]))
-            prompts = prompts + [self.pool.prompts[i] for i in cids]
-        return px, dist, prompts
-
-
-def make_optimizer(c: Components, groups: list[dict], tr):
-    return torch.optim.AdamW(groups, betas=(tr.adam_beta1, tr.adam_beta2), weight_decay=tr.adam_weight_decay,
-                             eps=tr.adam_epsilon, **({"fused": True} if c.device.type == "cuda" else {}))
-
-
-def _train_loop(components: Components, style: Style, pool: Optional[ClassPool], cfg,
-                ckpt_dir: Optional[Path] = None, export_to: Optional[Path] = None) -> tuple[list[float], MultiAdapters]:
-    """Train one style and write its adapter to ``export_to`` if given. The model is left as it was; the
-    trained layers are returned (with the losses) and :func:`stylexfer.multilora.reinstate` puts them back."""
-    from diffusers.optimization import get_scheduler
-
-    c, tr = components, cfg.train
-    use_prior = pool is not None and value(cfg.prior.mode) != PriorMode.none.value
-    precision = Precision(value(tr.mixed_precision))
-    feed = Feed(c, style, pool if use_prior else None, cfg)
-    ad = inject_adapters(c, cfg, [feed.stream.lora_seed])
-    ad.router.groups, ad.router.all_slots = torch.zeros(1, dtype=torch.long, device=c.device), True
-    groups = ad.groups(tr.lr, tr.lr * cfg.lora.text_encoder_lr_scale)
-    params = [p for g in groups for p in g["params"]]
-    train_te = bool(ad.text_encoder)
-    text = TextCache(c, train_te)
+def train_group(backend, styles: list[Style], pools: list[Optional[ClassPool]], cfg, specs: list[dict],
+                cache_dir: Path) -> tuple[dict, dict]:
+    """Train ``styles`` together and publish each adapter in the stage store under its own key (the same
+    key and files as the one-style path). Returns ({id: (seconds, losses)}, {id: error})."""
+    root = Path(cache_dir) / "adapters"
+    keys = [stable_hash(sp) for sp in specs]
+    ckpt = root / ".partial" / f"group-{stable_hash(keys)}"
+    tmps = [root / f".{k}.tmp-{uuid.uuid4().hex[:8]}" for k in keys]
+    for t in tmps:
+        t.mkdir(parents=True)
+    trained = {}
     try:
-        c.unet.train()
-        c.text_encoder.train(train_te)
-        opt = make_optimizer(c, groups, tr)
-        sched = get_scheduler(value(tr.lr_scheduler), opt, num_warmup_steps=tr.lr_warmup_steps,
-                              num_training_steps=tr.steps)
-        losses: list[float] = []
-        start = 0
-        if ckpt_dir is not None:
-            start, saved = _load_checkpoint(ckpt_dir, params, opt, [feed.stream], list(feed.cycles()))
-            if start:
-                losses = saved
-                log.info("style %s: resuming training from its checkpoint at step %d", style.id, start)
-            for _ in range(start):  # the schedule is a function of the step: replay it
-                sched.step()
-        every = tr.checkpoint_every if ckpt_dir is not None else 0
-        b = tr.batch_size
-        bar = tqdm(range(start, tr.steps), desc=f"train {style.id}", unit="step", leave=False, initial=start,
-                   total=tr.steps)
-        for step in bar:
-            px, dist, prompts = feed.next()
-            per_sample = denoising_loss(c, px, text(prompts), feed.stream.torch, precision, latent_dist=dist)
-            loss = per_sample[:b].mean()
-            if use_prior:
-                loss = loss + cfg.prior.weight * per_sample[b:].mean()
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"style {style.id}: loss is {loss.item()} at step {step + 1}")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, tr.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-            if every and (step + 1) % every == 0 and step + 1 < tr.steps:
-                _save_checkpoint(ckpt_dir, step + 1, params, opt, [feed.stream], list(feed.cycles()), losses)
-                faults.checkpoint(f"train:{style.id}:{step + 1}")
+        out = backend.train(styles, pools, cfg, ckpt, tmps)
+        share = out.seconds / len(styles)
+        for style, spec, key, tmp in zip(styles, specs, keys, tmps):
+            if style.id in out.failed:
+                continue
+            atomic_write_json(tmp / "train.json", _train_record(style, spec, share, out.losses[style.id],
+                                                                [s.id for s in styles]))
+            final = root / key
+            if not final.exists():
+                os.rename(tmp, final)
+            trained[style.id] = (share, out.losses[style.id])
     finally:
-        ad.router.groups = None
-        c.unet.eval()
-        c.text_encoder.eval()
-        restore(c.unet, ad.unet)
-        restore(c.text_encoder, ad.text_encoder)
-    if export_to is not None:
-        export_adapter(c, cfg, ad, 0, export_to)
-    return losses, ad
+        for t in tmps:
+            shutil.rmtree(t, ignore_errors=True)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return trained, out.failed
 
 
-@dataclass
-class _Dist:
-    mean: torch.Tensor
-    std: torch.Tensor
+def train_in_batches(backend, todo: list[tuple], cfg, cache: Path, pool_for) -> tuple[dict, dict]:
+    """Train the styles of ``todo`` — (style, class-pool spec or None, adapter spec) of each style whose
+    adapter is not stored — in batched passes of ``train.styles_per_batch`` styles (0 = as many as fit:
+    all, halving when the device runs out of memory). ``pool_for(spec)`` makes or finds a class pool.
+    Returns ({id: (seconds, losses)} of the styles trained, {id: error} of those that diverged). One
+    style, or ``styles_per_batch=1``, leaves everything to the one-style path (:func:`train_style`)."""
+    per_batch = cfg.train.styles_per_batch
+    if per_batch == 1 or len(todo) < 2:
+        return {}, {}
+    if cfg.lora.dropout > 0:  # per-style dropout masks cannot be drawn from per-style streams in one pass
+        log.info("lora.dropout=%s: training the styles one at a time (no batched pass)", cfg.lora.dropout)
+        return {}, {}
+    pools = {stable_hash(sp): pool_for(sp) for _, sp, _ in todo if sp is not None}
+    size = len(todo) if per_batch == 0 else per_batch
+    trained, failed = {}, {}
+    while todo:
+        group, rest = todo[:size], todo[size:]
+        keys = sorted(stable_hash(g[2]) for g in group)
+        try:
+            with contextlib.ExitStack() as locks:  # another job training the same styles: wait, then reuse
+                for k in keys:
+                    locks.enter_context(file_lock(cache / "adapters" / f".{k}.lock"))
+                group = [g for g in group if not adapter_stored(g[2], cache)]
+                if len(group) >= 2:
+                    t0 = time.time()
+                    t, f = train_group(backend, [g[0] for g in group],
+                                       [pools[stable_hash(g[1])] if g[1] is not None else None for g in group],
+                                       cfg, [g[2] for g in group], cache)
+                    log.info("trained %d styles in one pass in %.1fs", len(group), time.time() - t0)
+                    trained.update(t)
+                    failed.update(f)
+        except DeviceOutOfMemory:
+            if size == 1 or per_batch != 0:
+                log.warning("out of device memory in a batched pass: training those styles one at a time")
+                todo = rest
+                continue
+            size = max(1, size // 2)
+            log.warning("out of device memory with %d styles per batch: trying %d", len(group), size)
+            continue
+        except Exception as e:  # noqa: BLE001 - the one-style path isolates whatever failed
+            log.warning("batched training of %s failed (%s): training them one at a time",
+                        ", ".join(g[0].id for g in group), first_line(e, with_type=True))
+        todo = rest
+    return trained, failed

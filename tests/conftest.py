@@ -64,11 +64,20 @@ def components(tiny_dir, cache_dir):
     """The tiny model's components on CPU in float32 (shared; tests must leave no adapter behind)."""
     from omegaconf import OmegaConf
 
-    from stylexfer.models import load_components, resolve_model
+    from stylexfer.backends.torch.models import load_components
+    from stylexfer.models import resolve_model
 
     mc = OmegaConf.create({"path": str(tiny_dir), "revision": None, "variant": None, "local_files_only": True,
                            "device": "cpu", "dtype": "float32"})
     return load_components(resolve_model(mc, cache_dir), mc)
+
+
+@pytest.fixture(scope="session")
+def backend(components, cache_dir):
+    """The PyTorch backend around the shared tiny-model components (what the stages are given)."""
+    from stylexfer.backends.torch import TorchBackend
+
+    return TorchBackend.from_components(components, cache_dir)
 
 
 def run_cli(args, cwd: Path, timeout: int = 900, env_extra: dict | None = None) -> subprocess.CompletedProcess:

@@ -7,21 +7,22 @@ import torch
 from safetensors import safe_open
 
 from conftest import compose
-from stylexfer import batched as batched_mod
-from stylexfer.batched import train_together
+from stylexfer.backends.torch import batched as batched_mod
+from stylexfer.backends.torch.batched import train_together
 from stylexfer.data import discover_styles
 from stylexfer.prior import ensure_pool, pool_objects, pool_spec
-from stylexfer.train import ADAPTER_FILE, adapter_spec, train_style
+from stylexfer.backends import ADAPTER_FILE
+from stylexfer.train import adapter_spec, train_style
 
-OVERRIDES = ["train.steps=12", "train.lr=1e-3", "lora.unet_rank=4", "lora.text_encoder_rank=2",
+OVERRIDES = ["train.steps=12", "train.lr=1e-3", "lora.unet_lora_rank=4", "lora.text_encoder_lora_rank=2",
              "prior=shared", "prior.num_class_images=4", "prior.steps=2", "prior.batch_size=4", "augmentation=crop_flip"]
 
 
 @pytest.fixture(scope="module")
-def setup(components, demo_root, cache_dir):
+def setup(backend, demo_root, cache_dir):
     cfg = compose(OVERRIDES)
     styles = discover_styles(demo_root)
-    pools = [ensure_pool(components, pool_spec(pool_objects(styles, s, cfg.prior.mode), cfg.prior, "tiny", 64),
+    pools = [ensure_pool(backend, pool_spec(pool_objects(styles, s, cfg.prior.mode), cfg.prior, "tiny", 64, "torch"),
                          cfg.prior, cache_dir) for s in styles]
     return cfg, styles, pools
 
@@ -39,12 +40,12 @@ def assert_close_adapters(a, b, atol=2e-5):
 
 
 @pytest.fixture(scope="module")
-def sequential(setup, components, tmp_path_factory):
+def sequential(setup, backend, tmp_path_factory):
     cfg, styles, pools = setup
     root = tmp_path_factory.mktemp("seq")
     out = {}
     for s, p in zip(styles, pools):
-        r = train_style(components, s, p, cfg, adapter_spec(s, cfg, "tiny", "pool"), root)
+        r = train_style(backend, s, p, cfg, adapter_spec(s, cfg, "tiny", "pool"), root)
         out[s.id] = (tensors(r.dir), r.losses)
     return out
 
@@ -91,23 +92,27 @@ def test_a_diverging_style_stops_alone(setup, sequential, components, tmp_path, 
         assert_close_adapters(tensors(dirs[i]), sequential[styles[i].id][0])
 
 
-def test_a_failing_batched_pass_falls_back_to_one_style_at_a_time(components, demo_root, tmp_path, monkeypatch, caplog):
-    from stylexfer import run as run_mod
+def todo_of(styles, cfg):
+    return [(s, None, adapter_spec(s, cfg, "tiny", None)) for s in styles]
+
+
+def test_a_failing_batched_pass_falls_back_to_one_style_at_a_time(backend, demo_root, tmp_path, monkeypatch, caplog):
+    from stylexfer import train as train_mod
 
     def broken(*a, **k):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(run_mod, "train_group", broken)
+    monkeypatch.setattr(train_mod, "train_group", broken)
     cfg = compose(["prior=none", "train.steps=2"])
     styles = discover_styles(demo_root, styles=["00", "01"])
-    assert run_mod.train_in_batches(components, styles, cfg, tmp_path) == ({}, {})
+    assert train_mod.train_in_batches(backend, todo_of(styles, cfg), cfg, tmp_path, None) == ({}, {})
     assert "batched training of 00, 01 failed (RuntimeError: kernel exploded): training them one at a time" in caplog.text
 
 
 def test_the_compiled_vae_encoder_is_swapped_in_on_cuda_only_and_always_put_back():
     from types import SimpleNamespace
 
-    from stylexfer.batched import _CompiledOrPlain, compiled_vae_encoder
+    from stylexfer.backends.torch.batched import _CompiledOrPlain, compiled_vae_encoder
 
     plain = torch.nn.Linear(3, 3)
     cpu = SimpleNamespace(device=torch.device("cpu"), vae=SimpleNamespace(encoder=plain))
@@ -124,7 +129,7 @@ def test_the_compiled_vae_encoder_is_swapped_in_on_cuda_only_and_always_put_back
 
 
 def test_a_failing_compile_falls_back_to_the_plain_module_with_one_warning(caplog):
-    from stylexfer.batched import _CompiledOrPlain
+    from stylexfer.backends.torch.batched import _CompiledOrPlain
 
     calls = []
 

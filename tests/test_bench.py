@@ -95,6 +95,6 @@ def test_bench_overrides_reach_the_stylexfer_config(tmp_path):
         res=64, rank=4, steps=3, class_images=2, sample_batch=2, work=tmp_path, compile=False)
     assert bench.bench_cfg(args).train.lora_compute == "model"
     cfg = bench.bench_cfg(args, ["train.lora_compute=float32", "lora.unet_alpha=8"])
-    assert cfg.train.lora_compute == "float32" and cfg.lora.unet_alpha == 8 and cfg.lora.unet_rank == 4
+    assert cfg.train.lora_compute == "float32" and cfg.lora.unet_alpha == 8 and cfg.lora.unet_lora_rank == 4
     with pytest.raises(Exception, match="lora_compute"):
         bench.bench_cfg(args, ["train.lora_compute=fp8"])

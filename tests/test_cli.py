@@ -91,7 +91,7 @@ def _bad(tmp_path: Path, tiny_dir: Path) -> dict:
     (corrupt / "00" / "prompt.json").write_text('["cat"]')
     return {
         "unknown key": (["lora.unet_rnk=4"], r"unet_rnk"),
-        "rank 0": (["lora.unet_rank=0"], r"^error: lora\.unet_rank=0: must be >= 1$"),
+        "rank 0": (["lora.unet_lora_rank=0"], r"^error: lora\.unet_lora_rank=0: must be >= 1$"),
         "strength 1.5": (["init.strength=1.5"], r"^error: init\.strength=1\.5: must be in \(0, 1\]$"),
         "missing root": ([f"data.root={tmp_path}/nowhere"], rf"^error: data\.root={tmp_path}/nowhere: no such folder$"),
         "empty style": ([f"data.root={empty}"], rf"^error: {empty}/07/images: no images"),

@@ -9,7 +9,7 @@ from conftest import CONF, compose
 from stylexfer.config import validate
 from stylexfer.errors import ConfigError
 
-GROUPS = ["model", "lora", "prior", "augmentation", "init", "scheduler", "train", "data", "eval"]
+GROUPS = ["backend", "model", "lora", "prior", "augmentation", "init", "scheduler", "train", "data", "eval"]
 
 
 def options(group: str) -> list[str]:
@@ -45,7 +45,7 @@ ABLATIONS = sorted(p.stem for p in (CONF.parent / "experiments" / "ablation").gl
 
 
 def test_ablation_presets_cover_the_reports_studies():
-    assert set(ABLATIONS) >= {"unet_rank", "te_rank", "prior_weight", "init_strength", "augmentation"}
+    assert set(ABLATIONS) >= {"unet_lora_rank", "text_encoder_lora_rank", "prior_weight", "init_strength", "augmentation"}
 
 
 @pytest.mark.parametrize("name", ABLATIONS)
@@ -57,7 +57,7 @@ def test_every_ablation_preset_composes_with_a_sweep(name):
     assert len(values.split(",")) >= 3
     for v in values.split(","):  # each job's config composes and validates
         validate(compose([f"+ablation={name}", f"{key}={v}"]))
-    assert cfg.lora.unet_rank == 32 or key == "lora.unet_rank"  # built on the safe strategy
+    assert cfg.lora.unet_lora_rank == 32 or key == "lora.unet_lora_rank"  # built on the safe strategy
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
 
 
@@ -75,7 +75,7 @@ def test_safe_strategy_is_the_reference_recipe():
     c = compose(strategy="safe")
     assert c.data.instance_prompt == "an image of {object} in style_{style}" == c.data.prompt
     assert list(c.lora.unet_target_modules) == ["to_q", "to_k", "to_v", "to_out.0"]
-    assert (c.lora.unet_rank, c.lora.text_encoder_rank) == (32, 0)
+    assert (c.lora.unet_lora_rank, c.lora.text_encoder_lora_rank) == (32, 0)
     assert (c.prior.mode.value, c.prior.weight) == ("shared", 1.0)
     assert (c.augmentation.scale, c.augmentation.random_crop, c.augmentation.hflip, c.augmentation.rotation) == (1.04, True, False, 0.0)
     assert (c.init.mode.value, c.init.strength) == ("avg_image", 0.9)
@@ -85,11 +85,11 @@ def test_safe_strategy_is_the_reference_recipe():
 
 def test_aggressive_and_baseline_strategies():
     a = compose(strategy="aggressive")
-    assert (a.lora.unet_rank, a.lora.text_encoder_rank, a.lora.text_encoder_lr_scale) == (64, 8, 0.1)
+    assert (a.lora.unet_lora_rank, a.lora.text_encoder_lora_rank, a.lora.text_encoder_lr_scale) == (64, 8, 0.1)
     assert (a.prior.weight, a.train.steps) == (0.9, 1200)
     assert a.augmentation.hflip and a.augmentation.rotation > 0
     b = compose(strategy="baseline")
-    assert (b.lora.unet_rank, b.train.steps, b.train.lr) == (4, 500, 1e-4)
+    assert (b.lora.unet_lora_rank, b.train.steps, b.train.lr) == (4, 500, 1e-4)
     assert b.prior.mode.value == "none" and b.init.mode.value == "noise"
     assert b.scheduler.steps == 25 and b.data.instance_prompt == "style_{style}" == b.data.prompt
     assert b.augmentation.scale == 1.0
@@ -114,8 +114,8 @@ def test_typos_and_wrong_types_fail_at_compose_naming_the_key(override, needle):
 
 
 @pytest.mark.parametrize("override,key", [
-    ("lora.unet_rank=0", "lora.unet_rank"),
-    ("lora.text_encoder_rank=-1", "lora.text_encoder_rank"),
+    ("lora.unet_lora_rank=0", "lora.unet_lora_rank"),
+    ("lora.text_encoder_lora_rank=-1", "lora.text_encoder_lora_rank"),
     ("init.strength=1.5", "init.strength"),
     ("init.strength=0", "init.strength"),
     ("train.steps=0", "train.steps"),
@@ -132,3 +132,37 @@ def test_out_of_range_values_fail_validation_naming_the_key(override, key):
         validate(compose([override]))
     msg = str(e.value)
     assert msg.startswith(key) and "\n" not in msg
+
+
+def test_the_card_names_the_rank_keys_and_the_old_names_fail_naming_the_new_ones(cli, tmp_path):
+    cfg = compose(strategy="aggressive")
+    assert (cfg.lora.unet_lora_rank, cfg.lora.text_encoder_lora_rank) == (64, 8)
+    assert "unet_rank" not in cfg.lora and "text_encoder_rank" not in cfg.lora
+    for old, new in (("lora.unet_rank=4", "lora.unet_lora_rank"), ("lora.text_encoder_rank=2", "lora.text_encoder_lora_rank")):
+        res = cli([old], tmp_path)
+        assert res.returncode == 2
+        (line,) = res.stderr.strip().splitlines()
+        assert line == f"error: {old.split('=')[0]} was renamed: use {new} (as in {new}={old.split('=')[1]})"
+    res = cli(["-m", "lora.unet_rank=4,16"], tmp_path)  # a sweep too, before any job starts
+    assert res.returncode == 2 and "use lora.unet_lora_rank" in res.stderr
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "experiments").exists()
+
+
+def test_the_backend_is_a_config_group_and_an_unknown_one_fails_naming_the_key():
+    cfg = compose()
+    assert cfg.backend.name == "torch"
+    with pytest.raises(ConfigError, match=r"^backend.name=nope: unknown; known: \['torch'\]"):
+        validate(compose(["backend.name=nope"]))
+
+
+def test_the_framework_free_modules_import_no_framework():
+    """The backend boundary: config, data, store, stages, run, compare and report import neither torch nor
+    diffusers; only stylexfer.backends.<name> (and the metrics' judge models) do."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import stylexfer.run, stylexfer.train, stylexfer.sample, stylexfer.prior, stylexfer.compare, "
+            "stylexfer.report, stylexfer.store, stylexfer.data, stylexfer.backends; "
+            "bad = [m for m in ('torch', 'diffusers', 'peft') if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from conftest import compose
-from stylexfer.multilora import MultiLoraLinear, Router, inject, restore
+from stylexfer.backends.torch.multilora import MultiLoraLinear, Router, inject, restore
 
 
 class Two(nn.Module):
@@ -114,9 +114,10 @@ def test_lora_dropout_drops_in_training_only():
     assert not torch.allclose(a, refs[0].to_q(x), atol=1e-4)
 
 
-def test_a_batched_pass_refuses_lora_dropout_and_the_run_trains_one_style_at_a_time(components, demo_root, tmp_path, caplog):
-    from stylexfer import run as run_mod
-    from stylexfer.batched import train_together
+def test_a_batched_pass_refuses_lora_dropout_and_the_run_trains_one_style_at_a_time(components, backend, demo_root, tmp_path,
+                                                                                     caplog):
+    from stylexfer.train import adapter_spec, train_in_batches
+    from stylexfer.backends.torch.batched import train_together
     from stylexfer.data import discover_styles
 
     cfg = compose(["prior=none", "train.steps=2", "lora.dropout=0.1"])
@@ -125,7 +126,8 @@ def test_a_batched_pass_refuses_lora_dropout_and_the_run_trains_one_style_at_a_t
         train_together(components, styles, [None, None], cfg, None, [tmp_path / "a", tmp_path / "b"])
     assert not any("MultiLora" in type(m).__name__ for m in components.unet.modules())
     with caplog.at_level("INFO"):
-        assert run_mod.train_in_batches(components, styles, cfg, tmp_path) == ({}, {})
+        todo = [(s, None, adapter_spec(s, cfg, "tiny", None)) for s in styles]
+        assert train_in_batches(backend, todo, cfg, tmp_path, None) == ({}, {})
     assert "lora.dropout=0.1: training the styles one at a time" in caplog.text
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stylexfer.data import discover_styles
-from stylexfer.sample import generate, make_pipeline
+from stylexfer.backends.torch.sample import generate, make_pipeline
 
 
 def arr(img):
@@ -44,11 +44,11 @@ def test_fused_lora_sampling_matches_unfused_and_restores_the_base_weights_exact
     import torch
 
     from conftest import compose
-    from stylexfer.sample import fuse_exactly, unfuse_exactly
-    from stylexfer.train import add_adapters, remove_adapters, save_adapter
+    from stylexfer.backends.torch.sample import fuse_exactly, unfuse_exactly
+    from stylexfer.backends.torch.train import add_adapters, remove_adapters, save_adapter
 
     c = components
-    cfg = compose(["lora=unet_te", "lora.unet_rank=4", "lora.text_encoder_rank=4"])
+    cfg = compose(["lora=unet_te", "lora.unet_lora_rank=4", "lora.text_encoder_lora_rank=4"])
     add_adapters(c, cfg, 0)
     torch.manual_seed(3)
     with torch.no_grad():

@@ -26,27 +26,27 @@ def summaries(sweep: Path) -> dict[str, dict]:
 @pytest.mark.slow
 def test_two_value_sweep_with_joblib_and_the_compare_table(tmp_path, cache_dir, tiny_dir):
     sweep = tmp_path / "sw"
-    res = run_cli(["-m", "lora.unet_rank=2,4", *QUICK, f"hydra.sweep.dir={sweep}"], tmp_path)
+    res = run_cli(["-m", "lora.unet_lora_rank=2,4", *QUICK, f"hydra.sweep.dir={sweep}"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Joblib.Parallel" in res.stdout + res.stderr  # the default launcher for -m
     jobs = summaries(sweep)
-    assert sorted(j["config"]["lora"]["unet_rank"] for j in jobs.values()) == [2, 4]
+    assert sorted(j["config"]["lora"]["unet_lora_rank"] for j in jobs.values()) == [2, 4]
 
     out = subprocess.run([sys.executable, "-m", "stylexfer.compare", str(sweep)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     lines = [l for l in out.stdout.splitlines() if l.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert "lora.unet_rank" in header and "hist" in header and "train.steps" not in header  # only what differs
+    assert "lora.unet_lora_rank" in header and "hist" in header and "train.steps" not in header  # only what differs
     rows = [[c.strip() for c in l.strip("|").split("|")] for l in lines[2:]]
     assert len(rows) == 2
     h = header.index("hist")
     values = [float(r[h]) for r in rows]
     assert values == sorted(values, reverse=True) and rows[0][0] == "★" and rows[1][0] == ""
-    assert {r[header.index("lora.unet_rank")] for r in rows} == {"2", "4"}
+    assert {r[header.index("lora.unet_lora_rank")] for r in rows} == {"2", "4"}
     for f in ("compare.md", "compare.csv", "compare.png", "compare.html"):
         assert (sweep / f).stat().st_size > 0
     csv_rows = (sweep / "compare.csv").read_text().splitlines()
-    assert len(csv_rows) == 3 and "lora.unet_rank" in csv_rows[0]
+    assert len(csv_rows) == 3 and "lora.unet_lora_rank" in csv_rows[0]
 
 
 @pytest.mark.slow
@@ -116,10 +116,10 @@ def test_a_killed_sweep_keeps_finished_jobs_and_a_rerun_completes_only_the_rest(
 def test_submitit_local_launcher_runs_real_subprocesses(tmp_path, cache_dir, tiny_dir):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sw"
-    res = run_cli(["-m", "hydra/launcher=submitit_local", "lora.unet_rank=2,4", *QUICK, f"hydra.sweep.dir={sweep}"],
+    res = run_cli(["-m", "hydra/launcher=submitit_local", "lora.unet_lora_rank=2,4", *QUICK, f"hydra.sweep.dir={sweep}"],
                   tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = summaries(sweep)
-    assert sorted(j["config"]["lora"]["unet_rank"] for j in jobs.values()) == [2, 4]
+    assert sorted(j["config"]["lora"]["unet_lora_rank"] for j in jobs.values()) == [2, 4]
     assert len({json.loads((sweep / n / "status.json").read_text())["pid"] for n in jobs}) == 2
     assert list(sweep.glob(".submitit/*")) or list(sweep.glob("*/.submitit")) or (sweep / ".submitit").exists()

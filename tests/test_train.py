@@ -13,10 +13,14 @@ import torch
 from safetensors import safe_open
 
 from conftest import compose
-from stylexfer.data import discover_styles, fit_square, to_tensor
-from stylexfer.models import encode_prompts, load_components, resolve_model
-from stylexfer.multilora import reinstate, restore
-from stylexfer.train import ADAPTER_FILE, _train_loop, adapter_spec, denoising_loss, train_style
+from stylexfer.backends.torch.tensors import to_tensor
+from stylexfer.data import discover_styles, fit_square
+from stylexfer.backends.torch.models import encode_prompts, load_components
+from stylexfer.models import resolve_model
+from stylexfer.backends.torch.multilora import reinstate, restore
+from stylexfer.backends import ADAPTER_FILE
+from stylexfer.backends.torch.train import _train_loop, denoising_loss
+from stylexfer.train import adapter_spec, train_style
 
 FAST = ["prior=none", "augmentation=none", "train.lr=1e-3"]
 
@@ -105,8 +109,8 @@ def test_loss_target_follows_the_scheduler_prediction_type(tiny_dir, tmp_path, c
 def test_adapter_with_text_encoder_lora_loads_through_stock_diffusers(components, style, tiny_dir, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    cfg = compose(FAST + ["train.steps=6", "train.lr=5e-2", "lora.unet_rank=4", "lora.unet_alpha=8",
-                          "lora.text_encoder_rank=2", "lora.text_encoder_alpha=1"])
+    cfg = compose(FAST + ["train.steps=6", "train.lr=5e-2", "lora.unet_lora_rank=4", "lora.unet_alpha=8",
+                          "lora.text_encoder_lora_rank=2", "lora.text_encoder_alpha=1"])
     prompt = ["an image of aquarium in style_00"]
     _, ad = _train_loop(components, style, None, cfg, export_to=tmp_path)
     with trained(components, ad):
@@ -134,19 +138,19 @@ def test_adapter_with_text_encoder_lora_loads_through_stock_diffusers(components
     torch.testing.assert_close(unet_out(pipe, loaded_emb), trained_out, atol=1e-5, rtol=1e-4)  # alpha != rank kept
 
 
-def test_a_style_adapter_is_reproducible_and_independent_of_other_styles(components, demo_root, tmp_path):
+def test_a_style_adapter_is_reproducible_and_independent_of_other_styles(backend, demo_root, tmp_path):
     s00, s01 = discover_styles(demo_root, styles=["00", "01"])
-    cfg = compose(["prior=none", "train.steps=5", "lora.unet_rank=4"])
+    cfg = compose(["prior=none", "train.steps=5", "lora.unet_lora_rank=4"])
     spec = adapter_spec(s00, cfg, "tiny", None)
-    a = train_style(components, s00, None, cfg, spec, tmp_path / "a")
-    train_style(components, s01, None, cfg, adapter_spec(s01, cfg, "tiny", None), tmp_path / "b")
-    b = train_style(components, s00, None, cfg, spec, tmp_path / "b")  # after another style
+    a = train_style(backend, s00, None, cfg, spec, tmp_path / "a")
+    train_style(backend, s01, None, cfg, adapter_spec(s01, cfg, "tiny", None), tmp_path / "b")
+    b = train_style(backend, s00, None, cfg, spec, tmp_path / "b")  # after another style
     assert not a.reused and not b.reused and a.key == b.key
     with safe_open(str(a.dir / ADAPTER_FILE), "pt") as fa, safe_open(str(b.dir / ADAPTER_FILE), "pt") as fb:
         assert sorted(fa.keys()) == sorted(fb.keys())
         for k in fa.keys():
             assert torch.equal(fa.get_tensor(k), fb.get_tensor(k)), k
-    again = train_style(components, s00, None, cfg, spec, tmp_path / "a")
+    again = train_style(backend, s00, None, cfg, spec, tmp_path / "a")
     assert again.reused
     record = json.loads((a.dir / "train.json").read_text())
     assert len(record["losses"]) == 5 and record["spec"] == json.loads(json.dumps(spec))
@@ -157,13 +161,13 @@ def test_adapter_key_ignores_sampling_and_scoring_settings(style):
     for ov in ["init.strength=0.8", "scheduler=dpmpp", "scheduler.steps=10", "sample.seed=3", "eval.fid_dims=2048",
                "init=noise", "data.prompt='{object}'"]:
         assert adapter_spec(style, compose([ov]), "m", "p") == base, ov
-    for ov in ["lora.unet_rank=4", "train.steps=10", "prior.weight=0.5", "augmentation=crop_flip",
+    for ov in ["lora.unet_lora_rank=4", "train.steps=10", "prior.weight=0.5", "augmentation=crop_flip",
                "data.instance_prompt='{object}'", "train.seed=1"]:
         assert adapter_spec(style, compose([ov]), "m", "p") != base, ov
 
 
 def test_nan_loss_stops_the_style_with_the_step(components, style, monkeypatch):
-    from stylexfer import train as train_mod
+    from stylexfer.backends.torch import train as train_mod
     from stylexfer.errors import TrainingDiverged
 
     real = train_mod.denoising_loss

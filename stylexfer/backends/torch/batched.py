@@ -1,7 +1,7 @@
-"""All styles in one training pass: one UNet carries every style's LoRA (stylexfer.multilora); each
+"""The PyTorch backend's batched pass: one UNet carries every style's LoRA (:mod:`.multilora`); each
 step's batch holds every style's instance (and class) samples, each going through its own adapter.
 
-It is the recipe of :mod:`stylexfer.train` exactly, style by style: the same per-style random streams
+It is the recipe of the one-style loop (:mod:`.train`) exactly, style by style: the same per-style random streams
 (image order, crops, VAE sampling, noise, timesteps) drawn in the same order, the same LoRA
 initialisation, the per-style mean losses (the batch loss is their sum, and styles' parameters are
 disjoint, so each style gets its own gradient), per-style gradient clipping, and one LR schedule (all
@@ -15,10 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import shutil
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import faults
-from .config import Precision, PriorMode, value
-from .data import Style, uint8_to_model
+from ... import faults
+from ...config import Precision, PriorMode, value
+from ...data import Style
+from ...prior import ClassPool
 from .models import Components
 from .multilora import restore
-from .prior import ClassPool
-from .store import atomic_write_json, stable_hash
+from .tensors import uint8_to_model
 from .train import (Feed, TextCache, _autocast, _Dist, _load_checkpoint, _save_checkpoint, draw_noise, export_adapter,
                     inject_adapters, make_optimizer, noisy_from)
 
@@ -277,37 +274,3 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
         for p in params:
             p.grad = None
     return losses, failed, time.time() - t0
-
-
-def train_group(c: Components, styles: list[Style], pools: list[Optional[ClassPool]], cfg, specs: list[dict],
-                cache_dir: Path) -> tuple[dict, dict]:
-    """Train ``styles`` together and publish each adapter in the stage store under its own key (the same
-    key and files as the one-style path). Returns ({id: (seconds, losses)}, {id: error})."""
-    root = Path(cache_dir) / "adapters"
-    keys = [stable_hash(sp) for sp in specs]
-    if c.device.type == "cuda" and (cfg.train.compile or cfg.train.compile_vae):
-        # torch's compile cache in the store, where later runs on this machine can reuse compiled kernels
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cache_dir) / "torch-compile"))
-    ckpt = root / ".partial" / f"group-{stable_hash(keys)}"
-    tmps = [root / f".{k}.tmp-{uuid.uuid4().hex[:8]}" for k in keys]
-    for t in tmps:
-        t.mkdir(parents=True)
-    trained = {}
-    try:
-        losses, failed, seconds = train_together(c, styles, pools, cfg, ckpt, tmps)
-        share = seconds / len(styles)
-        for style, spec, key, tmp in zip(styles, specs, keys, tmps):
-            if style.id in failed:
-                continue
-            atomic_write_json(tmp / "train.json", {"style": style.id, "spec": spec, "seconds": round(share, 2),
-                                                   "losses": [round(x, 6) for x in losses[style.id]],
-                                                   "batched_with": [s.id for s in styles]})
-            final = root / key
-            if not final.exists():
-                os.rename(tmp, final)
-            trained[style.id] = (share, losses[style.id])
-    finally:
-        for t in tmps:
-            shutil.rmtree(t, ignore_errors=True)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    return trained, failed

@@ -1,0 +1,54 @@
+"""What every Hydra entrypoint of stylexfer shares: where the configs are, the resolvers they use, and
+how a failed run leaves its folder.
+
+The configs live at the repository's top level (``conf/``, and the sweep presets in
+``experiments/ablation/``). A checkout (or an editable install) reads them there; a regular install
+carries copies inside the package (``stylexfer/_conf``, ``stylexfer/_experiments``: setup.cfg maps
+them), so ``python -m stylexfer`` works from any folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .config import register_configs
+from .devices import n_jobs
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+def _first_existing(*candidates: Path) -> Path:
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise SystemExit(f"error: stylexfer's configs are missing (looked in {', '.join(map(str, candidates))}); "
+                     "reinstall with `pip install -e .` from a checkout, or `pip install .`")
+
+
+def config_dir() -> str:
+    return str(_first_existing(PACKAGE.parent / "conf", PACKAGE / "_conf"))
+
+
+def experiments_dir() -> str:
+    """Where the sweep presets (``ablation/``) are found: the checkout's ``experiments/`` or the packaged copy."""
+    return str(_first_existing(PACKAGE.parent / "experiments", PACKAGE / "_experiments"))
+
+
+CONFIG_DIR = config_dir()
+register_configs()
+OmegaConf.register_new_resolver("stylexfer.experiments", experiments_dir, replace=True)
+OmegaConf.register_new_resolver("stylexfer.n_jobs", n_jobs, replace=True)
+
+
+def discard_if_empty(run_dir: Path) -> None:
+    """Remove a run folder that holds nothing but Hydra's own bookkeeping (nothing half-written), and
+    its ``experiments/<name>/`` folder if that run was all it held."""
+    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir.parent.parent.name == "experiments":
+            with contextlib.suppress(OSError):  # not empty: other runs of that name stay
+                run_dir.parent.rmdir()

@@ -1,0 +1,95 @@
+"""The boundary between the framework-free pipeline and the code that does the arithmetic.
+
+Everything outside ``stylexfer.backends`` (config, data, the stage store, the stage orchestration in
+``stylexfer.run``, evaluation, compare, reports) talks to a :class:`Backend` through three calls:
+
+- :meth:`Backend.generate` — images from prompts with the base model or one style's adapter (class
+  images for prior preservation and the samples of a style);
+- :meth:`Backend.train` — train one or more styles' adapters in one pass and write each as a diffusers
+  LoRA file (``pytorch_lora_weights.safetensors``) into the folder it is given;
+- the constructor — load the model folder that :func:`stylexfer.models.resolve_model` found.
+
+Which images, which adapters, where they are stored, resuming, locking and reuse are decided outside.
+A backend is chosen with the ``backend`` config group (``backend=torch``, the default); its code is a
+subpackage here and is imported only when chosen.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from PIL import Image
+
+from ..errors import ConfigError
+
+# name → (module, class, the pip extra that brings its framework)
+BACKENDS = {"torch": ("stylexfer.backends.torch", "TorchBackend", None)}
+
+ADAPTER_FILE = "pytorch_lora_weights.safetensors"
+
+
+@dataclass
+class TrainOutcome:
+    """What one training pass returns: per-style losses, the styles that diverged (id → one line) and the
+    pass's seconds."""
+
+    losses: dict[str, list[float]]
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# make(prompts, seeds) → images: one batched call of the generator a :meth:`Backend.generate` context opened
+MakeImages = Callable[[Sequence[str], Sequence[int]], list[Image.Image]]
+
+
+class Backend(ABC):
+    """A loaded base model on a device, and what the pipeline asks of it."""
+
+    name: str = "?"
+
+    @property
+    @abstractmethod
+    def device(self) -> str:
+        """Where it computes (``cpu``, ``cuda:0``)."""
+
+    @property
+    @abstractmethod
+    def dtype(self) -> str:
+        """The frozen weights' dtype (``float32``, ``bfloat16``)."""
+
+    @abstractmethod
+    def generate(self, *, sampler: str, steps: int, guidance_scale: float, resolution: int,
+                 adapter_dir: Optional[Path] = None, fuse_lora: bool = True,
+                 init_image: Optional[Image.Image] = None, strength: float = 1.0) -> AbstractContextManager[MakeImages]:
+        """A context in which ``make(prompts, seeds)`` draws one image per prompt, each from its own seed
+        (independent of batch mates), with the base model or the adapter in ``adapter_dir`` loaded; from
+        noise, or img2img from ``init_image`` at ``strength``. The model is as it was after the context."""
+
+    @abstractmethod
+    def train(self, styles: list, pools: list, cfg, ckpt_dir: Optional[Path], export_dirs: list[Path],
+              clock: Optional[list] = None) -> TrainOutcome:
+        """Train ``styles`` (with their class pools, None without prior) in one pass, resuming from and
+        checkpointing into ``ckpt_dir``; write each style that did not diverge to its ``export_dirs``
+        entry. ``clock``, if given, gets the time each step's losses reached the host. Raises :class:`stylexfer.errors.DeviceOutOfMemory` when the pass does not fit."""
+
+
+def backend_names() -> list[str]:
+    return sorted(BACKENDS)
+
+
+def load_backend(name: str, resolved, model_cfg, cache_dir: Path) -> Backend:
+    """The backend ``name`` with the resolved model loaded; one line if it is unknown or not installed."""
+    if name not in BACKENDS:
+        raise ConfigError(f"backend.name={name}: unknown backend; known: {', '.join(backend_names())}")
+    module, cls, extra = BACKENDS[name]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        hint = f'pip install -e ".[{extra}]"' if extra else "pip install -e ."
+        raise ConfigError(f"backend.name={name}: its framework is not installed ({e.name or e}); {hint}") from None
+    return getattr(mod, cls)(resolved, model_cfg, Path(cache_dir))

@@ -1,0 +1,67 @@
+"""The PyTorch backend (``backend=torch``, the default): diffusers' Stable Diffusion components, LoRA
+layers that carry one slot per style so that several styles train in one pass (:mod:`.multilora`,
+:mod:`.batched`), peft for the LoRA init and the saved file, diffusers' pipelines for sampling."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .. import Backend, TrainOutcome
+from ...errors import DeviceOutOfMemory, TrainingDiverged
+from .models import Components, load_components
+from .sample import sampling
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, resolved, model_cfg, cache_dir: Path):
+        self.components: Components = load_components(resolved, model_cfg)
+        self.cache_dir = Path(cache_dir)
+
+    @classmethod
+    def from_components(cls, components: Components, cache_dir: Path) -> "TorchBackend":
+        """Around components already in memory (the speed benchmark builds SD 2.1-shaped ones)."""
+        self = cls.__new__(cls)
+        self.components, self.cache_dir = components, Path(cache_dir)
+        return self
+
+    @property
+    def device(self) -> str:
+        return str(self.components.device)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.components.dtype).split(".")[-1]
+
+    def generate(self, **kw):
+        return sampling(self.components, **kw)
+
+    def train(self, styles, pools, cfg, ckpt_dir: Optional[Path], export_dirs: list[Path],
+              clock: Optional[list] = None) -> TrainOutcome:
+        from .batched import train_together
+        from .train import _train_loop
+
+        c = self.components
+        if c.device.type == "cuda" and (cfg.train.compile or cfg.train.compile_vae):
+            # torch's compile cache in the store, where later runs on this machine reuse compiled kernels
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.cache_dir / "torch-compile"))
+        t0 = time.time()
+        try:
+            if len(styles) > 1:
+                losses, failed, seconds = train_together(c, styles, pools, cfg, ckpt_dir, export_dirs, clock)
+                return TrainOutcome(losses=losses, failed=failed, seconds=seconds)
+            (style,) = styles
+            try:
+                losses, _ = _train_loop(c, style, pools[0], cfg, ckpt_dir, export_to=export_dirs[0])
+            except TrainingDiverged as e:
+                return TrainOutcome(losses={style.id: []}, failed={style.id: str(e)}, seconds=time.time() - t0)
+            return TrainOutcome(losses={style.id: losses}, seconds=time.time() - t0)
+        except torch.cuda.OutOfMemoryError as e:
+            torch.cuda.empty_cache()
+            raise DeviceOutOfMemory(f"{len(styles)} style(s) in one pass: {str(e).splitlines()[0]}") from None

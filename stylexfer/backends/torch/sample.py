@@ -1,0 +1,107 @@
+"""The PyTorch backend's image generation: diffusers' Stable Diffusion pipelines (text-to-image and img2img)
+with the configured sampler, the style's LoRA loaded by diffusers' stock ``load_lora_weights`` (the same
+call a user makes) and, by default, fused into the weights while it samples.
+
+Each image has its own CPU generator seeded by the caller, so its noise does not depend on the device or
+on its batch mates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from PIL import Image
+
+from ...config import SamplerName
+from .models import Components
+
+log = logging.getLogger(__name__)
+
+
+def make_scheduler(name: SamplerName | str, base_config: dict):
+    """An inference scheduler with the base model's noise schedule and prediction type."""
+    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                           EulerDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler)
+
+    name = SamplerName(name)
+    config = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    if name == SamplerName.ddim:
+        return DDIMScheduler.from_config(config)
+    if name == SamplerName.dpmpp:
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    if name == SamplerName.euler_a:
+        return EulerAncestralDiscreteScheduler.from_config(config)
+    if name == SamplerName.euler:
+        return EulerDiscreteScheduler.from_config(config)
+    if name == SamplerName.unipc:
+        return UniPCMultistepScheduler.from_config(config)
+    return PNDMScheduler.from_config(config, skip_prk_steps=True)
+
+
+def make_pipeline(components: Components, sampler: SamplerName | str, img2img: bool = False):
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+    cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
+    pipe = cls(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+               unet=components.unet, scheduler=make_scheduler(sampler, components.scheduler_config),
+               safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance_scale: float,
+             resolution: int, init_image: Optional[Image.Image] = None, strength: float = 1.0) -> list[Image.Image]:
+    """One batched pipeline call; each image has its own CPU generator (device-independent noise)."""
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    kwargs = dict(prompt=list(prompts), num_inference_steps=steps, guidance_scale=guidance_scale,
+                  generator=generators, output_type="pil")
+    with torch.inference_mode():
+        if init_image is None:
+            return pipe(height=resolution, width=resolution, **kwargs).images
+        return pipe(image=[init_image] * len(prompts), strength=strength, **kwargs).images
+
+
+def fuse_exactly(pipe, adapter_name: str) -> list:
+    """Fold the loaded LoRA into the base weights for sampling (diffusers' ``fuse_lora``: no LoRA matmuls
+    per layer; a style's 25 images at 512 px took 5.95 s fused vs 6.66 s unfused on an H100) and return the
+    base weights it changes, so that :func:`unfuse_exactly` restores them bit for bit (``unfuse_lora``
+    alone subtracts the delta again, which in bfloat16 does not give the same weights back)."""
+    base = [(m.base_layer, m.base_layer.weight.detach().clone())
+            for part in (pipe.unet, pipe.text_encoder) for m in part.modules()
+            if hasattr(getattr(m, "base_layer", None), "weight")]
+    pipe.fuse_lora(adapter_names=[adapter_name], lora_scale=1.0)
+    return base
+
+
+def unfuse_exactly(pipe, base: list) -> None:
+    pipe.unfuse_lora()
+    with torch.no_grad():
+        for layer, weight in base:
+            layer.weight.copy_(weight)
+
+
+@contextlib.contextmanager
+def sampling(c: Components, *, sampler: str, steps: int, guidance_scale: float, resolution: int,
+             adapter_dir: Optional[Path] = None, fuse_lora: bool = True, init_image: Optional[Image.Image] = None,
+             strength: float = 1.0):
+    """:meth:`stylexfer.backends.Backend.generate` on the PyTorch backend: one pipeline, the adapter loaded
+    (and fused) for the context's duration; the base weights are exactly as before afterwards."""
+    pipe = make_pipeline(c, sampler, img2img=init_image is not None)
+    name = "stylexfer"
+    base = None
+    if adapter_dir is not None:
+        pipe.load_lora_weights(str(adapter_dir), adapter_name=name)
+    try:
+        if adapter_dir is not None and fuse_lora:
+            base = fuse_exactly(pipe, name)
+        yield lambda prompts, seeds: generate(pipe, prompts, seeds, steps, guidance_scale, resolution, init_image,
+                                              strength)
+    finally:
+        if base is not None:
+            unfuse_exactly(pipe, base)
+        if adapter_dir is not None:
+            pipe.delete_adapters(name)
