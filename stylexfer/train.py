@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -27,12 +26,11 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from .backends import ADAPTER_FILE
 from .config import PriorMode, value
 from .data import Style
 from .errors import DeviceOutOfMemory, TrainingDiverged, first_line
 from .prior import ClassPool
-from .store import atomic_write_json, build_once, file_lock, stable_hash
+from .store import atomic_write_json, build_once, file_lock, publish, reusable, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +70,8 @@ def adapter_spec(style: Style, cfg, model_identity: str, pool_key: Optional[str]
 
 
 def adapter_stored(spec: dict, cache_dir: Path) -> bool:
-    return (Path(cache_dir) / "adapters" / stable_hash(spec) / ADAPTER_FILE).exists()
+    """Whether the adapter is in the store, intact (a damaged entry is set aside: it trains again)."""
+    return reusable(Path(cache_dir) / "adapters" / stable_hash(spec))
 
 
 def _train_record(style: Style, spec: dict, seconds: float, losses: list, batched_with: Optional[list] = None) -> dict:
@@ -86,7 +85,7 @@ def train_style(backend, style: Style, pool: Optional[ClassPool], cfg, spec: dic
     """Train (or reuse) one style's adapter; it lives at ``<cache>/adapters/<key>/``."""
     key = stable_hash(spec)
     target = Path(cache_dir) / "adapters" / key
-    if (target / ADAPTER_FILE).exists():
+    if reusable(target):
         return TrainResult(key=key, dir=target, reused=True)
     result = TrainResult(key=key, dir=target, reused=False)
     partial = Path(cache_dir) / "adapters" / ".partial" / key
@@ -123,9 +122,7 @@ def train_group(backend, styles: list[Style], pools: list[Optional[ClassPool]], 
                 continue
             atomic_write_json(tmp / "train.json", _train_record(style, spec, share, out.losses[style.id],
                                                                 [s.id for s in styles]))
-            final = root / key
-            if not final.exists():
-                os.rename(tmp, final)
+            publish(tmp, root / key)
             trained[style.id] = (share, out.losses[style.id])
     finally:
         for t in tmps:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 QUICK = ["train.steps=5", "prior=none", "scheduler.steps=4", "data.styles=[00]", "data.max_objects=1"]
 
@@ -114,3 +115,28 @@ def test_bad_input_gets_one_clear_line_and_leaves_nothing(tmp_path, cache_dir, d
     assert re.search(pattern, res.stderr, re.MULTILINE), res.stderr[-2000:]
     assert "Traceback" not in res.stderr
     assert not list(tmp_path.glob("experiments/*/*")), "a failed run left a run folder behind"
+
+
+def test_a_regular_install_carries_its_configs_and_runs_from_any_folder(tmp_path):
+    """``pip install .`` (not editable): the configs and sweep presets travel inside the package."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "site"
+    build = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                            "--target", str(target), str(REPO)], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert (target / "stylexfer" / "_conf" / "config.yaml").is_file()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(target))
+    out = subprocess.run([sys.executable, "-m", "stylexfer", "--help"], cwd=elsewhere, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "strategy: aggressive, baseline, safe" in out.stdout and "backend: torch" in out.stdout
+    cfg = subprocess.run([sys.executable, "-m", "stylexfer", "+ablation=unet_lora_rank", "--cfg", "hydra"],
+                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert cfg.returncode == 0 and "lora.unet_lora_rank: 4,16,32,64" in cfg.stdout, cfg.stderr[-2000:]
+    code = "import stylexfer.app as a; print(a.CONFIG_DIR)"
+    where = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert where.stdout.strip() == str(target / "stylexfer" / "_conf")

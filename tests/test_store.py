@@ -77,3 +77,80 @@ def test_chunked_generation_reports_a_failed_write(tmp_path):
     with pytest.raises(AttributeError):  # not an image: saving it fails, and the failure surfaces
         sample.make_in_chunks(tmp_path, ["0.png"], 1, lambda i, j: [object()], lambda n: "p", "test")
     assert not (tmp_path / "0.png").exists()
+
+
+def test_result_files_follow_the_umask_like_any_other_file(tmp_path):
+    import os
+
+    from stylexfer.store import atomic_save_image, atomic_write_text
+    from PIL import Image
+
+    old = os.umask(0o022)
+    try:
+        a = atomic_write_text(tmp_path / "summary.md", "x")
+        b = atomic_save_image(Image.new("RGB", (4, 4)), tmp_path / "grid.png")
+        plain = tmp_path / "main.log"
+        plain.write_text("log")
+        assert {oct(p.stat().st_mode & 0o777) for p in (a, b, plain)} == {"0o644"}
+        os.umask(0o077)
+        c = atomic_write_text(tmp_path / "private.md", "x")
+        assert c.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+def damage(path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(bytes(data[:1000]))
+    else:  # flip one byte in the middle
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+
+def new_process():
+    """What a later run sees: nothing verified yet."""
+    from stylexfer import store
+
+    store._verified.clear()
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_a_damaged_store_entry_is_rebuilt_with_one_warning_not_reused(how, backend, demo_root, tmp_path, caplog):
+    """An adapter, a class image and a sample damaged outside the writer: each stage builds its entry again,
+    with one warning line naming it, and ends with the same bytes as the first build."""
+    from conftest import compose
+    from stylexfer.backends import ADAPTER_FILE
+    from stylexfer.data import discover_styles
+    from stylexfer.prior import ensure_pool, pool_spec
+    from stylexfer.sample import ensure_samples, sample_spec
+    from stylexfer.train import adapter_spec, train_style
+
+    cfg = compose(["train.steps=3", "prior.num_class_images=2", "prior.steps=2", "scheduler.steps=2",
+                   "data.max_objects=1", "prior.batch_size=2"])
+    (style,) = discover_styles(demo_root, styles=["00"], max_objects=1)
+    pspec = pool_spec(["apple", "dog"], cfg.prior, "tiny", 64, "torch")
+    pool = ensure_pool(backend, pspec, cfg.prior, tmp_path)
+    aspec = adapter_spec(style, cfg, "tiny", "p")
+    first = train_style(backend, style, pool, cfg, aspec, tmp_path)
+    sdir, recs, _ = ensure_samples(backend, style, first.dir, cfg, sample_spec(style, cfg, first.key, "tiny"), tmp_path)
+    files = [first.dir / ADAPTER_FILE, pool.dir / "00001.png", sdir / "images" / recs[0].file.split("/")[-1]]
+    good = [f.read_bytes() for f in files]
+    for f in files:
+        damage(f, how)
+    new_process()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        pool2 = ensure_pool(backend, pspec, cfg.prior, tmp_path)
+        again = train_style(backend, style, pool2, cfg, aspec, tmp_path)
+        ensure_samples(backend, style, again.dir, cfg, sample_spec(style, cfg, again.key, "tiny"), tmp_path)
+    assert not again.reused
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3 and all("is damaged" in w and "building it again" in w for w in warnings)
+    for name in ("00001.png", ADAPTER_FILE, recs[0].file.split("/")[-1]):
+        assert sum(name in w for w in warnings) == 1
+    assert [f.read_bytes() for f in files] == good  # rebuilt to what was written first
+    new_process()
+    caplog.clear()
+    assert train_style(backend, style, pool2, cfg, aspec, tmp_path).reused  # intact now: reused, silently
+    assert "damaged" not in caplog.text
