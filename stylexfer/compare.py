@@ -1,10 +1,13 @@
-"""Compare the jobs of one or more sweeps: ``python -m stylexfer.compare multirun/<date>/<time> [...]``.
+"""Compare the jobs of one or more sweeps: ``python -m stylexfer.compare [multirun/<date>/<time> ...]``
+(no argument: the latest sweep under ``multirun/``).
 
 Prints and writes a table — one row per job, the overrides that differ between jobs as columns, every
 metric, sorted by the final score (or the first metric while the full suite is not configured), the
-best row marked — as Markdown and CSV, plus an image grid of the same prompts across jobs (PNG) and
-an HTML page with both. Works on a sweep that is still running or had failed jobs: such rows show
-their status and the error's first line.
+best row marked — as Markdown (for people) and CSV (for pandas: numbers as numbers, empty cells where a
+value is missing, a boolean ``best`` column); for every swept numeric key, one plot per metric of that
+metric against the key (overall and per style; one line per sweep and per value of the other swept
+keys); an image grid of the same prompts across jobs; and an HTML page with all of it. Works on a sweep
+that is still running or had failed jobs: such rows show their status and the error's first line.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Job:
     scores: dict = field(default_factory=dict)
     error: str = ""
     summary: Optional[dict] = None
+    sweep: str = ""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -80,6 +84,15 @@ def read_job(job_dir: Path, label: str) -> Job:
     return job
 
 
+def latest_sweep(root: Path = Path("multirun")) -> Path:
+    """The newest sweep folder ``multirun/<date>/<time>`` (by name: Hydra's folders sort by time)."""
+    found = sorted(p for p in root.glob("*/*") if p.is_dir() and any((q / ".hydra").is_dir() for q in p.iterdir()))
+    if not found:
+        raise SystemExit(f"error: no sweep under {root.resolve()}/ (run one with `python -m stylexfer -m ...`) "
+                         "— or name sweep folders: python -m stylexfer.compare multirun/<date>/<time>")
+    return found[-1]
+
+
 def find_jobs(sweeps: list[Path]) -> list[Job]:
     jobs = []
     for sweep in sweeps:
@@ -89,7 +102,10 @@ def find_jobs(sweeps: list[Path]) -> list[Job]:
         if not dirs and (sweep / ".hydra").is_dir():
             dirs = [sweep]  # a single run folder
         prefix = f"{sweep.parent.name}/{sweep.name}/" if len(sweeps) > 1 else ""
-        jobs += [read_job(d, prefix + d.name) for d in dirs]
+        for d in dirs:
+            job = read_job(d, prefix + d.name)
+            job.sweep = f"{sweep.parent.name}/{sweep.name}"
+            jobs.append(job)
     if not jobs:
         raise SystemExit(f"error: {', '.join(map(str, sweeps))}: no jobs found (folders with .hydra/)")
     return jobs
@@ -100,24 +116,127 @@ def rank_metric(jobs: list[Job]) -> Optional[str]:
     return next((m for m in RANK_METRICS if m in present), None)
 
 
-def table(jobs: list[Job]) -> tuple[list[str], list[list[str]], list[Job]]:
+def _number(v) -> Optional[float]:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _parsed(text: str):
+    """An override's value as a number where it is one (``4``, ``0.9``), else the text."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+@dataclass
+class Comparison:
+    jobs: list  # ordered: best first
+    differing: list[str]  # overrides that differ between jobs
+    metrics: list[str]
+    rank: Optional[str]
+    best: Optional[Job]
+
+
+def compare_jobs(jobs: list[Job]) -> Comparison:
     keys = sorted({k for j in jobs for k in j.overrides})
     differing = [k for k in keys if len({j.overrides.get(k, "") for j in jobs}) > 1]
-    metrics = sorted({k for j in jobs for k in j.scores}, key=lambda m: (m not in RANK_METRICS, RANK_METRICS.index(m) if m in RANK_METRICS else 0, m))
+    metrics = sorted({k for j in jobs for k, v in j.scores.items() if v is None or isinstance(v, (int, float))},
+                     key=lambda m: (m not in RANK_METRICS, RANK_METRICS.index(m) if m in RANK_METRICS else 0, m))
     rank = rank_metric(jobs)
 
     def order(j: Job):
-        v = j.scores.get(rank) if rank else None
-        return (v is None or (isinstance(v, float) and math.isnan(v)), -(v or 0.0), j.name)
+        v = _number(j.scores.get(rank)) if rank else None
+        return (v is None, -(v or 0.0), j.name)
 
     ordered = sorted(jobs, key=order)
-    best = ordered[0] if ordered and rank and ordered[0].scores.get(rank) is not None else None
-    header = ["", "job", "status", *differing, *metrics, "error"]
+    best = ordered[0] if ordered and rank and _number(ordered[0].scores.get(rank)) is not None else None
+    return Comparison(ordered, differing, metrics, rank, best)
+
+
+def table(jobs: list[Job]) -> tuple[list[str], list[list[str]], list[Job]]:
+    """The comparison as text cells for people (Markdown, HTML): 4 decimals, "—" where missing, "★" on the best."""
+    c = compare_jobs(jobs)
+    header = ["", "job", "status", *c.differing, *c.metrics, "error"]
     rows = []
-    for j in ordered:
-        vals = [f"{j.scores[m]:.4f}" if isinstance(j.scores.get(m), (int, float)) else "—" for m in metrics]
-        rows.append(["★" if j is best else "", j.name, j.status, *[j.overrides.get(k, "") for k in differing], *vals, j.error])
-    return header, rows, ordered
+    for j in c.jobs:
+        vals = [f"{v:.4f}" if (v := _number(j.scores.get(m))) is not None else "—" for m in c.metrics]
+        rows.append(["★" if j is c.best else "", j.name, j.status, *[j.overrides.get(k, "") for k in c.differing], *vals,
+                     j.error])
+    return header, rows, c.jobs
+
+
+def records(jobs: list[Job]) -> tuple[list[str], list[list]]:
+    """The comparison for machines (CSV): typed values, None where missing, a boolean ``best`` column."""
+    c = compare_jobs(jobs)
+    header = ["job", "sweep", "status", "best", *c.differing, *c.metrics, "error"]
+    rows = [[j.name, j.sweep, j.status, j is c.best, *[_parsed(j.overrides[k]) if k in j.overrides else None
+                                                          for k in c.differing],
+             *[_number(j.scores.get(m)) for m in c.metrics], j.error or None] for j in c.jobs]
+    return header, rows
+
+
+def csv_text(header: list[str], rows: list[list]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows([["" if v is None else v for v in r] for r in rows])
+    return buf.getvalue()
+
+
+def plot_sweep(jobs: list[Job]) -> dict[str, bytes]:
+    """{file name: PNG}: for every swept numeric key, every metric against it — the overall value (thick,
+    with markers) and each style's (thin) — one line per sweep and per value of the other swept keys."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = compare_jobs(jobs)
+    done = [j for j in jobs if j.summary and j.scores]
+    numeric = [k for k in c.differing if all(isinstance(_parsed(j.overrides.get(k, "")), (int, float)) for j in done)]
+    out = {}
+    for key in numeric:
+        others = [k for k in c.differing if k != key]
+        for metric in c.metrics:
+            lines: dict[str, list] = {}
+            for j in done:
+                label = " ".join([j.sweep] * (len({x.sweep for x in done}) > 1) + [f"{k}={j.overrides.get(k, '')}" for k in others])
+                lines.setdefault(label, []).append(j)
+            if not any(_number(j.scores.get(metric)) is not None for j in done):
+                continue
+            fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+            for n, (label, group) in enumerate(sorted(lines.items())):
+                color = f"C{n % 10}"
+                group = sorted(group, key=lambda j: _parsed(j.overrides[key]))
+                xs = [_parsed(j.overrides[key]) for j in group]
+                ys = [_number(j.scores.get(metric)) for j in group]
+                ax.plot(xs, [float("nan") if y is None else y for y in ys], "o-", color=color, lw=2.2,
+                        label=(label + " " if label else "") + "overall")
+                styles = sorted({sid for j in group for sid in (j.summary.get("styles") or {})})
+                for sid in styles:
+                    ys = [_number((j.summary["styles"].get(sid) or {}).get("scores", {}).get(metric)) for j in group]
+                    if any(y is not None for y in ys):
+                        ax.plot(xs, [float("nan") if y is None else y for y in ys], "-", color=color, lw=0.8, alpha=0.5)
+                        ax.annotate(sid, (xs[-1], ys[-1] if ys[-1] is not None else 0), fontsize=7, color=color,
+                                    alpha=0.7)
+            ax.set_xlabel(key)
+            ax.set_ylabel(metric)
+            ax.set_title(f"{metric} vs {key} (thin: per style)", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png")
+            plt.close(fig)
+            out[f"plot_{_safe(key)}_{_safe(metric)}.png"] = buf.getvalue()
+    return out
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch == "_" else "-" for ch in name).strip("-")
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -144,16 +263,19 @@ def grid(jobs: list[Job], max_images: int = 8) -> Optional[Image.Image]:
     return image_grid(rows, cell=96) if common else None
 
 
-def write_outputs(out: Path, header, rows, img: Optional[Image.Image]) -> list[Path]:
+def write_outputs(out: Path, jobs: list[Job], img: Optional[Image.Image]) -> list[Path]:
+    header, rows, _ = table(jobs)
     md = markdown(header, rows)
-    buf = io.StringIO()
-    csv.writer(buf).writerows([header] + rows)
-    written = [atomic_write_text(out / "compare.md", md), atomic_write_text(out / "compare.csv", buf.getvalue())]
+    written = [atomic_write_text(out / "compare.md", md), atomic_write_text(out / "compare.csv", csv_text(*records(jobs)))]
+    plots = plot_sweep(jobs)
+    for name, png in plots.items():
+        written.append(atomic_write_bytes(out / name, png))
     page = ["<!doctype html><meta charset='utf-8'><title>stylexfer compare</title>",
             "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ddd}</style>",
             "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
     page += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows]
     page.append("</table>")
+    page += [f"<img src='{html.escape(name)}'>" for name in plots]
     if img is not None:
         b = io.BytesIO()
         img.save(b, format="PNG")
@@ -165,13 +287,16 @@ def write_outputs(out: Path, header, rows, img: Optional[Image.Image]) -> list[P
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m stylexfer.compare", description=__doc__.splitlines()[0])
-    p.add_argument("sweeps", nargs="+", type=Path, help="sweep folders (multirun/<date>/<time>) or run folders")
-    p.add_argument("--out", type=Path, default=None, help="where to write compare.{md,csv,png,html} (default: the first sweep folder)")
+    p.add_argument("sweeps", nargs="*", type=Path,
+                   help="sweep folders (multirun/<date>/<time>) or run folders; none: the latest sweep under multirun/")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where to write compare.{md,csv,png,html} and the plots (default: the first sweep folder)")
     args = p.parse_args(argv)
-    jobs = find_jobs(args.sweeps)
+    sweeps = args.sweeps or [latest_sweep()]
+    jobs = find_jobs(sweeps)
     header, rows, ordered = table(jobs)
     print(markdown(header, rows), end="")
-    for path in write_outputs(args.out or args.sweeps[0], header, rows, grid(ordered)):
+    for path in write_outputs(args.out or sweeps[0], jobs, grid(ordered)):
         print(f"wrote {path}", file=sys.stderr)
     return 0
 

@@ -208,6 +208,32 @@ class EvalConfig:
 
 
 @dataclass
+class CsvLoggerConfig:
+    dir: Optional[str] = None  # under the run folder; null = logs/csv
+
+
+@dataclass
+class TensorboardLoggerConfig:
+    dir: Optional[str] = None  # under the run folder; null = logs/tensorboard
+
+
+@dataclass
+class MlflowLoggerConfig:
+    dir: Optional[str] = None  # under the run folder; null = logs/mlflow (SQLite store + artifacts)
+    tracking_uri: Optional[str] = None  # null = sqlite:///<run>/logs/mlflow/mlflow.db; e.g. a sweep-wide store or a server
+    experiment: Optional[str] = None  # null = the run's name
+
+
+@dataclass
+class LoggerConfig:
+    """The experiment loggers a run reports to (stylexfer/loggers.py); each is on when its key is set."""
+
+    csv: Optional[CsvLoggerConfig] = None
+    tensorboard: Optional[TensorboardLoggerConfig] = None
+    mlflow: Optional[MlflowLoggerConfig] = None
+
+
+@dataclass
 class PathsConfig:
     # Stage store (embedded model, demo data, class images, adapters), shared by all runs.
     cache_dir: str = "${oc.env:STYLEXFER_CACHE,${oc.env:HOME}/.cache/stylexfer}"
@@ -228,6 +254,7 @@ class StylexferConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 

@@ -52,5 +52,9 @@ def write_reports(run_dir: Path, summary: dict, grid: Image.Image | None) -> Non
     if summary.get("unavailable"):
         lines += ["", "Unavailable metrics (so no final score):"] + [f"- `{k}`: {v}" for k, v in summary["unavailable"].items()]
     lines += ["", "![grid](grid.png)", ""]
+    if summary.get("loss_plot"):
+        lines += [f"![training loss]({summary['loss_plot']})", ""]
+    if summary.get("loggers"):
+        lines += ["Loggers: " + "; ".join(f"{k}: `{v}`" for k, v in summary["loggers"].items()), ""]
     atomic_write_text(run_dir / "summary.md", "\n".join(lines))
     atomic_write_json(run_dir / "summary.json", summary)  # last: its presence marks a finished run

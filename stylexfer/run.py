@@ -25,6 +25,8 @@ from .evaluate import evaluate, preflight, write_scores
 from .errors import PartialFailure, StylexferError, TrainingDiverged, first_line
 from .models import resolve_model
 from .prior import ensure_pool, pool_key, pool_objects, pool_spec
+from .loggers import check as check_loggers
+from .loggers import log_run, write_loss_plot
 from .report import image_grid, write_reports
 from .sample import ensure_samples, sample_spec
 from .store import atomic_write_json, link_or_copy_tree, stable_hash
@@ -55,6 +57,7 @@ def job_hash(cfg: DictConfig) -> str:
 def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     validate(cfg)
+    check_loggers(cfg)
     _quiet_libraries()
     cache = Path(cfg.paths.cache_dir).expanduser()
     run_dir = Path(cfg.paths.output_dir)
@@ -92,7 +95,7 @@ def run(cfg: DictConfig) -> dict:
                "unavailable": dict(unavailable),
                "failed_styles": {},
                "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
-    grid_rows = []
+    grid_rows, curves = [], {}
     for sid, why in data_errors.items():
         summary["styles"][sid] = {"error": why}
         summary["failed_styles"][sid] = why
@@ -106,6 +109,7 @@ def run(cfg: DictConfig) -> dict:
             if style.id in batch_failed:
                 raise TrainingDiverged(batch_failed[style.id])
             grid_rows.append(_run_style(backend, resolved, styles, style, cfg, cache, run_dir, st, batch_trained))
+            curves[style.id] = _losses(run_dir / "adapters" / style.id)
         except Exception as e:  # noqa: BLE001 - one style's failure must not cost the others
             line = first_line(e, with_type=not isinstance(e, StylexferError))
             if not isinstance(e, StylexferError):
@@ -127,7 +131,12 @@ def run(cfg: DictConfig) -> dict:
                 f"{m}: {why}" for m, why in summary["unavailable"].items()))
     summary["status"] = "partial" if summary["failed_styles"] else "finished"
     summary["seconds"] = round(time.time() - t0, 2)
-    write_reports(run_dir, summary, image_grid(grid_rows))
+    grid = image_grid(grid_rows)
+    if write_loss_plot(run_dir, curves) is not None:
+        summary["loss_plot"] = "loss.png"
+    summary["loggers"] = log_run(cfg, run_dir, summary, curves, grid,
+                                 {sid: [it for it in items if it[0] != "average"] for sid, items in grid_rows})
+    write_reports(run_dir, summary, grid)
     log.info("run %s in %.1fs: %s", summary["status"], summary["seconds"], run_dir / "summary.md")
     if resolved.random_weights:
         log.warning(RANDOM_WEIGHTS_NOTICE)
@@ -136,6 +145,12 @@ def run(cfg: DictConfig) -> dict:
         raise PartialFailure(f"{len(failed)} of {len(summary['styles'])} style(s) failed ("
                              + "; ".join(f"{k}: {v}" for k, v in failed.items()) + f"); see {run_dir / 'summary.md'}")
     return summary
+
+
+def _losses(adapter_dir: Path) -> list:
+    """The training curve recorded with a style's adapter (also when it was reused from the store)."""
+    rec = adapter_dir / "train.json"
+    return json.loads(rec.read_text()).get("losses", []) if rec.exists() else []
 
 
 def _style_specs(resolved, styles, style, cfg):

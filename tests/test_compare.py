@@ -1,0 +1,98 @@
+"""stylexfer.compare on sweep folders laid out as Hydra and stylexfer leave them (made here, no training):
+the table's order and best row, a CSV pandas reads as numbers, plots of every metric against the swept
+key, several sweeps together, and the latest sweep when no folder is named."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stylexfer import compare
+
+
+def make_job(folder: Path, overrides: list[str], scores: dict | None, styles: dict | None = None, error: str = ""):
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if scores is not None:
+        summary = {"status": "finished", "scores": scores,
+                   "styles": {sid: {"scores": sc, "images": []} for sid, sc in (styles or {}).items()}}
+        (folder / "summary.json").write_text(json.dumps(summary))
+    else:
+        (folder / "error.json").write_text(json.dumps({"error": error}))
+
+
+def rank_sweep(root: Path, finals=(0.30, 0.45, 0.40), hist_missing_at: int | None = None) -> Path:
+    for n, (rank, final) in enumerate(zip((4, 16, 32), finals)):
+        scores = {"final": final, "hist": 0.5 + n / 10, "fid": 10.0 - n}
+        if n == hist_missing_at:
+            scores["hist"] = None
+        make_job(root / str(n), [f"lora.unet_lora_rank={rank}", "+strategy=safe"], scores,
+                 {"00": {"final": final - 0.05, "hist": 0.4}, "01": {"final": final + 0.05, "hist": 0.6}})
+    make_job(root / "3", ["lora.unet_lora_rank=64", "+strategy=safe"], None, error="out of memory")
+    return root
+
+
+def test_the_csv_is_for_pandas_numbers_empty_cells_and_a_boolean_best(tmp_path):
+    pd = pytest.importorskip("pandas")
+    sweep = rank_sweep(tmp_path / "multirun" / "2026-11-25" / "10-00-00", hist_missing_at=2)
+    compare.main([str(sweep)])
+    df = pd.read_csv(sweep / "compare.csv", dtype={"job": str})
+    assert list(df["job"]) == ["1", "2", "0", "3"]  # by final score, the failed job last
+    assert df["best"].dtype == bool and list(df["best"]) == [True, False, False, False]
+    for col in ("lora.unet_lora_rank", "final", "hist", "fid"):
+        assert pd.api.types.is_numeric_dtype(df[col]), col
+    assert list(df["lora.unet_lora_rank"]) == [16, 32, 4, 64]
+    assert df["final"].tolist()[:3] == [0.45, 0.40, 0.30] and pd.isna(df["final"][3])
+    assert pd.isna(df.loc[df["job"] == "2", "hist"]).all()  # missing: an empty cell, not a glyph
+    text = (sweep / "compare.csv").read_text()
+    assert "—" not in text and "★" not in text
+    assert df.loc[df["job"] == "3", "error"].item() == "out of memory"
+    md = (sweep / "compare.md").read_text()
+    assert "★" in md and "—" in md  # the people's table keeps its marks
+
+
+def test_every_metric_is_plotted_against_the_swept_key_and_shown_in_the_page(tmp_path):
+    from PIL import Image
+
+    sweep = rank_sweep(tmp_path / "sw")
+    written = compare.write_outputs(sweep, compare.find_jobs([sweep]), None)
+    plots = sorted(p.name for p in written if p.name.startswith("plot_"))
+    assert plots == ["plot_lora-unet_lora_rank_fid.png", "plot_lora-unet_lora_rank_final.png",
+                     "plot_lora-unet_lora_rank_hist.png"]
+    for name in plots:
+        with Image.open(sweep / name) as im:
+            assert im.size == (600, 400)
+            # not a blank canvas: lines were drawn in more than the background and the axes' colours
+            assert len(set(im.convert("RGB").getdata())) > 50
+        assert f"<img src='{name}'>" in (sweep / "compare.html").read_text()
+
+
+def test_two_sweeps_compare_in_one_table_and_one_plot(tmp_path):
+    pd = pytest.importorskip("pandas")
+    a = rank_sweep(tmp_path / "multirun" / "d" / "a")
+    b = rank_sweep(tmp_path / "multirun" / "d" / "b", finals=(0.35, 0.50, 0.20))
+    out = tmp_path / "both"
+    compare.main([str(a), str(b), "--out", str(out)])
+    df = pd.read_csv(out / "compare.csv")
+    assert len(df) == 8 and set(df["sweep"]) == {"d/a", "d/b"}
+    assert df.loc[df["best"], "job"].item() == "d/b/1"
+    lines = compare.compare_jobs(compare.find_jobs([a, b]))
+    assert lines.best.name == "d/b/1"
+    assert (out / "plot_lora-unet_lora_rank_final.png").exists()
+
+
+def test_no_argument_takes_the_latest_sweep_under_multirun(tmp_path):
+    rank_sweep(tmp_path / "multirun" / "2026-11-24" / "23-59-00")
+    latest = rank_sweep(tmp_path / "multirun" / "2026-11-25" / "08-00-00")
+    res = subprocess.run([sys.executable, "-m", "stylexfer.compare"], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (latest / "compare.csv").exists() and not (tmp_path / "multirun" / "2026-11-24" / "23-59-00" / "compare.csv").exists()
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    res = subprocess.run([sys.executable, "-m", "stylexfer.compare"], cwd=empty, capture_output=True, text=True)
+    assert res.returncode != 0 and res.stderr.strip().startswith("error: no sweep under")
+    assert len(res.stderr.strip().splitlines()) == 1
