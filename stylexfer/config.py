@@ -51,6 +51,13 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class LoraKind(str, Enum):
+    lora = "lora"  # LoRA (the report's); several styles train in one batched pass
+    dora = "dora"  # DoRA: LoRA plus a learned magnitude per output (peft; one style at a time)
+    loha = "loha"  # LoHa: Hadamard product of two low-rank pairs (peft; one style at a time)
+    lokr = "lokr"  # LoKr: Kronecker product (peft; one style at a time)
+
+
 class LoraCompute(str, Enum):
     model = "model"  # LoRA matmuls in the frozen model's dtype (bf16 on CUDA), as diffusers' example under bf16
     float32 = "float32"  # LoRA matmuls in float32 (peft's numerics when the LoRA weights are float32)
@@ -80,6 +87,7 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
+    kind: LoraKind = LoraKind.lora
     unet_lora_rank: int = 32
     unet_alpha: Optional[float] = None  # null = rank (scale 1)
     unet_target_modules: List[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
@@ -148,6 +156,10 @@ class TrainConfig:
     # of the activations; the add folded into the matmul). Identical on CPU, where the model is float32.
     lora_compute: LoraCompute = LoraCompute.model
     seed: int = 0
+    # min-SNR-γ weighting of the instance loss (Hang et al. 2023; 5.0 is the usual value); null = off
+    snr_gamma: Optional[float] = None
+    # offset noise: noise_offset × N(0,1) per sample and channel added to the noise (0.05-0.1 usual); 0 = off
+    noise_offset: float = 0.0
     checkpoint_every: int = 100  # steps between resumable training checkpoints; 0 = none
     # styles trained together in one batched pass (each sample through its own style's LoRA);
     # 0 = as many as fit (all; halved on a CUDA out-of-memory), 1 = one style at a time
@@ -339,6 +351,8 @@ def validate(cfg: DictConfig) -> None:
     _check(tr.checkpoint_every >= 0, "train.checkpoint_every", tr.checkpoint_every, "must be >= 0 (0 = none)")
     _check(tr.styles_per_batch >= 0, "train.styles_per_batch", tr.styles_per_batch, "must be >= 0 (0 = auto)")
     _check(tr.max_grad_norm > 0, "train.max_grad_norm", tr.max_grad_norm, "must be > 0")
+    _check(tr.snr_gamma is None or tr.snr_gamma > 0, "train.snr_gamma", tr.snr_gamma, "must be > 0 or null (off)")
+    _check(tr.noise_offset >= 0, "train.noise_offset", tr.noise_offset, "must be >= 0 (0 = off)")
     _check(pr.weight >= 0, "prior.weight", pr.weight, "must be >= 0")
     _check(pr.mode == PriorMode.none or pr.num_class_images >= 1, "prior.num_class_images", pr.num_class_images, "must be >= 1")
     _check(pr.steps >= 1, "prior.steps", pr.steps, "must be >= 1")

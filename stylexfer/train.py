@@ -143,6 +143,10 @@ def train_in_batches(backend, todo: list[tuple], cfg, cache: Path, pool_for) -> 
     if cfg.lora.dropout > 0:  # per-style dropout masks cannot be drawn from per-style streams in one pass
         log.info("lora.dropout=%s: training the styles one at a time (no batched pass)", cfg.lora.dropout)
         return {}, {}
+    if value(cfg.lora.kind) != "lora":  # the batched pass's multi-style layer is plain LoRA
+        log.info("lora.kind=%s: training the styles one at a time with peft's layers (the batched pass carries "
+                 "plain LoRA only)", value(cfg.lora.kind))
+        return {}, {}
     pools = {stable_hash(sp): pool_for(sp) for _, sp, _ in todo if sp is not None}
     size = len(todo) if per_batch == 0 else per_batch
     trained, failed = {}, {}

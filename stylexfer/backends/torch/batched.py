@@ -34,7 +34,7 @@ from .models import Components
 from .multilora import restore
 from .tensors import uint8_to_model
 from .train import (Feed, TextCache, _autocast, _Dist, _load_checkpoint, _save_checkpoint, draw_noise, export_adapter,
-                    inject_adapters, make_optimizer, noisy_from)
+                    inject_adapters, make_optimizer, noisy_from, style_losses)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _draw(c: Components, feeds: list[Feed], live: list[int]) -> _Draw:
         n = len(pr)
         shape = tuple(dist.mean.shape) if dist is not None else (n, c.latent_channels, px.shape[-2] // c.vae_scale,
                                                                  px.shape[-1] // c.vae_scale)
-        e, z, t = draw_noise(feeds[s].stream.torch, shape, steps)
+        e, z, t = draw_noise(feeds[s].stream.torch, shape, steps, feeds[s].cfg.train.noise_offset)
         pixels.append(px), dists.append(dist), prompts.extend(pr), rows.append(n)
         eps.append(e), noise.append(z), ts.append(t)
     pin = (lambda x: x.pin_memory()) if c.device.type == "cuda" else (lambda x: x)
@@ -182,7 +182,6 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
                 sched.step()
         c.unet.train()
         c.text_encoder.train(train_te)
-        b = tr.batch_size
         every = tr.checkpoint_every if ckpt_dir is not None else 0
         bar = tqdm(range(start, tr.steps), desc=f"train {len(ids)} styles", unit="step", leave=False,
                    initial=start, total=tr.steps)
@@ -215,10 +214,7 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
                 with _autocast(c, precision):
                     pred = unet(noisy.to(c.dtype), ts, cond.to(c.dtype)).sample
                 per_sample = F.mse_loss(pred.float(), targets.float(), reduction="none").mean(dim=(1, 2, 3))
-                per_style = per_sample.view(len(live), -1)
-                style_loss = per_style[:, :b].mean(dim=1)
-                if use_prior:
-                    style_loss = style_loss + cfg.prior.weight * per_style[:, b:].mean(dim=1)
+                style_loss = style_losses(c, per_sample, ts, cfg, len(live), use_prior)
                 finite = torch.isfinite(style_loss)
                 # copy the losses to the host without waiting: the backward and the optimizer step are queued
                 # first, and the host reads the values (ready since the forward) while the GPU works on them

@@ -84,24 +84,57 @@ def unfuse_exactly(pipe, base: list) -> None:
             layer.weight.copy_(weight)
 
 
+def merge_exactly(c: Components) -> list:
+    """Merge every peft adapter layer's delta into its base weight (as :func:`fuse_exactly` does for
+    diffusers' LoRA) and return the base weights, so :func:`unmerge_exactly` restores them bit for bit."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for part in (c.unet, c.text_encoder) for m in part.modules() if isinstance(m, BaseTunerLayer)]
+    base = [(m, m.get_base_layer().weight.detach().clone()) for m in layers]
+    for m in layers:
+        m.merge()
+    return base
+
+
+def unmerge_exactly(c: Components, base: list) -> None:
+    with torch.no_grad():
+        for m, weight in base:
+            m.merged_adapters = []
+            m.get_base_layer().weight.copy_(weight)
+
+
 @contextlib.contextmanager
 def sampling(c: Components, *, sampler: str, steps: int, guidance_scale: float, resolution: int,
              adapter_dir: Optional[Path] = None, fuse_lora: bool = True, init_image: Optional[Image.Image] = None,
              strength: float = 1.0):
     """:meth:`stylexfer.backends.Backend.generate` on the PyTorch backend: one pipeline, the adapter loaded
     (and fused) for the context's duration; the base weights are exactly as before afterwards."""
+    from ...backends import ADAPTER_FILE
+    from .train import load_peft_adapter, remove_adapters
+
     pipe = make_pipeline(c, sampler, img2img=init_image is not None)
     name = "stylexfer"
     base = None
-    if adapter_dir is not None:
+    # LoHa/LoKr files go through peft (diffusers' LoRA loader does not read them); LoRA and DoRA through
+    # diffusers' stock load_lora_weights
+    peft_file = adapter_dir is not None and load_peft_adapter(c, Path(adapter_dir) / ADAPTER_FILE)
+    if adapter_dir is not None and not peft_file:
         pipe.load_lora_weights(str(adapter_dir), adapter_name=name)
     try:
-        if adapter_dir is not None and fuse_lora:
+        if peft_file and fuse_lora:
+            base = merge_exactly(c)
+        elif adapter_dir is not None and fuse_lora:
             base = fuse_exactly(pipe, name)
         yield lambda prompts, seeds: generate(pipe, prompts, seeds, steps, guidance_scale, resolution, init_image,
                                               strength)
     finally:
-        if base is not None:
-            unfuse_exactly(pipe, base)
-        if adapter_dir is not None:
-            pipe.delete_adapters(name)
+        if peft_file:
+            if base is not None:
+                unmerge_exactly(c, base)
+            remove_adapters(c)
+        else:
+            if base is not None:
+                unfuse_exactly(pipe, base)
+            if adapter_dir is not None:
+                pipe.delete_adapters(name)
+                remove_adapters(c)  # diffusers leaves emptied peft wrappers behind: put the plain layers back

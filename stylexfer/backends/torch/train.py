@@ -43,11 +43,17 @@ from .tensors import to_tensor, to_uint8_tensor
 
 log = logging.getLogger(__name__)
 
-def _lora_config(rank: int, alpha: Optional[float], targets, dropout: float):
-    from peft import LoraConfig
+def _lora_config(rank: int, alpha: Optional[float], targets, dropout: float, kind: str = "lora"):
+    """peft's config of the adapter variant ``lora.kind``: LoRA, DoRA (LoRA with a learned magnitude per
+    output), LoHa (Hadamard product of two low-rank pairs) or LoKr (Kronecker product)."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
 
-    return LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=dropout,
-                      init_lora_weights="gaussian", target_modules=list(targets))
+    alpha = alpha if alpha is not None else rank
+    if kind in ("lora", "dora"):
+        return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian",
+                          target_modules=list(targets), use_dora=kind == "dora")
+    cls = LoHaConfig if kind == "loha" else LoKrConfig
+    return cls(r=rank, alpha=alpha, module_dropout=dropout, target_modules=list(targets), init_weights=True)
 
 
 def _autocast(components: Components, precision: Precision):
@@ -85,12 +91,13 @@ def add_adapters(components: Components, cfg, seed: int) -> list[dict]:
     """Inject fresh LoRA layers (seeded init) into the UNet and, if asked, the text encoder;
     return optimizer parameter groups (LoRA weights in float32)."""
     lo = cfg.lora
+    kind = value(lo.kind)
     torch.manual_seed(seed)
-    components.unet.add_adapter(_lora_config(lo.unet_lora_rank, lo.unet_alpha, lo.unet_target_modules, lo.dropout))
+    components.unet.add_adapter(_lora_config(lo.unet_lora_rank, lo.unet_alpha, lo.unet_target_modules, lo.dropout, kind))
     groups = [{"params": [p for p in components.unet.parameters() if p.requires_grad], "lr": cfg.train.lr, "name": "unet"}]
     if lo.text_encoder_lora_rank > 0:
         components.text_encoder.add_adapter(_lora_config(lo.text_encoder_lora_rank, lo.text_encoder_alpha,
-                                                         lo.text_encoder_target_modules, lo.dropout))
+                                                         lo.text_encoder_target_modules, lo.dropout, kind))
         groups.append({"params": [p for p in components.text_encoder.parameters() if p.requires_grad],
                        "lr": cfg.train.lr * lo.text_encoder_lr_scale, "name": "text_encoder"})
     for g in groups:
@@ -132,6 +139,50 @@ def save_adapter(components: Components, folder: Path) -> None:
         text_encoder_lora_layers=None if te_layers is None else {k: v.detach().float().cpu() for k, v in te_layers.items()},
         unet_lora_adapter_metadata=components.unet.peft_config["default"].to_dict(),
         text_encoder_lora_adapter_metadata=te_meta, safe_serialization=True)
+
+
+# LoHa and LoKr adapters, which diffusers' LoRA loader does not read, are stored in the same file name with
+# peft's own keys under "unet." / "text_encoder." and their peft configs in the file's metadata
+PEFT_KIND_KEY = "stylexfer_peft_kind"
+
+
+def save_peft_adapter(components: Components, folder: Path, kind: str) -> None:
+    """Write a LoHa/LoKr adapter (peft's state dict and config of each trained part) as one safetensors file."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from ...backends import ADAPTER_FILE
+
+    tensors, meta = {}, {PEFT_KIND_KEY: kind}
+    for part, model in (("unet", components.unet), ("text_encoder", components.text_encoder)):
+        if "default" in (getattr(model, "peft_config", None) or {}):
+            for k, v in get_peft_model_state_dict(model).items():
+                tensors[f"{part}.{k}"] = v.detach().float().cpu().contiguous()
+            meta[f"{part}_config"] = json.dumps(model.peft_config["default"].to_dict(), default=list)
+    save_file(tensors, str(Path(folder) / ADAPTER_FILE), metadata=meta)
+
+
+def load_peft_adapter(components: Components, file: Path) -> bool:
+    """Put a LoHa/LoKr file's adapters into the model as peft adapter "default"; False if it is a diffusers
+    LoRA file (which diffusers' own loader reads)."""
+    from peft import PeftConfig
+    from peft.utils import set_peft_model_state_dict
+    from safetensors import safe_open
+
+    with safe_open(str(file), "pt") as f:
+        meta = f.metadata() or {}
+        if PEFT_KIND_KEY not in meta:
+            return False
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    for part, model in (("unet", components.unet), ("text_encoder", components.text_encoder)):
+        if f"{part}_config" not in meta:
+            continue
+        config = PeftConfig.from_peft_type(**json.loads(meta[f"{part}_config"]))
+        model.add_adapter(config)
+        sd = {k[len(part) + 1:]: v for k, v in tensors.items() if k.startswith(part + ".")}
+        set_peft_model_state_dict(model, sd, adapter_name="default")
+        model.to(components.device)
+    return True
 
 
 def _peft_lora_weights(model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -187,13 +238,41 @@ def export_adapter(c: Components, cfg, ad: MultiAdapters, slot: int, folder: Pat
         remove_adapters(c)
 
 
-def draw_noise(gen: torch.Generator, shape: tuple, num_train_timesteps: int):
+def draw_noise(gen: torch.Generator, shape: tuple, num_train_timesteps: int, noise_offset: float = 0.0):
     """One step's random draws for one style, from its CPU generator (device-independent), in this order:
-    the VAE posterior sample's noise, the diffusion noise, the timesteps."""
+    the VAE posterior sample's noise, the diffusion noise, the timesteps, and with ``train.noise_offset``
+    > 0 a per-channel offset added to the noise (as diffusers' examples do: ``noise_offset × N(0, 1)`` per
+    sample and channel). Without the offset nothing more is drawn, so the streams stay as they were."""
     eps = torch.randn(shape, generator=gen)
     noise = torch.randn(shape, generator=gen)
     t = torch.randint(0, num_train_timesteps, (shape[0],), generator=gen)
+    if noise_offset > 0:
+        noise = noise + noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=gen)
     return eps, noise, t
+
+
+def snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights per sample (Hang et al. 2023, as diffusers' examples compute them):
+    ``min(SNR(t), γ) / SNR(t)`` for epsilon prediction, ``min(SNR(t), γ) / (SNR(t) + 1)`` for v-prediction."""
+    ac = scheduler.alphas_cumprod.to(t.device)[t].float()
+    snr = ac / (1 - ac)
+    w = torch.clamp(snr, max=gamma)
+    return w / (snr + 1) if scheduler.config.prediction_type == "v_prediction" else w / snr
+
+
+def style_losses(c: Components, per_sample: torch.Tensor, t: torch.Tensor, cfg, n_styles: int, use_prior: bool):
+    """Each style's loss from the per-sample MSEs of a step (rows grouped by style, instance samples
+    first): the instance mean, min-SNR-weighted when ``train.snr_gamma`` is set (the class samples are
+    not, as in diffusers' DreamBooth example), plus ``prior.weight`` × the class mean under prior."""
+    b = cfg.train.batch_size
+    per_style = per_sample.view(n_styles, -1)
+    inst = per_style[:, :b]
+    if cfg.train.snr_gamma:
+        inst = inst * snr_weights(c.noise_scheduler, t, cfg.train.snr_gamma).view(n_styles, -1)[:, :b]
+    loss = inst.mean(dim=1)
+    if use_prior:
+        loss = loss + cfg.prior.weight * per_style[:, b:].mean(dim=1)
+    return loss
 
 
 def noisy_from(components: Components, latent_dist, eps: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
@@ -216,25 +295,30 @@ def noisy_from(components: Components, latent_dist, eps: torch.Tensor, noise: to
     return noisy, t, target
 
 
-def noisy_inputs(components: Components, pixels: Optional[torch.Tensor], gen: torch.Generator, latent_dist=None):
+def noisy_inputs(components: Components, pixels: Optional[torch.Tensor], gen: torch.Generator, latent_dist=None,
+                 noise_offset: float = 0.0):
     """VAE latents (sampled with ``gen``), noise and a timestep per sample from ``gen``: the noisy
     latents, the timesteps and the target."""
     c = components
     if latent_dist is None:
         with torch.no_grad():
             latent_dist = c.vae.encode(pixels.to(c.device, dtype=c.vae_dtype)).latent_dist
-    eps, noise, t = draw_noise(gen, tuple(latent_dist.mean.shape), c.noise_scheduler.config.num_train_timesteps)
+    eps, noise, t = draw_noise(gen, tuple(latent_dist.mean.shape), c.noise_scheduler.config.num_train_timesteps,
+                               noise_offset)
     return noisy_from(c, latent_dist, eps, noise, t)
 
 
 def denoising_loss(components: Components, pixels: Optional[torch.Tensor], cond: torch.Tensor, gen: torch.Generator,
-                   precision: Precision = Precision.no, latent_dist=None) -> torch.Tensor:
-    """Per-sample MSE of the model's noise/velocity prediction (the training objective)."""
+                   precision: Precision = Precision.no, latent_dist=None, noise_offset: float = 0.0,
+                   with_t: bool = False):
+    """Per-sample MSE of the model's noise/velocity prediction (the training objective); with ``with_t``
+    also the timesteps drawn."""
     c = components
-    noisy, t, target = noisy_inputs(c, pixels, gen, latent_dist)
+    noisy, t, target = noisy_inputs(c, pixels, gen, latent_dist, noise_offset)
     with _autocast(c, precision):
         pred = c.unet(noisy.to(c.dtype), t, cond.to(c.dtype)).sample
-    return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    mse = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (mse, t) if with_t else mse
 
 
 # ------------------------------------------------------------------------------------- checkpoints
@@ -380,11 +464,16 @@ def _train_loop(components: Components, style: Style, pool: Optional[ClassPool],
     use_prior = pool is not None and value(cfg.prior.mode) != PriorMode.none.value
     precision = Precision(value(tr.mixed_precision))
     feed = Feed(c, style, pool if use_prior else None, cfg)
-    ad = inject_adapters(c, cfg, [feed.stream.lora_seed])
-    ad.router.groups, ad.router.all_slots = torch.zeros(1, dtype=torch.long, device=c.device), True
-    groups = ad.groups(tr.lr, tr.lr * cfg.lora.text_encoder_lr_scale)
+    kind = value(cfg.lora.kind)
+    if kind == "lora":  # stylexfer's LoRA layer (one slot), the batched pass's arithmetic
+        ad = inject_adapters(c, cfg, [feed.stream.lora_seed])
+        ad.router.groups, ad.router.all_slots = torch.zeros(1, dtype=torch.long, device=c.device), True
+        groups = ad.groups(tr.lr, tr.lr * cfg.lora.text_encoder_lr_scale)
+    else:  # DoRA, LoHa, LoKr: peft's own layers, float32 weights
+        ad = None
+        groups = add_adapters(c, cfg, feed.stream.lora_seed)
     params = [p for g in groups for p in g["params"]]
-    train_te = bool(ad.text_encoder)
+    train_te = any(g["name"] == "text_encoder" for g in groups)
     text = TextCache(c, train_te)
     try:
         c.unet.train()
@@ -402,15 +491,13 @@ def _train_loop(components: Components, style: Style, pool: Optional[ClassPool],
             for _ in range(start):  # the schedule is a function of the step: replay it
                 sched.step()
         every = tr.checkpoint_every if ckpt_dir is not None else 0
-        b = tr.batch_size
         bar = tqdm(range(start, tr.steps), desc=f"train {style.id}", unit="step", leave=False, initial=start,
                    total=tr.steps)
         for step in bar:
             px, dist, prompts = feed.next()
-            per_sample = denoising_loss(c, px, text(prompts), feed.stream.torch, precision, latent_dist=dist)
-            loss = per_sample[:b].mean()
-            if use_prior:
-                loss = loss + cfg.prior.weight * per_sample[b:].mean()
+            per_sample, t = denoising_loss(c, px, text(prompts), feed.stream.torch, precision, latent_dist=dist,
+                                           noise_offset=tr.noise_offset, with_t=True)
+            loss = style_losses(c, per_sample, t, cfg, 1, use_prior)[0]
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"style {style.id}: loss is {loss.item()} at step {step + 1}")
             loss.backward()
@@ -424,12 +511,27 @@ def _train_loop(components: Components, style: Style, pool: Optional[ClassPool],
             if every and (step + 1) % every == 0 and step + 1 < tr.steps:
                 _save_checkpoint(ckpt_dir, step + 1, params, opt, [feed.stream], list(feed.cycles()), losses)
                 faults.checkpoint(f"train:{style.id}:{step + 1}")
+    except BaseException:
+        if ad is None:
+            remove_adapters(c)
+        raise
     finally:
-        ad.router.groups = None
         c.unet.eval()
         c.text_encoder.eval()
-        restore(c.unet, ad.unet)
-        restore(c.text_encoder, ad.text_encoder)
+        if ad is not None:
+            ad.router.groups = None
+            restore(c.unet, ad.unet)
+            restore(c.text_encoder, ad.text_encoder)
+    if ad is None:
+        try:
+            if export_to is not None:
+                if kind == "dora" and not train_te:  # diffusers' LoRA format carries the UNet's DoRA magnitudes
+                    save_adapter(c, export_to)  # (transformers' loader drops a text encoder's: stylexfer's format)
+                else:
+                    save_peft_adapter(c, export_to, kind)
+        finally:
+            remove_adapters(c)
+        return losses, None
     if export_to is not None:
         export_adapter(c, cfg, ad, 0, export_to)
     return losses, ad
