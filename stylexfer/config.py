@@ -216,7 +216,10 @@ class EvalConfig:
     models: MetricModels = field(default_factory=MetricModels)
     fid_dims: int = 64  # Inception feature size: 64 (the checker's) | 192 | 768 | 2048 (the usual FID)
     clip_r_top_k: int = 5  # an image is retrieved when its prompt is among the k best matches
-    clip_r_prompts: Optional[str] = None  # text file of candidate prompts; null = every object of the data set
+    # CLIP-R's candidate prompts: null = every object of the data set; a text file (one per line); or a named
+    # list, read from prompt_lists_dir/<name>.txt: "checker" = the competition checker's clip_r_prompts.txt
+    clip_r_prompts: Optional[str] = None
+    prompt_lists_dir: str = "${paths.cache_dir}/clip_r_prompts"
 
 
 @dataclass
@@ -320,9 +323,9 @@ def validate_eval(ev) -> None:
     _check(ev.fid_dims in FID_BLOCKS, "eval.fid_dims", ev.fid_dims, f"must be one of {sorted(FID_BLOCKS)}")
     _check(ev.clip_r_top_k >= 1, "eval.clip_r_top_k", ev.clip_r_top_k, "must be >= 1")
     if ev.clip_r_prompts is not None:
-        from pathlib import Path
+        from .metrics import prompt_list_file
 
-        _check(Path(ev.clip_r_prompts).expanduser().is_file(), "eval.clip_r_prompts", ev.clip_r_prompts, "no such file")
+        prompt_list_file(ev)  # a missing file or named list fails here, naming where to put it
 
 
 def validate(cfg: DictConfig) -> None:

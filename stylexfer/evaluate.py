@@ -53,7 +53,9 @@ def preflight(ev, demo: bool) -> dict[str, str]:
 def candidate_prompts(ev, styles: Sequence[Style]) -> list[str]:
     """CLIP-R's candidate texts: the lines of ``eval.clip_r_prompts``, or every object of the data set."""
     if ev.clip_r_prompts:
-        lines = Path(ev.clip_r_prompts).expanduser().read_text(encoding="utf-8").splitlines()
+        from .metrics import prompt_list_file
+
+        lines = prompt_list_file(ev).read_text(encoding="utf-8").splitlines()
         return sorted({l.strip().lower() for l in lines if l.strip()})
     return sorted({o.lower() for s in styles for o in s.objects})
 

@@ -314,6 +314,33 @@ class Fid:
         return frechet_distance(m1, s1, m2, s2)
 
 
+# Named CLIP-R candidate lists: name → (where it is published, what it is). Not shipped (the project ships
+# no third-party data); put the file at <eval.prompt_lists_dir>/<name>.txt.
+PROMPT_LISTS = {
+    "checker": ("https://github.com/Xlucidator/JDiffArtFlow/blob/main/evaluation/clip_r_prompts.txt",
+                "the competition checker's CLIP-R candidates (215 object names), carried with the checker by the "
+                "public course repository Xlucidator/JDiffArtFlow"),
+}
+
+
+def prompt_list_file(ev) -> Path:
+    """The file behind ``eval.clip_r_prompts``: a named list (:data:`PROMPT_LISTS`) or a path."""
+    name = ev.clip_r_prompts
+    if name in PROMPT_LISTS:
+        f = Path(ev.prompt_lists_dir).expanduser() / f"{name}.txt"
+        if not f.is_file():
+            url, what = PROMPT_LISTS[name]
+            raise ModelNotFoundError(f"eval.clip_r_prompts={name}: {f} not found; it is {what}: save {url} "
+                                     f"(raw) as {f}, or set eval.clip_r_prompts=/path/to/list.txt")
+        return f
+    f = Path(name).expanduser()
+    if not f.is_file():
+        from .errors import ConfigError
+
+        raise ConfigError(f"eval.clip_r_prompts={name}: no such file (named lists: {', '.join(PROMPT_LISTS)})")
+    return f
+
+
 class _Clip:
     def __init__(self, path: Path, device: str):
         from transformers import AutoProcessor, CLIPModel
@@ -336,8 +363,9 @@ class _Clip:
 
 class ClipR(_Clip):
     """CLIP-R (checker: openai/clip-vit-large-patch14): an image counts as retrieved when its own
-    prompt (the object name) is among the ``top_k`` (5) best-matching texts of the candidate list
-    (every object name of the data set, plus its own). Per style: the fraction retrieved."""
+    prompt (its object name, lower case) is among the ``top_k`` (5) best-matching texts of the candidate
+    list (``eval.clip_r_prompts``, lower case, plus its own name). Per style: the fraction retrieved;
+    overall (``stylexfer.evaluate``): the fraction of all images, as the checker counts."""
 
     def __init__(self, path: Path, device: str, candidates: Sequence[str], top_k: int = 5):
         super().__init__(path, device)

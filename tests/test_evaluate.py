@@ -74,3 +74,71 @@ def test_a_run_with_every_metric_configured_reports_all_six_and_the_final_score(
     for st in s["styles"].values():
         assert st["scores"]["final"] is not None and st["scores"]["images"] == 2
     assert (tmp_path / "run" / "scores.json").exists() and "final" in (tmp_path / "run" / "summary.md").read_text()
+
+
+def _checker_clip_r(upload: Path, candidates: list[str], rank) -> float:
+    """The competition checker's CLIP-R bookkeeping, restated from its published description: every line of
+    its prompt list, stripped and lower-cased, plus the image's own name (its file name up to the first
+    dot, lower-cased) form the candidates; the image counts when its own name is among the 5 best; the
+    score is the fraction of all images, over every style folder. ``rank(image, texts)`` orders texts
+    by the CLIP model's match (the model itself is a black box to this bookkeeping)."""
+    from PIL import Image
+
+    correct = total = 0
+    for style in sorted(p for p in upload.iterdir() if p.is_dir()):
+        for f in sorted(style.iterdir()):
+            own = f.name.split(".")[0].lower()
+            texts = sorted(set([c.strip().lower() for c in candidates] + [own]))
+            correct += own in rank(Image.open(f).convert("RGB"), texts)[:5]
+            total += 1
+    return correct / total
+
+
+def test_clip_r_bookkeeping_matches_the_checkers_on_a_constructed_case(metric_models, demo_root, tmp_path):
+    """A named candidate list ("checker") read from eval.prompt_lists_dir, candidates with case and
+    spacing noise and duplicates, styles with different image counts (so the overall value is the fraction
+    of all images, not the mean of the styles' fractions): stylexfer.evaluate gives the checker's number."""
+    from PIL import Image
+
+    from conftest import compose
+    from stylexfer.data import discover_styles
+    from stylexfer.evaluate import evaluate
+    from stylexfer.metrics import ClipR
+
+    upload = tmp_path / "upload"
+    styles = discover_styles(demo_root, styles=["00", "01"])
+    for s, n in zip(styles, (6, 3)):
+        (upload / s.id).mkdir(parents=True)
+        for obj, path in zip(s.image_objects[:n], s.image_paths[:n]):
+            shutil.copy(path, upload / s.id / f"{obj.title()}.png")
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    candidates = ["  Aquarium", "bird ", "BIRD", "castle", "phone", "wallet", "zebra", "tree", "moon"]
+    (lists / "checker.txt").write_text("\n".join(candidates) + "\n")
+    ev = compose([*metric_overrides(metric_models), "eval.metrics=[clip_r]", "eval.clip_r_prompts=checker",
+                  f"eval.prompt_lists_dir={lists}"]).eval
+    doc = evaluate(upload, styles, ev, "cpu")
+    ours = doc["overall"]["clip_r"]
+
+    model = ClipR(Path(metric_models["clip_r"]), "cpu", [])
+
+    def rank(image, texts):
+        img, txt = model.embed([image], texts)
+        return [texts[j] for j in (img @ txt.T)[0].argsort(descending=True).tolist()]
+
+    theirs = _checker_clip_r(upload, candidates, rank)
+    assert ours == pytest.approx(theirs, abs=1e-12)
+    per_style = [doc["styles"][s.id]["clip_r"] for s in styles]
+    assert 0 < theirs < 1 and per_style[0] != per_style[1]  # a case where the counting rules can differ
+    assert ours == pytest.approx((per_style[0] * 6 + per_style[1] * 3) / 9)
+
+
+def test_a_named_candidate_list_that_is_not_there_says_where_to_get_it(tmp_path):
+    from conftest import compose
+    from stylexfer.config import validate
+    from stylexfer.errors import StylexferError
+
+    cfg = compose(["eval.clip_r_prompts=checker", f"eval.prompt_lists_dir={tmp_path}"])
+    with pytest.raises(StylexferError, match=r"^eval\.clip_r_prompts=checker: .*checker\.txt not found; it is the "
+                                             r"competition checker's CLIP-R candidates .*Xlucidator/JDiffArtFlow.*"):
+        validate(cfg)
