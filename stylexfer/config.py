@@ -121,6 +121,10 @@ class AugmentationConfig:
     random_crop: bool = True  # False = centre crop
     hflip: bool = False  # random horizontal flip (p = 0.5)
     rotation: float = 0.0  # random rotation in degrees, uniform in [-rotation, rotation]
+    # random crops drawn on the VAE's 8-px latent grid, each (image, offset, flip) encoded once and its
+    # posterior cached: no VAE in the training step. false = any 1-px offset, encoded every step (exact
+    # per-step encoding; what a run with rotation always does)
+    cached_crops: bool = True
 
 
 @dataclass

@@ -247,6 +247,36 @@ def augment(img: Image.Image, resolution: int, aug, rng: np.random.Generator) ->
     return augment_random(augment_resize(img, resolution, aug), resolution, aug, rng)
 
 
+def crop_grid(size: tuple[int, int], resolution: int, step: int = 8) -> tuple[list[int], list[int]]:
+    """The crop offsets (left, top) a grid-cached random crop draws from: every ``step`` pixels (the VAE's
+    latent grid), centred in the room the resize leaves (e.g. 20 px of room at 512 px → 2, 10, 18)."""
+    def axis(room: int) -> list[int]:
+        first = (room // 2) % step
+        return list(range(first, room + 1, step))
+
+    w, h = size
+    return axis(w - resolution), axis(h - resolution)
+
+
+def grid_cached_crops(aug) -> bool:
+    """Whether the random crop is drawn on the latent grid and its VAE posterior cached (no VAE in the
+    training step): random crops with ``augmentation.cached_crops`` on and no rotation."""
+    return bool(aug.cached_crops) and aug.random_crop and aug.scale > 1.0 and aug.rotation == 0
+
+
+def draw_grid_crop(size: tuple[int, int], resolution: int, aug, rng: np.random.Generator) -> tuple[int, int, bool]:
+    """One (left, top, flip) of a grid-cached crop, from the style's stream (uniform over the grid)."""
+    lefts, tops = crop_grid(size, resolution)
+    left = lefts[int(rng.integers(0, len(lefts)))]
+    top = tops[int(rng.integers(0, len(tops)))]
+    return left, top, bool(aug.hflip and rng.random() < 0.5)
+
+
+def crop_at(img: Image.Image, resolution: int, left: int, top: int, flip: bool) -> Image.Image:
+    img = img.crop((left, top, left + resolution, top + resolution))
+    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else img
+
+
 def can_cache_latents(aug) -> bool:
     """Whether an image's augmented pixels are the same at every step (so its VAE latents can be cached)."""
     return not aug.hflip and aug.rotation == 0 and not (aug.random_crop and aug.scale > 1.0)

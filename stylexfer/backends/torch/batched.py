@@ -154,7 +154,13 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
     use_prior = value(cfg.prior.mode) != PriorMode.none.value and all(p is not None for p in pools)
     precision = Precision(value(tr.mixed_precision))
     resized: dict = {}  # shared: a shared class pool is resized once, not once per style
-    feeds = [Feed(c, s, p if use_prior else None, cfg, resized, raw=True) for s, p in zip(styles, pools)]
+    crops: dict = {}  # shared likewise: a shared class pool's grid crops are encoded once
+    feeds = [Feed(c, s, p if use_prior else None, cfg, resized, raw=True, crops=crops) for s, p in zip(styles, pools)]
+    t_enc = time.time()
+    encoded = sum(f.prepare() for f in feeds)
+    if encoded:
+        log.info("encoded %d grid crops (%d styles and their class images) in %.1fs: no VAE in the training steps",
+                 encoded, len(feeds), time.time() - t_enc)
     ad = inject_adapters(c, cfg, [f.stream.lora_seed for f in feeds])
     groups = ad.groups(tr.lr, tr.lr * cfg.lora.text_encoder_lr_scale)
     params = [p for g in groups for p in g["params"]]
@@ -192,7 +198,7 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
         # the next step's data is drawn on the worker while the GPU runs this step; leaving the block
         # waits for a draw still under way
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylexfer-draw") as ahead, \
-                compiled_vae_encoder(c, tr.compile_vae and not feeds[0].cacheable):
+                compiled_vae_encoder(c, tr.compile_vae and feeds[0].encodes_per_step):
             pending = None
 
             def live_now():

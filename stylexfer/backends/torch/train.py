@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ... import faults
 from ...config import LoraCompute, Precision, PriorMode, value
-from ...data import Style, augment, augment_random, augment_resize, can_cache_latents
+from ...data import Style, augment, augment_random, augment_resize, can_cache_latents, crop_at, crop_grid, draw_grid_crop, grid_cached_crops
 from ...errors import TrainingDiverged
 from ...prior import ClassPool
 from ...store import atomic_write_json, stable_hash
@@ -400,7 +400,7 @@ class Feed:
     """
 
     def __init__(self, c: Components, style: Style, pool: Optional[ClassPool], cfg, resized: Optional[dict] = None,
-                 raw: bool = False):
+                 raw: bool = False, crops: Optional[dict] = None):
         self.c, self.style, self.pool, self.cfg = c, style, pool, cfg
         self.raw = raw  # pixels as uint8 (N, 3, H, W), converted on the device (4× less to copy)
         self.stream = _Stream(cfg.train.seed, style.id)
@@ -408,8 +408,39 @@ class Feed:
         self.inst = _Cycler(len(style.images), self.stream.np)
         self.cls = _Cycler(len(pool.images), self.stream.np) if pool is not None else None
         self.cacheable = can_cache_latents(cfg.augmentation)
+        self.grid = grid_cached_crops(cfg.augmentation)
         self.latents: dict = {}
         self.resized: dict = {} if resized is None else resized
+        # grid-cached crops: (image id, left, top, flip) → posterior (mean, std); shared by the styles of a
+        # batched pass, so a shared class pool is encoded once
+        self.crops: dict = {} if crops is None else crops
+
+    @property
+    def encodes_per_step(self) -> bool:
+        """Whether steps run the VAE (random 1-px crops, flips or rotations encoded every step)."""
+        return not (self.cacheable or self.grid)
+
+    def prepare(self, batch: int = 32) -> int:
+        """Encode every grid crop of the style's images and its class pool that is not cached yet (all of
+        them, up front, in batches), so that no training step runs the VAE. Returns how many it encoded."""
+        if not self.grid:
+            return 0
+        res, flips = self.cfg.model.resolution, (False, True) if self.cfg.augmentation.hflip else (False,)
+        todo = []
+        for images in (self.style.images, self.pool.images if self.pool is not None else []):
+            for i in range(len(images)):
+                img = self._resized(images, i)
+                lefts, tops = crop_grid(img.size, res)
+                todo += [(img, (id(img), x, y, f)) for x in lefts for y in tops for f in flips
+                         if (id(img), x, y, f) not in self.crops]
+        for k in range(0, len(todo), batch):
+            chunk = todo[k:k + batch]
+            px = torch.stack([to_tensor(crop_at(img, res, *key[1:])) for img, key in chunk])
+            with torch.no_grad():
+                d = self.c.vae.encode(px.to(self.c.device, dtype=self.c.vae_dtype)).latent_dist
+            for j, (_, key) in enumerate(chunk):
+                self.crops[key] = (d.mean[j:j + 1], d.std[j:j + 1])
+        return len(todo)
 
     def cycles(self):
         return (self.inst, self.cls)
@@ -422,6 +453,14 @@ class Feed:
 
     def _pixels(self, images, ids, tag):
         res, aug, rng = self.cfg.model.resolution, self.cfg.augmentation, self.stream.np
+        if self.grid:
+            keys = []
+            for i in ids:
+                img = self._resized(images, i)
+                keys.append((id(img), *draw_grid_crop(img.size, res, aug, rng)))
+            if any(k not in self.crops for k in keys):
+                self.prepare()
+            return None, _Dist(torch.cat([self.crops[k][0] for k in keys]), torch.cat([self.crops[k][1] for k in keys]))
         if not self.cacheable:  # the resize is cached, the random crop/flip/rotation is drawn every step
             convert = to_uint8_tensor if self.raw else to_tensor
             return torch.stack([convert(augment_random(self._resized(images, i), res, aug, rng)) for i in ids]), None
@@ -464,6 +503,7 @@ def _train_loop(components: Components, style: Style, pool: Optional[ClassPool],
     use_prior = pool is not None and value(cfg.prior.mode) != PriorMode.none.value
     precision = Precision(value(tr.mixed_precision))
     feed = Feed(c, style, pool if use_prior else None, cfg)
+    feed.prepare()
     kind = value(cfg.lora.kind)
     if kind == "lora":  # stylexfer's LoRA layer (one slot), the batched pass's arithmetic
         ad = inject_adapters(c, cfg, [feed.stream.lora_seed])
