@@ -423,6 +423,11 @@ def main(argv=None) -> int:
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="instead: profile N batched training steps (torch.profiler) and print the top kernels")
     args = p.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # the stages' own lines
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if not args.arch.exists():
         raise SystemExit(f"error: --arch {args.arch}: no such file (SD 2.1's published configs, shared/reference/)")
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -67,7 +67,7 @@ def test_no_training_step_runs_the_vae(components, demo_root, grid_cfg, monkeypa
     real = components.vae.encode
     monkeypatch.setattr(components.vae, "encode", lambda x, *a, **k: calls.append(len(x)) or real(x, *a, **k))
     _train_loop(components, style, None, grid_cfg)
-    assert sum(calls) == 500 and len(calls) == math.ceil(500 / 32)  # the up-front encoding only
+    assert sum(calls) == 500 and len(calls) == math.ceil(500 / 64)  # the up-front encoding only
     calls.clear()
     _train_loop(components, style, None, compose(["model.resolution=64", "augmentation=crop_flip", "augmentation.scale=1.5",
                                                   "prior=none", "train.steps=6", "lora.unet_lora_rank=4",

@@ -39,7 +39,7 @@ from ...prior import ClassPool
 from ...store import atomic_write_json, stable_hash
 from .models import Components, encode_prompts
 from .multilora import MultiAdapters, Router, inject, restore
-from .tensors import to_tensor, to_uint8_tensor
+from .tensors import to_tensor, to_uint8_tensor, uint8_to_model
 
 log = logging.getLogger(__name__)
 
@@ -420,26 +420,38 @@ class Feed:
         """Whether steps run the VAE (random 1-px crops, flips or rotations encoded every step)."""
         return not (self.cacheable or self.grid)
 
-    def prepare(self, batch: int = 32) -> int:
+    def prepare(self, batch: int = 64) -> int:
         """Encode every grid crop of the style's images and its class pool that is not cached yet (all of
-        them, up front, in batches), so that no training step runs the VAE. Returns how many it encoded."""
+        them, up front, in batches), so that no training step runs the VAE. Returns how many it encoded.
+        The crops are cut and converted to uint8 tensors on worker threads while the VAE encodes."""
         if not self.grid:
             return 0
+        from concurrent.futures import ThreadPoolExecutor
+
         res, flips = self.cfg.model.resolution, (False, True) if self.cfg.augmentation.hflip else (False,)
-        todo = []
+        todo, seen = [], set()
         for images in (self.style.images, self.pool.images if self.pool is not None else []):
             for i in range(len(images)):
                 img = self._resized(images, i)
                 lefts, tops = crop_grid(img.size, res)
-                todo += [(img, (id(img), x, y, f)) for x in lefts for y in tops for f in flips
-                         if (id(img), x, y, f) not in self.crops]
-        for k in range(0, len(todo), batch):
-            chunk = todo[k:k + batch]
-            px = torch.stack([to_tensor(crop_at(img, res, *key[1:])) for img, key in chunk])
-            with torch.no_grad():
-                d = self.c.vae.encode(px.to(self.c.device, dtype=self.c.vae_dtype)).latent_dist
-            for j, (_, key) in enumerate(chunk):
-                self.crops[key] = (d.mean[j:j + 1], d.std[j:j + 1])
+                for key in ((id(img), x, y, f) for x in lefts for y in tops for f in flips):
+                    if key not in self.crops and key not in seen:
+                        seen.add(key)
+                        todo.append((img, key))
+        cuda = self.c.device.type == "cuda"
+
+        def pixels(chunk):
+            px = torch.stack([to_uint8_tensor(crop_at(img, res, *key[1:])) for img, key in chunk])
+            return px.pin_memory() if cuda else px
+
+        chunks = [todo[k:k + batch] for k in range(0, len(todo), batch)]
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="stylexfer-crops") as pool:
+            for chunk, px in zip(chunks, pool.map(pixels, chunks)):
+                with torch.no_grad():
+                    x = uint8_to_model(px.to(self.c.device, non_blocking=cuda)).to(self.c.vae_dtype)
+                    d = self.c.vae.encode(x).latent_dist
+                for j, (_, key) in enumerate(chunk):
+                    self.crops[key] = (d.mean[j:j + 1], d.std[j:j + 1])
         return len(todo)
 
     def cycles(self):
