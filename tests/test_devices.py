@@ -60,7 +60,7 @@ def gpu_components(tiny_dir, cache_dir):
     return load_components(resolve_model(mc, cache_dir), mc)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def gpu_backend(gpu_components, cache_dir):
     from stylexfer.backends.torch import TorchBackend
 
