@@ -26,7 +26,7 @@ from typing import Optional
 
 from PIL import Image
 
-from .report import image_grid
+from .report import axes_png, image_grid, new_axes
 from .store import atomic_write_bytes, atomic_write_text
 
 RANK_METRICS = ("final", "hist")  # the first present ranks the rows; higher is better
@@ -189,11 +189,6 @@ def csv_text(header: list[str], rows: list[list]) -> str:
 def plot_sweep(jobs: list[Job]) -> dict[str, bytes]:
     """{file name: PNG}: for every swept numeric key, every metric against it — the overall value (thick,
     with markers) and each style's (thin) — one line per sweep and per value of the other swept keys."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     c = compare_jobs(jobs)
     done = [j for j in jobs if j.summary and j.scores]
     numeric = [k for k in c.differing if all(isinstance(_parsed(j.overrides.get(k, "")), (int, float)) for j in done)]
@@ -207,7 +202,7 @@ def plot_sweep(jobs: list[Job]) -> dict[str, bytes]:
                 lines.setdefault(label, []).append(j)
             if not any(_number(j.scores.get(metric)) is not None for j in done):
                 continue
-            fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+            fig, ax = new_axes(6, 4)
             for n, (label, group) in enumerate(sorted(lines.items())):
                 color = f"C{n % 10}"
                 group = sorted(group, key=lambda j: _parsed(j.overrides[key]))
@@ -222,16 +217,8 @@ def plot_sweep(jobs: list[Job]) -> dict[str, bytes]:
                         ax.plot(xs, [float("nan") if y is None else y for y in ys], "-", color=color, lw=0.8, alpha=0.5)
                         ax.annotate(sid, (xs[-1], ys[-1] if ys[-1] is not None else 0), fontsize=7, color=color,
                                     alpha=0.7)
-            ax.set_xlabel(key)
-            ax.set_ylabel(metric)
-            ax.set_title(f"{metric} vs {key} (thin: per style)", fontsize=10)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png")
-            plt.close(fig)
-            out[f"plot_{_safe(key)}_{_safe(metric)}.png"] = buf.getvalue()
+            out[f"plot_{_safe(key)}_{_safe(metric)}.png"] = axes_png(fig, ax, key, metric,
+                                                                    f"{metric} vs {key} (thin: per style)", 7)
     return out
 
 

@@ -185,13 +185,11 @@ def loss_plot(curves: dict, window: Optional[int] = None) -> Optional[bytes]:
     curves = {k: v for k, v in curves.items() if v}
     if not curves:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    from .report import axes_png, new_axes
+
+    fig, ax = new_axes(7, 4)
     for n, (sid, ls) in enumerate(sorted(curves.items())):
         y = np.asarray(ls, dtype=float)
         x = np.arange(1, len(y) + 1)
@@ -200,16 +198,8 @@ def loss_plot(curves: dict, window: Optional[int] = None) -> Optional[bytes]:
         color = f"C{n % 10}"
         ax.plot(x, y, color=color, lw=0.6, alpha=0.3)
         ax.plot(x[len(x) - len(smooth):], smooth, color=color, lw=2, label=f"style {sid}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"training loss per style (thin: raw; thick: mean of {window or 'steps/20'} steps)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return axes_png(fig, ax, "step", "training loss",
+                    f"training loss per style (thin: raw; thick: mean of {window or 'steps/20'} steps)")
 
 
 def write_loss_plot(run_dir: Path, curves: dict) -> Optional[Path]:

@@ -27,6 +27,32 @@ def image_grid(rows: Sequence[tuple[str, Sequence[tuple[str, Image.Image]]]], ce
     return grid
 
 
+def new_axes(width: float, height: float):
+    """A matplotlib figure and axes for a report plot (the Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height), dpi=100)
+
+
+def axes_png(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int = 8) -> bytes:
+    """Label, grid and legend a report plot; its PNG bytes (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def fmt(v) -> str:
     return "—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
