@@ -72,6 +72,17 @@ def components(tiny_dir, cache_dir):
     return load_components(resolve_model(mc, cache_dir), mc)
 
 
+@pytest.fixture(autouse=True)
+def _plain_shared_model(request):
+    """After a test that used the shared tiny model, put its plain layers back (diffusers' delete_adapters
+    leaves emptied peft wrappers behind): each test starts from the model as loaded, whatever ran before."""
+    yield
+    if "components" in request.fixturenames or "backend" in request.fixturenames:
+        from stylexfer.backends.torch.train import remove_adapters
+
+        remove_adapters(request.getfixturevalue("components"))
+
+
 @pytest.fixture(scope="session")
 def backend(components, cache_dir):
     """The PyTorch backend around the shared tiny-model components (what the stages are given)."""
