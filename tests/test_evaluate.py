@@ -98,7 +98,6 @@ def test_clip_r_bookkeeping_matches_the_checkers_on_a_constructed_case(metric_mo
     """A named candidate list ("checker") read from eval.prompt_lists_dir, candidates with case and
     spacing noise and duplicates, styles with different image counts (so the overall value is the fraction
     of all images, not the mean of the styles' fractions): stylexfer.evaluate gives the checker's number."""
-    from PIL import Image
 
     from conftest import compose
     from stylexfer.data import discover_styles
