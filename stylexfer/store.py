@@ -158,6 +158,7 @@ def publish(tmp: Path, final: Path) -> bool:
         return False
     seal(tmp)
     os.rename(tmp, final)
+    _verified.add(str(final))  # just written and sealed: no need to hash it again in this process
     return True
 
 
@@ -185,6 +186,7 @@ def build_once(final: str | os.PathLike, builder: Callable[[Path], None]) -> tup
             builder(tmp)
             seal(tmp)
             os.rename(tmp, final)
+            _verified.add(str(final))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
