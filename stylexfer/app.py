@@ -52,3 +52,11 @@ def discard_if_empty(run_dir: Path) -> None:
         if run_dir.parent.parent.name == "experiments":
             with contextlib.suppress(OSError):  # not empty: other runs of that name stay
                 run_dir.parent.rmdir()
+
+
+def is_multirun() -> bool:
+    """Whether this process runs a job of a Hydra sweep (``-m``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

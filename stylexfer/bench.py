@@ -30,6 +30,12 @@ from PIL import Image
 from .store import atomic_write_json, stable_hash
 
 
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
 def _sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -67,7 +73,7 @@ def build_components(arch_path: Path, device: str, dtype: torch.dtype):
     sched = DDPMScheduler.from_config(strip(arch["scheduler"]))
     for m in (unet, vae, text_encoder):
         m.requires_grad_(False).eval().to(device=device, dtype=dtype)
-    if device == "cuda":  # as load_components does
+    if device.startswith("cuda"):  # as load_components does
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
     resolved = ResolvedModel(folder=tok_dir.parent, source="SD 2.1-shaped, random weights", identity="bench-random",
@@ -75,6 +81,18 @@ def build_components(arch_path: Path, device: str, dtype: torch.dtype):
     return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, noise_scheduler=sched,
                       scheduler_config=dict(strip(arch["scheduler"])), device=torch.device(device), dtype=dtype,
                       vae_dtype=vae.dtype, model=resolved)
+
+
+class BenchBackend:
+    """Builds the SD 2.1-shaped random-weight model on a device, as a backend: picklable, so that each
+    worker process of the all-GPU path (stylexfer.shard) builds its own."""
+
+    def __init__(self, arch: str, cache: str):
+        self.arch, self.cache = arch, cache
+
+    def __call__(self, device: str):
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        return _backend(build_components(Path(self.arch), device, dtype), Path(self.cache))
 
 
 def _backend(c, cache: Path):
@@ -238,8 +256,7 @@ def arithmetic(args, c, cfg) -> dict:
 def train_phase(args, c, styles, cfg) -> dict:
     """(b), training: class images, then every style in batched passes (what ``python -m stylexfer`` does)."""
     from .prior import ensure_pool
-    from .run import _style_specs
-    from .train import train_in_batches
+    from .train import style_specs, train_in_batches
 
     cache = Path(cfg.paths.cache_dir)
     backend = _backend(c, cache)
@@ -251,7 +268,7 @@ def train_phase(args, c, styles, cfg) -> dict:
     _sync()
     t_pool = time.time() - t0
     print(f"class images: {t_pool:.1f}s", flush=True)
-    todo = [(s, *_style_specs(c.model, styles, s, cfg)) for s in styles]
+    todo = [(s, *style_specs(c.model.identity, styles, s, cfg)) for s in styles]
     trained, failed = train_in_batches(backend, todo, cfg, cache, lambda sp: ensure_pool(backend, sp, cfg.prior, cache))
     _sync()
     t_train = time.time() - t0
@@ -266,8 +283,8 @@ def train_phase(args, c, styles, cfg) -> dict:
 def sample_phase(args, c, styles, cfg) -> dict:
     """(b), sampling: every style's images from its stored adapter (needs a train phase in the same --work)."""
     from .backends import ADAPTER_FILE
-    from .run import _style_specs
     from .sample import ensure_samples, sample_spec
+    from .train import style_specs
 
     cache = Path(cfg.paths.cache_dir)
     backend = _backend(c, cache)
@@ -275,7 +292,7 @@ def sample_phase(args, c, styles, cfg) -> dict:
     t0 = time.time()
     n_images = 0
     for s in styles:
-        key = stable_hash(_style_specs(c.model, styles, s, cfg)[1])
+        key = stable_hash(style_specs(c.model.identity, styles, s, cfg)[1])
         adir = cache / "adapters" / key
         if not (adir / ADAPTER_FILE).exists():
             raise SystemExit(f"error: no trained adapter for style {s.id} under {args.work}: run --part train first")
@@ -293,6 +310,38 @@ def stylexfer_path(args, c, styles, cfg) -> dict:
     r = train_phase(args, c, styles, cfg)
     r.update(sample_phase(args, c, styles, cfg))
     r["total_s"] = r["train_s"] + r["sample_s"]
+    return r
+
+
+def shards_phase(args, styles, cfg) -> dict:
+    """(b) on every visible GPU: the styles sharded over one worker process per GPU (what a single
+    ``python -m stylexfer`` run does on a multi-GPU host), each building the model, making its share of
+    the class pool, training its styles in one batched pass and sampling them. A fresh store of its own."""
+    from .shard import ShardJob, run_shards
+
+    if torch.cuda.is_available():
+        n = args.gpus or torch.cuda.device_count()
+        if not 2 <= n <= torch.cuda.device_count():
+            raise SystemExit(f"error: --gpus {n}: this machine has {torch.cuda.device_count()} GPU(s); at least 2 needed")
+        devices = [f"cuda:{i}" for i in range(n)]
+    else:  # the same path on CPU processes (plumbing only)
+        n = max(2, args.gpus)
+        devices = ["cpu"] * n
+    cache = args.work / "store-gpus"
+    c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    c["paths"]["cache_dir"] = str(cache)
+    ids = [s.id for s in styles]
+    job = ShardJob(make_backend=BenchBackend(str(args.arch), str(cache)), cfg=c, data_root=str(args.work / "data"),
+                   style_ids=ids, work_ids=ids, model_identity="bench-random", devices=devices,
+                   log_dir=str(args.work / "logs-gpus"))
+    out = run_shards(job)
+    if len(out.made) != len(ids):
+        raise SystemExit(f"error: the workers made the images of {len(out.made)} of {len(ids)} styles: {out.errors}")
+    sec = out.seconds
+    r = {"gpus": n, "start_s": sec["start"], "class_images_s": sec["pool"] - sec["start"],
+         "train_s": sec["pool"] - sec["start"] + sec["train"], "sample_s": sec["sample"], "total_s": sec["wall"],
+         "samples_per_s": 2 * args.styles * args.steps / sec["train"], "peak_train_gib": sec.get("peak_gib", 0.0)}
+    print("gpus:", json.dumps(r), flush=True)
     return r
 
 
@@ -357,21 +406,31 @@ def breakdown(args, c, styles, cfg) -> dict:
         clock: list = []
         _sync()
         t = time.time()
-        _, failed, _ = train_together(c, styles, pools, cfg, None, [args.work / f"bd-{label}-{n}" / s.id for s in styles],
-                                      clock=clock)
+        losses, failed, _ = train_together(c, styles, pools, cfg, None,
+                                           [args.work / f"bd-{label}-{n}" / s.id for s in styles], clock=clock)
         _sync()
         for k, v in saved.items():
             setattr(cfg.augmentation, k, v)
-        cfg.train.compile = False
+        cfg.train.compile = cfg.train.fp8 = False
         assert not failed, failed
+        run.losses = np.mean([losses[s.id] for s in styles], axis=0)  # mean over styles, per step
         return time.time() - t, steady_step_s(clock, 5)
 
     run("warm", 3)
-    out["step_s"] = run("crop", 25)[1]
+    n_loss = args.fp8_steps if args.try_fp8 else 25
+    out["step_s"] = run("crop", n_loss)[1]
+    bf16_losses = run.losses
+    if c.device.type == "cuda" and args.try_fp8:  # the same streams: the loss curves compare step by step
+        out["step_fp8_s"] = run("fp8", n_loss, fp8=True)[1]
+        d = run.losses - bf16_losses
+        out["fp8_loss_mean_bf16"], out["fp8_loss_mean_fp8"] = float(bf16_losses.mean()), float(run.losses.mean())
+        out["fp8_loss_max_abs_diff"] = float(np.abs(d).max())
+        out["fp8_loss_curves"] = {"bf16": [round(float(x), 5) for x in bf16_losses],
+                                  "fp8": [round(float(x), 5) for x in run.losses]}
     if c.device.type == "cuda" and args.try_compile:
         first, out["step_compiled_s"] = run("compiled", 25, compile=True)  # the first steps compile
         out["compile_s"] = first - run("compiled", 25, compile=True)[0]
-    adapter = args.work / "bd-crop-25" / styles[0].id
+    adapter = args.work / f"bd-crop-{n_loss}" / styles[0].id
     pipe = make_pipeline(c, "ddim", img2img=True)
     init = average_image(styles[0].images, args.res)
     prompts = [f"an image of thing {i} in style_{styles[0].id}" for i in range(args.prompts)]
@@ -389,7 +448,7 @@ def breakdown(args, c, styles, cfg) -> dict:
     unfuse_exactly(pipe, base)
     pipe.delete_adapters("bd")
     n = 2 * len(styles) * cfg.train.batch_size
-    print("breakdown (seconds):", json.dumps({k: round(v, 4) for k, v in out.items()}))
+    print("breakdown (seconds):", json.dumps({k: round(v, 4) for k, v in out.items() if isinstance(v, float)}))
     print(f"  per training step of {n} samples: {out['step_s']:.3f}s ({n / out['step_s']:.1f} samples/s); "
           f"host draw {out['draw_s']:.3f}s (crops {out['draw_crops_s']:.3f}s), "
           f"on a worker thread; VAE encode {out['vae_encode_s']:.3f}s")
@@ -399,10 +458,18 @@ def breakdown(args, c, styles, cfg) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m stylexfer.bench", description=__doc__.splitlines()[0])
     p.add_argument("--arch", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "sd21_architecture.json")
-    p.add_argument("--part", choices=["naive", "stylexfer", "both", "breakdown", "train", "sample"], default="both",
+    p.add_argument("--part", choices=["naive", "stylexfer", "both", "breakdown", "train", "sample", "gpus"], default="both",
                    help="breakdown: where the stylexfer path's time goes (a few steps, no full workload); "
                         "train, then sample: the stylexfer path in two commands sharing --work and --out "
-                        "(for machines with a per-command time limit)")
+                        "(for machines with a per-command time limit); gpus: the stylexfer path sharded over "
+                        "every visible GPU, one worker process each")
+    p.add_argument("--label", default="stylexfer",
+                   help="the row (JSON key) the stylexfer path's result goes to: e.g. cold, warm (same --out)")
+    p.add_argument("--compile-cache", type=Path, default=None, metavar="DIR",
+                   help="torch's compile cache (TORCHINDUCTOR_CACHE_DIR): the same DIR in a second run = warm")
+    p.add_argument("--gpus", type=int, default=0, help="--part gpus: how many GPUs (0 = every visible one)")
+    p.add_argument("--try-fp8", action="store_true", help="breakdown: also time training steps with train.fp8=true")
+    p.add_argument("--fp8-steps", type=int, default=200, help="--try-fp8: steps of each loss curve (bf16 and fp8)")
     p.add_argument("--styles", type=int, default=14)
     p.add_argument("--images", type=int, default=10)
     p.add_argument("--prompts", type=int, default=25)
@@ -430,53 +497,72 @@ def main(argv=None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not args.arch.exists():
         raise SystemExit(f"error: --arch {args.arch}: no such file (SD 2.1's published configs, shared/reference/)")
+    if args.compile_cache is not None:
+        import os
+
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.compile_cache.resolve())
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     t0 = time.time()
-    c = build_components(args.arch, device, dtype)
     from .data import discover_styles
 
     styles = discover_styles(make_dataset(args.work / "data", args.styles, args.images, args.prompts, args.res))
     cfg = bench_cfg(args, args.override)
-    print(f"built an SD 2.1-shaped model with RANDOM weights on {device} in {time.time() - t0:.0f}s "
-          f"({sum(p.numel() for p in c.unet.parameters()) / 1e6:.0f} M UNet parameters)", flush=True)
+    c = None
+    if args.part != "gpus":  # the all-GPU path's workers build their own
+        c = build_components(args.arch, device, dtype)
+        print(f"built an SD 2.1-shaped model with RANDOM weights on {device} in {time.time() - t0:.0f}s "
+              f"({sum(p.numel() for p in c.unet.parameters()) / 1e6:.0f} M UNet parameters)", flush=True)
     if args.profile:
         return profile(args, c, styles, cfg)
     if args.part == "breakdown":
         atomic_write_json(args.out, {"breakdown": breakdown(args, c, styles, cfg)})
         return 0
-    previous = json.loads(args.out.read_text()) if args.part in ("train", "sample", "naive", "stylexfer") and args.out.exists() else {}
+    previous = json.loads(args.out.read_text()) if args.part in ("train", "sample", "naive", "stylexfer", "gpus") and args.out.exists() else {}
     results = {**previous, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+               "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "diffusers": _version("diffusers")},
                "args": {k: str(v) for k, v in vars(args).items()}}
     if args.part in ("naive", "both"):
         results["arithmetic"] = arithmetic(args, c, cfg)
         results["naive"] = naive(args, c, styles, cfg)
         print("naive:", json.dumps(results["naive"]), flush=True)
+    label = args.label
     if args.part in ("stylexfer", "both"):
-        results["stylexfer"] = stylexfer_path(args, c, styles, cfg)
-        print("stylexfer:", json.dumps(results["stylexfer"]), flush=True)
+        results[label] = {**stylexfer_path(args, c, styles, cfg), "config": list(args.override),
+                          "compile": bool(args.compile)}
+        print(f"{label}:", json.dumps(results[label]), flush=True)
     if args.part in ("train", "sample"):
         part = (train_phase if args.part == "train" else sample_phase)(args, c, styles, cfg)
-        sx = {**results.get("stylexfer", {}), **part}
+        sx = {**results.get(label, {}), **part}
         if "train_s" in sx and "sample_s" in sx:
             sx["total_s"] = sx["train_s"] + sx["sample_s"]
-        results["stylexfer"] = sx
+        results[label] = sx
+    if args.part == "gpus":
+        results[label if label != "stylexfer" else "gpus"] = shards_phase(args, styles, cfg)
     atomic_write_json(args.out, results)
-    rows = [("path", "class pool s", "train s", "sample s", "total s", "train samples/s", "peak train GiB", "speed-up")]
+    print_table(results)
+    atomic_write_json(args.out, results)
+    return 0
+
+
+def print_table(results: dict) -> None:
+    """Every row of a bench JSON: each path's parts, rate, memory, speed-up over naive, share of the floor."""
+    rows = [("path", "class pool s", "train s", "sample s", "total s", "train samples/s", "peak train GiB",
+             "speed-up", "floor / total")]
     base = results.get("naive", {}).get("total_s")
-    for name in ("naive", "stylexfer"):
-        r = results.get(name)
-        if r and "total_s" in r:
+    floor = results.get("arithmetic", {}).get("floor_s")
+    for name, r in results.items():
+        if isinstance(r, dict) and "total_s" in r:
             pool = f"{r['class_images_s']:.0f} (in train)" if "class_images_s" in r else "—"
-            rows.append((name, pool, f"{r['train_s']:.0f}", f"{r['sample_s']:.0f}", f"{r['total_s']:.0f}",
-                         f"{r['samples_per_s']:.1f}", f"{r['peak_train_gib']:.1f}", f"{base / r['total_s']:.1f}x" if base else "—"))
-    if "arithmetic" in results:
-        rows.append(("arithmetic floor", "", "", "", f"{results['arithmetic']['floor_s']:.0f}", "", "", ""))
+            rows.append((name + (f" ({r['gpus']} GPUs)" if "gpus" in r else ""), pool, f"{r['train_s']:.0f}",
+                         f"{r['sample_s']:.0f}", f"{r['total_s']:.0f}", f"{r['samples_per_s']:.1f}",
+                         f"{r.get('peak_train_gib', 0):.1f}", f"{base / r['total_s']:.1f}x" if base else "—",
+                         f"{floor / r['total_s']:.0%}" if floor else "—"))
+    if floor:
+        rows.append(("arithmetic floor (1 GPU)", "", "", "", f"{floor:.0f}", "", "", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print(" | ".join(v.rjust(w) for v, w in zip(r, widths)))
-    atomic_write_json(args.out, results)
-    return 0
 
 
 if __name__ == "__main__":

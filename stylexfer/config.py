@@ -80,6 +80,10 @@ class ModelConfig:
     local_files_only: bool = False  # also forced by HF_HUB_OFFLINE=1
     resolution: int = 64  # training and sampling resolution in pixels
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # worker processes of one run (stylexfer/shard.py): 0 = one per visible GPU in a single run on a
+    # multi-GPU host (a sweep job keeps one GPU), 1 = compute in the run's own process, N = N workers
+    # (N GPUs; N CPU processes with device=cpu). Styles are dealt to the workers; results do not depend on it.
+    shards: int = 0
     # dtype of the frozen weights (VAE, UNet, text encoder); LoRA weights always train in float32.
     # "auto" = bfloat16 on CUDA, float32 on CPU.
     dtype: str = "auto"
@@ -168,12 +172,18 @@ class TrainConfig:
     # styles trained together in one batched pass (each sample through its own style's LoRA);
     # 0 = as many as fit (all; halved on a CUDA out-of-memory), 1 = one style at a time
     styles_per_batch: int = 0
-    # torch.compile the UNet for batched training on CUDA; on an H100 (SD 2.1 shape, torch 2.11, 14 styles) it
-    # took 164 s to compile for 0.296 s instead of 0.340 s per 28-sample step: a loss for one 800-step run
-    compile: bool = False
+    # torch.compile the UNet for the batched pass on CUDA. null (auto) = only when the cache in the stage store
+    # already holds this pass's compiled graph; true = compile (and warm the cache); false = never. H100, full
+    # reference workload: eager 396 s, compiled with an empty cache 464 s, with a warm cache 374 s
+    # (stylexfer/backends/torch/compiled.py, docs/performance.md)
+    compile: Optional[bool] = None
     # torch.compile the VAE encoder for batched training on CUDA (the random crops are encoded every step):
     # on an H100, 28 crops at 512 px in 0.095 s instead of 0.169 s, for 22-26 s of compiling once per run
     compile_vae: bool = True
+    # fp8 (e4m3) forward products for the UNet's frozen linear layers in the batched pass, on GPUs with fp8
+    # units (Ada, Hopper); convolutions and the LoRA branches stay bf16 (backends/torch/fp8.py). Off: its
+    # effect on quality cannot be measured here; speed and loss curve in docs/performance.md
+    fp8: bool = False
 
 
 @dataclass
@@ -356,6 +366,7 @@ def validate(cfg: DictConfig) -> None:
     _check(tr.batch_size >= 1, "train.batch_size", tr.batch_size, "must be >= 1")
     _check(tr.lr_warmup_steps >= 0, "train.lr_warmup_steps", tr.lr_warmup_steps, "must be >= 0")
     _check(tr.checkpoint_every >= 0, "train.checkpoint_every", tr.checkpoint_every, "must be >= 0 (0 = none)")
+    _check(cfg.model.shards >= 0, "model.shards", cfg.model.shards, "must be >= 0 (0 = one worker per visible GPU, 1 = none)")
     _check(tr.styles_per_batch >= 0, "train.styles_per_batch", tr.styles_per_batch, "must be >= 0 (0 = auto)")
     _check(tr.max_grad_norm > 0, "train.max_grad_norm", tr.max_grad_norm, "must be > 0")
     _check(tr.snr_gamma is None or tr.snr_gamma > 0, "train.snr_gamma", tr.snr_gamma, "must be > 0 or null (off)")

@@ -70,10 +70,10 @@ def claim_gpu(count: Optional[int] = None, poll: float = 0.5) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def job_device(requested: str) -> Iterator[str]:
-    """The device string a job should use: ``requested`` unless it is ``auto`` on a multi-GPU host,
-    where the job claims a GPU of its own."""
-    if requested != "auto" or gpu_count() < 2:
+def job_device(requested: str, sweep_job: bool = True) -> Iterator[str]:
+    """The device string a job should use: ``requested`` unless it is ``auto`` in a sweep job on a
+    multi-GPU host, where the job claims a GPU of its own (a single run uses them all: stylexfer.shard)."""
+    if requested != "auto" or not sweep_job or gpu_count() < 2:
         yield requested
         return
     import torch

@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from .app import CONFIG_DIR, discard_if_empty
+from .app import CONFIG_DIR, discard_if_empty, is_multirun
 from .config import renamed_keys
 from .devices import job_device
 from .errors import StylexferError, first_line
@@ -25,25 +25,18 @@ from .store import atomic_write_json
 log = logging.getLogger("stylexfer")
 
 
-def _is_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from .run import run
 
     out = Path(cfg.paths.output_dir)
     try:
-        with job_device(cfg.model.device) as device:
+        with job_device(cfg.model.device, sweep_job=is_multirun()) as device:
             cfg.model.device = device
             summary = run(cfg)
     except Exception as e:  # noqa: BLE001 - every failure is reported in one line and recorded
         line = first_line(e, with_type=not isinstance(e, StylexferError))
-        if _is_multirun():
+        if is_multirun():
             atomic_write_json(out / "error.json", {"error": line, "traceback": traceback.format_exc()})
             log.error("job failed: %s", line)
             raise

@@ -14,13 +14,14 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from PIL import Image
 
 from .config import PriorMode, value
 from .data import Style, load_image
 from .sample import image_seed, make_in_chunks
-from .store import atomic_write_json, build_once, stable_hash
+from .store import atomic_write_json, build_once, reusable, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,30 @@ def pool_key(spec: dict) -> str:
     return stable_hash(spec)
 
 
+def _generate(backend, spec: dict, prior_cfg, partial: Path, share: Optional[tuple[int, int]] = None) -> list[str]:
+    """Make the pool's images into ``partial`` (one file per image, fixed chunks, resumable); ``share``
+    = (k, n) makes only chunks k, k+n, k+2n, ... (one of n processes). Returns the file names."""
+    prompts = spec["prompts"]
+    names = [f"{i:05d}.png" for i in range(len(prompts))]
+    with backend.generate(sampler=spec["sampler"], steps=spec["steps"], guidance_scale=spec["guidance_scale"],
+                          resolution=spec["resolution"]) as make:
+        make_in_chunks(partial, names, prior_cfg.batch_size,
+                       lambda i, j: make(prompts[i:j], [image_seed(spec["seed"], "class", k) for k in range(i, j)]),
+                       lambda n: f"class:{n}", "class images", share=share)
+    return names
+
+
+def make_pool_share(backend, spec: dict, prior_cfg, cache_dir: Path, share: tuple[int, int]) -> None:
+    """One process's share of a pool's images, into the pool's partial folder (where :func:`ensure_pool`
+    finds them and makes only what is missing): the shards of a multi-GPU run split the pool this way."""
+    key = pool_key(spec)
+    if reusable(Path(cache_dir) / "class_images" / key):
+        return
+    partial = Path(cache_dir) / "class_images" / ".partial" / key
+    log.info("generating class images %d of every %d chunks of pool %s", share[0] + 1, share[1], key)
+    _generate(backend, spec, prior_cfg, partial, share)
+
+
 def ensure_pool(backend, spec: dict, prior_cfg, cache_dir: Path) -> ClassPool:
     key = pool_key(spec)
     target = Path(cache_dir) / "class_images" / key
@@ -58,15 +83,10 @@ def ensure_pool(backend, spec: dict, prior_cfg, cache_dir: Path) -> ClassPool:
 
     def build(tmp: Path) -> None:
         prompts = spec["prompts"]
-        names = [f"{i:05d}.png" for i in range(len(prompts))]
-        have = sum((partial / n).exists() for n in names)
+        have = sum((partial / f"{i:05d}.png").exists() for i in range(len(prompts)))
         log.info("generating %d class images with the base model (pool %s)%s", len(prompts), key,
                  f", {have} already made" if have else "")
-        with backend.generate(sampler=spec["sampler"], steps=spec["steps"], guidance_scale=spec["guidance_scale"],
-                              resolution=spec["resolution"]) as make:
-            make_in_chunks(partial, names, prior_cfg.batch_size,
-                           lambda i, j: make(prompts[i:j], [image_seed(spec["seed"], "class", k) for k in range(i, j)]),
-                           lambda n: f"class:{n}", "class images")
+        names = _generate(backend, spec, prior_cfg, partial)
         for n in names:
             os.replace(partial / n, tmp / n)
         atomic_write_json(tmp / "manifest.json", {"spec": spec, "images": [{"file": n, "prompt": p} for n, p in zip(names, prompts)]})

@@ -17,20 +17,22 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from . import faults
-from .backends import load_backend
-from .config import PriorMode, validate, value
+from .app import is_multirun
+from .backends import BackendFactory, LazyBackend
+from .config import validate
 from .data import discover_styles, load_image
 from .embedded import RANDOM_WEIGHTS_NOTICE, ensure_demo_data
 from .evaluate import evaluate, preflight, write_scores
 from .errors import PartialFailure, StylexferError, TrainingDiverged, first_line
 from .models import resolve_model
-from .prior import ensure_pool, pool_key, pool_objects, pool_spec
+from .prior import ensure_pool, pool_key
 from .loggers import check as check_loggers
 from .loggers import log_run, write_loss_plot
 from .report import image_grid, write_reports
 from .sample import ensure_samples, sample_spec
-from .store import atomic_write_json, link_or_copy_tree, stable_hash
-from .train import adapter_spec, adapter_stored, train_in_batches, train_style
+from .shard import ShardJob, ShardOutcome, plan_devices, run_shards
+from .store import atomic_write_json, link_or_copy_tree, reusable, stable_hash
+from .train import adapter_stored, style_specs, train_in_batches, train_style
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ def job_hash(cfg: DictConfig) -> str:
     c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     c.pop("paths", None)
     c["model"].pop("device", None)
+    c["model"].pop("shards", None)
     return stable_hash(c)
 
 
@@ -80,9 +83,22 @@ def run(cfg: DictConfig) -> dict:
     # metric weights too: a missing model fails the run now, not after an hour of training
     demo = cfg.model.path is None
     unavailable = preflight(cfg.eval, demo)
-    backend = load_backend(cfg.backend.name, resolved, cfg.model, cache)
-    log.info("model: %s (%s backend, %s, %s, %s prediction)", resolved.source, backend.name, backend.device,
-             backend.dtype, resolved.prediction_type)
+    factory = BackendFactory(cfg.backend.name, resolved, OmegaConf.to_container(cfg.model, resolve=True), str(cache))
+    shard_devices = plan_devices(cfg.model, is_multirun())
+    work = [s.id for s in styles if not _samples_stored(resolved.identity, styles, s, cfg, cache)] if shard_devices else []
+    sharded = ShardOutcome()
+    if len(work) >= 2:  # one process per device: pool, training and sampling split among them
+        sharded = run_shards(ShardJob(make_backend=factory, cfg=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                                      data_root=str(data_root), style_ids=[s.id for s in styles], work_ids=work,
+                                      model_identity=resolved.identity, devices=shard_devices[:len(work)],
+                                      log_dir=str(run_dir / "logs")))
+        backend = LazyBackend(factory, cfg.backend.name, shard_devices[0])  # loaded only if something is left
+        log.info("model: %s (%s backend, %d worker processes on %s, %s prediction)", resolved.source, backend.name,
+                 len(shard_devices[:len(work)]), ", ".join(shard_devices[:len(work)]), resolved.prediction_type)
+    else:
+        backend = factory()
+        log.info("model: %s (%s backend, %s, %s, %s prediction)", resolved.source, backend.name, backend.device,
+                 backend.dtype, resolved.prediction_type)
 
     atomic_write_json(run_dir / "status.json", {"pid": os.getpid(), "host": socket.gethostname(),
                                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -94,21 +110,25 @@ def run(cfg: DictConfig) -> dict:
                "metric_names": list(cfg.eval.metrics) + ["final"], "styles": {}, "scores": {},
                "unavailable": dict(unavailable),
                "failed_styles": {},
+               "workers": shard_devices[:len(work)] if len(work) >= 2 else [],
                "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
     grid_rows, curves = [], {}
     for sid, why in data_errors.items():
         summary["styles"][sid] = {"error": why}
         summary["failed_styles"][sid] = why
-    todo = [(style, *_style_specs(resolved, styles, style, cfg)) for style in styles]
+    todo = [(style, *style_specs(resolved.identity, styles, style, cfg)) for style in styles]
     todo = [t for t in todo if not adapter_stored(t[2], cache)]
     batch_trained, batch_failed = train_in_batches(backend, todo, cfg, cache,
                                                    lambda spec: ensure_pool(backend, spec, cfg.prior, cache))
+    batch_trained.update(sharded.trained)
+    batch_failed.update(sharded.failed)
     for style in styles:
         st = summary["styles"][style.id] = {"objects": style.objects}
         try:
             if style.id in batch_failed:
                 raise TrainingDiverged(batch_failed[style.id])
-            grid_rows.append(_run_style(backend, resolved, styles, style, cfg, cache, run_dir, st, batch_trained))
+            grid_rows.append(_run_style(backend, resolved, styles, style, cfg, cache, run_dir, st, batch_trained,
+                                         sharded.made))
             curves[style.id] = _losses(run_dir / "adapters" / style.id)
         except Exception as e:  # noqa: BLE001 - one style's failure must not cost the others
             line = first_line(e, with_type=not isinstance(e, StylexferError))
@@ -153,17 +173,16 @@ def _losses(adapter_dir: Path) -> list:
     return json.loads(rec.read_text()).get("losses", []) if rec.exists() else []
 
 
-def _style_specs(resolved, styles, style, cfg):
-    """(class-pool spec or None, adapter spec) of a style."""
-    prior_on = value(cfg.prior.mode) != PriorMode.none.value
-    spec_pool = (pool_spec(pool_objects(styles, style, cfg.prior.mode), cfg.prior, resolved.identity, cfg.model.resolution,
-                           cfg.backend.name) if prior_on else None)
-    return spec_pool, adapter_spec(style, cfg, resolved.identity, pool_key(spec_pool) if spec_pool else None)
+def _samples_stored(identity: str, styles, style, cfg, cache: Path) -> bool:
+    """Whether the style's images are in the store already (then nothing about it needs a device)."""
+    key = stable_hash(style_specs(identity, styles, style, cfg)[1])
+    return reusable(cache / "samples" / stable_hash(sample_spec(style, cfg, key, identity)))
 
 
-def _run_style(backend, resolved, styles, style, cfg, cache: Path, run_dir: Path, st: dict, batch_trained: dict):
+def _run_style(backend, resolved, styles, style, cfg, cache: Path, run_dir: Path, st: dict, batch_trained: dict,
+               made_by_shards: set = frozenset()):
     """Train (or reuse) → sample (or reuse) one style; fills ``st``; returns its grid row."""
-    spec_pool, spec = _style_specs(resolved, styles, style, cfg)
+    spec_pool, spec = style_specs(resolved.identity, styles, style, cfg)
     pkey = pool_key(spec_pool) if spec_pool else None
     # class images are only needed (and generated) when the adapter is not in the store yet
     pool = ensure_pool(backend, spec_pool, cfg.prior, cache) if spec_pool and not adapter_stored(spec, cache) else None
@@ -183,7 +202,10 @@ def _run_style(backend, resolved, styles, style, cfg, cache: Path, run_dir: Path
 
     sspec = sample_spec(style, cfg, result.key, resolved.identity)
     sdir, records, sreused = ensure_samples(backend, style, result.dir, cfg, sspec, cache)
-    if sreused:
+    if sreused and style.id in made_by_shards:
+        sreused = False
+        log.info("style %s: images %s made by a worker process", style.id, stable_hash(sspec))
+    elif sreused:
         log.info("style %s: images %s found in the store: reusing them", style.id, stable_hash(sspec))
     # images/<style>/ holds exactly the generated images (what is uploaded and scored); the init image
     # of img2img goes to init/<style>/

@@ -33,13 +33,13 @@ def image_seed(*parts) -> int:
 
 
 def make_in_chunks(partial: Path, names: Sequence[str], chunk: int, make: Callable[[int, int], list],
-                   point: Callable[[int], str], desc: str) -> None:
+                   point: Callable[[int], str], desc: str, share: Optional[tuple[int, int]] = None) -> None:
     """Images ``names`` made ``chunk`` at a time by ``make(i, j)`` (images ``i..j-1``) into ``partial``.
 
     The chunks are the same fixed slices every time and a chunk whose files all exist is skipped, so a
     killed run resumes where it stopped and ends with the same files. A chunk's PNGs are encoded on worker
     threads (zlib releases the GIL) while the next chunk is generated; ``faults.checkpoint(point(n))``
-    runs once image ``n`` is on disk."""
+    runs once image ``n`` is on disk. ``share`` = (k, n): only chunks k, k+n, ... (one of n processes)."""
     def written(pending):
         for n, fut in pending:
             fut.result()
@@ -47,7 +47,10 @@ def make_in_chunks(partial: Path, names: Sequence[str], chunk: int, make: Callab
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="stylexfer-png") as pool:
         pending: list = []
-        for i in tqdm(range(0, len(names), chunk), desc=desc, unit="batch", leave=False):
+        starts = list(range(0, len(names), chunk))
+        if share is not None:
+            starts = starts[share[0]::share[1]]
+        for i in tqdm(starts, desc=desc, unit="batch", leave=False):
             if all((partial / n).exists() for n in names[i:i + chunk]):
                 continue
             images = make(i, min(i + chunk, len(names)))

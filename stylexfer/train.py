@@ -29,13 +29,13 @@ from omegaconf import OmegaConf
 from .config import PriorMode, value
 from .data import Style
 from .errors import DeviceOutOfMemory, TrainingDiverged, first_line
-from .prior import ClassPool
+from .prior import ClassPool, pool_key, pool_objects, pool_spec
 from .store import atomic_write_json, build_once, file_lock, publish, reusable, stable_hash
 
 log = logging.getLogger(__name__)
 
 # training settings that change how the work is scheduled, not what it computes
-SCHEDULING_KEYS = ("checkpoint_every", "styles_per_batch")
+SCHEDULING_KEYS = ("checkpoint_every", "styles_per_batch", "compile", "compile_vae")
 
 
 @dataclass
@@ -67,6 +67,14 @@ def adapter_spec(style: Style, cfg, model_identity: str, pool_key: Optional[str]
                   if k not in SCHEDULING_KEYS},
         "dtype": str(cfg.model.dtype),
     }
+
+
+def style_specs(model_identity: str, styles: list[Style], style: Style, cfg) -> tuple[Optional[dict], dict]:
+    """(class-pool spec or None without prior preservation, adapter spec) of ``style`` among ``styles``."""
+    prior_on = value(cfg.prior.mode) != PriorMode.none.value
+    spec_pool = (pool_spec(pool_objects(styles, style, cfg.prior.mode), cfg.prior, model_identity, cfg.model.resolution,
+                           cfg.backend.name) if prior_on else None)
+    return spec_pool, adapter_spec(style, cfg, model_identity, pool_key(spec_pool) if spec_pool else None)
 
 
 def adapter_stored(spec: dict, cache_dir: Path) -> bool:
@@ -147,7 +155,8 @@ def train_in_batches(backend, todo: list[tuple], cfg, cache: Path, pool_for) -> 
         log.info("lora.kind=%s: training the styles one at a time with peft's layers (the batched pass carries "
                  "plain LoRA only)", value(cfg.lora.kind))
         return {}, {}
-    pools = {stable_hash(sp): pool_for(sp) for _, sp, _ in todo if sp is not None}
+    specs = {stable_hash(sp): sp for _, sp, _ in todo if sp is not None}  # a shared pool: loaded once, not per style
+    pools = {k: pool_for(sp) for k, sp in specs.items()}
     size = len(todo) if per_batch == 0 else per_batch
     trained, failed = {}, {}
     while todo:

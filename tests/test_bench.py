@@ -23,6 +23,12 @@ def tiny_arch(tmp_path):
 SMALL = ["--styles", "2", "--images", "2", "--class-images", "2", "--res", "64", "--rank", "4"]  # a few seconds on a CPU
 
 
+def small_run(tmp_path, out, sample_steps: int) -> list[str]:
+    """The tiny workload's arguments, sharing one --work and --out."""
+    return ["--arch", str(tiny_arch(tmp_path)), *SMALL, "--prompts", "2", "--steps", "3", "--sample-steps",
+            str(sample_steps), "--work", str(tmp_path / "w"), "--out", str(out)]
+
+
 @pytest.mark.slow
 def test_bench_runs_both_paths_and_prints_the_table(tmp_path, capsys):
     arch = tiny_arch(tmp_path)
@@ -76,10 +82,8 @@ def test_bench_breakdown_times_every_part(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bench_train_then_sample_in_two_commands_adds_up_to_the_whole_path(tmp_path, capsys):
-    arch = tiny_arch(tmp_path)
     out = tmp_path / "b.json"
-    common = ["--arch", str(arch), *SMALL, "--prompts", "2", "--steps", "3", "--sample-steps", "2",
-              "--work", str(tmp_path / "w"), "--out", str(out)]
+    common = small_run(tmp_path, out, 2)
     with pytest.raises(SystemExit, match="run --part train first"):
         bench.main(common + ["--part", "sample"])
     assert bench.main(common + ["--part", "train"]) == 0
@@ -98,3 +102,22 @@ def test_bench_overrides_reach_the_stylexfer_config(tmp_path):
     assert cfg.train.lora_compute == "float32" and cfg.lora.unet_alpha == 8 and cfg.lora.unet_lora_rank == 4
     with pytest.raises(Exception, match="lora_compute"):
         bench.bench_cfg(args, ["train.lora_compute=fp8"])
+
+
+@pytest.mark.slow
+def test_bench_all_gpus_row_runs_the_sharded_path(tmp_path, capsys):
+    """--part gpus: one worker process per device (two CPU processes here), its row beside the others."""
+    out = tmp_path / "bench.json"
+    common = small_run(tmp_path, out, 3)
+    assert bench.main([*common, "--part", "stylexfer", "--label", "one"]) == 0
+    assert bench.main([*common, "--part", "gpus", "--gpus", "2"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    r = json.loads(out.read_text())
+    assert {"one", "gpus"} <= r.keys() and r["gpus"]["gpus"] == 2
+    g = r["gpus"]
+    assert g["train_s"] >= g["class_images_s"] > 0 and g["sample_s"] > 0
+    assert g["total_s"] > g["train_s"] + g["sample_s"]  # plus the workers' start (imports, model build)
+    assert any(line.strip().startswith("gpus (2 GPUs) |") for line in table)
+    assert any(line.strip().startswith("one |") for line in table)  # both rows of the same JSON
+    made = sorted(p.name for p in (tmp_path / "w" / "store-gpus" / "samples").iterdir() if not p.name.startswith("."))
+    assert len(made) == 2  # both styles' images, in the path's own store

@@ -123,3 +123,25 @@ def test_submitit_local_launcher_runs_real_subprocesses(tmp_path, cache_dir, tin
     assert sorted(j["config"]["lora"]["unet_lora_rank"] for j in jobs.values()) == [2, 4]
     assert len({json.loads((sweep / n / "status.json").read_text())["pid"] for n in jobs}) == 2
     assert list(sweep.glob(".submitit/*")) or list(sweep.glob("*/.submitit")) or (sweep / ".submitit").exists()
+
+
+@pytest.mark.slow
+def test_ray_launcher_runs_a_two_job_sweep_on_a_local_ray_instance(tmp_path, cache_dir, tiny_dir):
+    """The cluster preset (hydra/launcher=ray_gpu) one config away from this tested path: a local Ray
+    instance, each job a Ray task (here with no GPU and one CPU each, so it runs on a CPU machine)."""
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="pip install -e '.[ray]' (CI installs it via .[test])")
+    sweep = tmp_path / "sw"
+    res = run_cli(["-m", "hydra/launcher=ray_gpu", "hydra.launcher.ray.remote.num_gpus=0",
+                   "hydra.launcher.ray.remote.num_cpus=1", "+hydra.launcher.ray.init.num_cpus=2",
+                   "+hydra.launcher.ray.init.include_dashboard=false", "lora.unet_lora_rank=2,4", *QUICK,
+                   f"hydra.sweep.dir={sweep}"], tmp_path, env_extra={"RAY_USAGE_STATS_ENABLED": "0"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = res.stdout + res.stderr
+    assert "Ray Launcher is launching 2 jobs" in log and "Started a local Ray instance" in log
+    jobs = summaries(sweep)
+    assert sorted(j["config"]["lora"]["unet_lora_rank"] for j in jobs.values()) == [2, 4]
+    assert all(j["status"] == "finished" and "hist" in j["scores"] for j in jobs.values())
+    pids = {json.loads((sweep / n / "status.json").read_text())["pid"] for n in jobs}
+    assert len(pids) == 2 and os.getpid() not in pids  # two Ray worker processes
+    cmp = compare.compare_jobs(compare.find_jobs([sweep]))
+    assert len(cmp.jobs) == 2 and cmp.differing == ["lora.unet_lora_rank"] and cmp.best is not None

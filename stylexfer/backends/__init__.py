@@ -93,3 +93,50 @@ def load_backend(name: str, resolved, model_cfg, cache_dir: Path) -> Backend:
         hint = f'pip install -e ".[{extra}]"' if extra else "pip install -e ."
         raise ConfigError(f"backend.name={name}: its framework is not installed ({e.name or e}); {hint}") from None
     return getattr(mod, cls)(resolved, model_cfg, Path(cache_dir))
+
+
+@dataclass
+class BackendFactory:
+    """Loads backend ``name`` with a resolved model on a given device: picklable, so that the worker
+    processes of a multi-GPU run (:mod:`stylexfer.shard`) each load their own."""
+
+    name: str
+    resolved: object
+    model_cfg: dict
+    cache_dir: str
+
+    def __call__(self, device: Optional[str] = None) -> Backend:
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.create(self.model_cfg)
+        if device is not None:
+            cfg.device = device
+        return load_backend(self.name, self.resolved, cfg, Path(self.cache_dir))
+
+
+class LazyBackend(Backend):
+    """A backend loaded on first use: a run whose worker processes made everything never loads the model
+    in its own process."""
+
+    def __init__(self, load: Callable[[], Backend], name: str, device: str):
+        self._load, self.name, self._device, self._loaded = load, name, device, None
+
+    @property
+    def loaded(self) -> Backend:
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
+
+    @property
+    def device(self) -> str:
+        return self._loaded.device if self._loaded is not None else self._device
+
+    @property
+    def dtype(self) -> str:
+        return self.loaded.dtype
+
+    def generate(self, **kw):
+        return self.loaded.generate(**kw)
+
+    def train(self, *args, **kw) -> TrainOutcome:
+        return self.loaded.train(*args, **kw)

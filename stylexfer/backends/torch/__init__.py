@@ -13,6 +13,7 @@ import torch
 
 from .. import Backend, TrainOutcome
 from ...errors import DeviceOutOfMemory, TrainingDiverged
+from .compiled import cache_dir as compile_cache_dir
 from .models import Components, load_components
 from .sample import sampling
 
@@ -48,9 +49,10 @@ class TorchBackend(Backend):
         from .train import _train_loop
 
         c = self.components
-        if c.device.type == "cuda" and (cfg.train.compile or cfg.train.compile_vae):
+        if c.device.type == "cuda":
             # torch's compile cache in the store, where later runs on this machine reuse compiled kernels
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.cache_dir / "torch-compile"))
+            # (unless the environment already names one)
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir(self.cache_dir, c.device)))
         t0 = time.time()
         try:
             if len(styles) > 1:

@@ -30,6 +30,7 @@ from ... import faults
 from ...config import Precision, PriorMode, value
 from ...data import Style
 from ...prior import ClassPool
+from . import compiled, fp8
 from .models import Components
 from .multilora import restore
 from .tensors import uint8_to_model
@@ -193,12 +194,19 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
                    initial=start, total=tr.steps)
         ticks = clock if clock is not None else []
         unet = c.unet
-        if tr.compile and c.device.type == "cuda":
+        compile_now = compiled.decide(c, cfg, n)
+        if compile_now:
             unet = torch.compile(c.unet)
         # the next step's data is drawn on the worker while the GPU runs this step; leaving the block
         # waits for a draw still under way
+        fp8_on = bool(tr.fp8) and fp8.supported(c.device)
+        if tr.fp8 and not fp8_on:
+            log.warning("train.fp8=true: %s has no fp8 matrix units; training in %s", c.device, c.dtype)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylexfer-draw") as ahead, \
-                compiled_vae_encoder(c, tr.compile_vae and feeds[0].encodes_per_step):
+                compiled_vae_encoder(c, tr.compile_vae and feeds[0].encodes_per_step), \
+                fp8.fp8_linears(c.unet, fp8_on) as n_fp8:
+            if fp8_on:
+                log.info("train.fp8: %d frozen linear layers of the UNet compute in float8 e4m3", n_fp8)
             pending = None
 
             def live_now():
@@ -257,6 +265,8 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
                     if step + 1 < tr.steps and live_now():
                         pending = ahead.submit(_draw, c, feeds, live_now())
         ad.router.groups = None
+        if compile_now:
+            compiled.mark_warm(c, cfg, n)
         skip = min(10, len(ticks) // 2)  # the first steps compile and autotune
         per_step = steady_step_s(ticks, skip)
         if per_step is not None:

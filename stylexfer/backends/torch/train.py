@@ -37,6 +37,7 @@ from ...data import Style, augment, augment_random, augment_resize, can_cache_la
 from ...errors import TrainingDiverged
 from ...prior import ClassPool
 from ...store import atomic_write_json, stable_hash
+from . import fp8
 from .models import Components, encode_prompts
 from .multilora import MultiAdapters, Router, inject, restore
 from .tensors import to_tensor, to_uint8_tensor, uint8_to_model
@@ -527,6 +528,7 @@ def _train_loop(components: Components, style: Style, pool: Optional[ClassPool],
     params = [p for g in groups for p in g["params"]]
     train_te = any(g["name"] == "text_encoder" for g in groups)
     text = TextCache(c, train_te)
+    stack = contextlib.ExitStack()
     try:
         c.unet.train()
         c.text_encoder.train(train_te)
@@ -545,6 +547,10 @@ def _train_loop(components: Components, style: Style, pool: Optional[ClassPool],
         every = tr.checkpoint_every if ckpt_dir is not None else 0
         bar = tqdm(range(start, tr.steps), desc=f"train {style.id}", unit="step", leave=False, initial=start,
                    total=tr.steps)
+        if tr.fp8 and (ad is None or not fp8.supported(c.device)):
+            log.warning("train.fp8=true: not applied here (%s)", "peft's adapter layers" if ad is None else
+                        f"{c.device} has no fp8 matrix units")
+        stack.enter_context(fp8.fp8_linears(c.unet, bool(tr.fp8) and ad is not None and fp8.supported(c.device)))
         for step in bar:
             px, dist, prompts = feed.next()
             per_sample, t = denoising_loss(c, px, text(prompts), feed.stream.torch, precision, latent_dist=dist,
@@ -568,6 +574,7 @@ def _train_loop(components: Components, style: Style, pool: Optional[ClassPool],
             remove_adapters(c)
         raise
     finally:
+        stack.close()  # fp8 layers out first: the plain ones go back before the adapters are restored
         c.unet.eval()
         c.text_encoder.eval()
         if ad is not None:

@@ -1,0 +1,55 @@
+"""When the batched pass compiles the UNet (train.compile: auto = only with a warm cache; backends/torch/compiled.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from stylexfer.backends.torch import compiled
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(compiled, "_gpu", lambda device: "NVIDIA-H100" if device.type == "cuda" else "cpu")
+    return SimpleNamespace(device=torch.device("cuda"), dtype=torch.bfloat16, model=SimpleNamespace(identity="m1"))
+
+
+def test_auto_compiles_only_once_this_graph_is_in_the_cache(fake_gpu, compose_cfg, tmp_path):
+    cfg = compose_cfg(strategy="safe")
+    assert cfg.train.compile is None  # the default: auto
+    assert not compiled.decide(fake_gpu, cfg, 14)  # cold: eager
+    compiled.mark_warm(fake_gpu, cfg, 14)
+    assert (tmp_path / "inductor" / "stylexfer-warm").is_dir()
+    assert compiled.decide(fake_gpu, cfg, 14)  # warm: compiled
+    assert not compiled.decide(fake_gpu, cfg, 7)  # another shape (7 styles per pass) is still cold
+    cfg.lora.unet_lora_rank = 4
+    assert not compiled.decide(fake_gpu, cfg, 14)  # another LoRA rank: another graph
+    cfg.lora.unet_lora_rank = 32
+    cfg.train.compile = False
+    assert not compiled.decide(fake_gpu, cfg, 14)  # false: never
+    cfg.train.compile = True
+    assert compiled.decide(fake_gpu, cfg, 7)  # true: always (and that warms it)
+    cpu = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32, model=SimpleNamespace(identity="m1"))
+    assert not compiled.decide(cpu, cfg, 14)  # never on CPU
+
+
+def test_compile_cache_is_per_torch_version_and_gpu_inside_the_store(fake_gpu, tmp_path):
+    d = compiled.cache_dir(tmp_path / "store", torch.device("cuda"))
+    assert d.parent == tmp_path / "store" / "torch-compile"
+    assert torch.__version__ in d.name and d.name.endswith("NVIDIA-H100")
+
+
+def test_compiling_does_not_change_the_adapter_key(compose_cfg, demo_root):
+    """How a pass is computed (compiled or not) is scheduling: the stored adapter is reused either way."""
+    from stylexfer.data import discover_styles
+    from stylexfer.train import adapter_spec
+
+    style = discover_styles(demo_root)[0]
+    keys = set()
+    for over in ([], ["train.compile=true"], ["train.compile=false"], ["train.compile_vae=false"]):
+        keys.add(str(adapter_spec(style, compose_cfg(over, strategy="safe"), "m", None)))
+    assert len(keys) == 1
+    assert str(adapter_spec(style, compose_cfg(["train.fp8=true"], strategy="safe"), "m", None)) not in keys  # fp8 is arithmetic
