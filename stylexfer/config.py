@@ -58,6 +58,11 @@ class LoraKind(str, Enum):
     lokr = "lokr"  # LoKr: Kronecker product (peft; one style at a time)
 
 
+class EvalSuite(str, Enum):
+    reference = "reference"  # the competition checker's models (DINOv2, CLIP, LPIPS, Inception): eval.models
+    world = "world"  # the pocket world's judge (stylexfer/world/metrics.py): scores that mean something there
+
+
 class LoraCompute(str, Enum):
     model = "model"  # LoRA matmuls in the frozen model's dtype (bf16 on CUDA), as diffusers' example under bf16
     float32 = "float32"  # LoRA matmuls in float32 (peft's numerics when the LoRA weights are float32)
@@ -221,6 +226,10 @@ class MetricModels:
 
 @dataclass
 class EvalConfig:
+    # which models compute the metrics: reference = the checker's (eval.models); world = the pocket judge
+    # (stylexfer/world; its scores do not compare with the report's)
+    suite: EvalSuite = EvalSuite.reference
+    judge: Optional[str] = None  # eval.suite=world: a folder with judge.safetensors + judge.json; null = the shipped one
     # any of dino, hist, lpips, clip_r, fid, clip_iqa; the final score needs all six
     metrics: List[str] = field(default_factory=lambda: ["dino", "hist", "lpips", "clip_r", "fid", "clip_iqa"])
     # Missing metric weights: false = fail before training, naming every missing model; true = compute

@@ -42,6 +42,11 @@ def preflight(ev, demo: bool) -> dict[str, str]:
     Returns {metric: why} for the metrics that will be unavailable (``eval.skip_missing``); raises
     ModelNotFoundError naming every missing model otherwise. For the demo model nothing is downloaded:
     only local files and the local hub cache count."""
+    if str(getattr(ev.suite, "value", ev.suite)) == "world":  # the pocket judge: shipped, or the folder eval.judge names
+        from .world.judge import ASSETS, load_judge
+
+        load_judge(Path(ev.judge).expanduser() if ev.judge else ASSETS)  # a missing or damaged judge fails here
+        return {}
     missing = check_weights(list(ev.metrics), ev.models, offline=hub_offline() or demo)
     if missing and not skip_missing(ev, demo):
         raise ModelNotFoundError(

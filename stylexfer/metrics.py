@@ -407,6 +407,8 @@ class Scorer:
         """``skip``: metrics already found unavailable (not looked up again)."""
         offline = hub_offline() if offline is None else offline
         names = [m for m in ev.metrics if m not in skip]
+        if str(getattr(ev.suite, "value", ev.suite)) == "world":
+            return cls._world(ev, device, names)
         paths, missing = find_weights(names, ev.models, offline)
         metrics, models = {}, {}
         for m in names:
@@ -424,6 +426,24 @@ class Scorer:
                           "clip_iqa": lambda: ClipIqa(path, device)}[m]()
             models[m] = getattr(ev.models, m)
         return cls(metrics=metrics, unavailable=missing, models=models)
+
+    @classmethod
+    def _world(cls, ev, device: str, names: Sequence[str]) -> "Scorer":
+        """``eval.suite=world``: every model-backed metric from the pocket judge (stylexfer/world/metrics.py)."""
+        from functools import partial
+
+        from .world.metrics import WORLD_METRICS, WorldJudge
+
+        judge = WorldJudge(device, *([Path(ev.judge).expanduser()] if ev.judge else []))
+        metrics, models = {}, {}
+        for m in names:
+            if m == "hist":
+                metrics[m] = lambda g, r, **_: hist_score(g, r)
+                models[m] = "weight-free (checker's RGB 16³ + HSV 72-cell histograms)"
+            else:
+                metrics[m] = partial(WORLD_METRICS[m], judge)
+                models[m] = judge.label
+        return cls(metrics=metrics, unavailable={}, models=models)
 
     def score_style(self, generated, references, objects) -> dict:
         return {m: f(generated, references, objects=objects) for m, f in self.metrics.items()}

@@ -1,5 +1,5 @@
 """``python -m stylexfer.world sheet OUT.png`` (every object in every style) | ``styles ROOT`` (held-out styles
-in the competition layout)."""
+in the competition layout) | ``judge --out DIR`` (train the pocket judge)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,31 @@ def main(argv=None) -> int:
     s = sub.add_parser("sheet", help="every object (columns) in every style (rows: base styles, then held-out)")
     s.add_argument("out", type=Path)
     s.add_argument("--size", type=int, default=64)
+    j = sub.add_parser("judge", help="train the pocket judge (CPU, minutes) into --out (judge.safetensors + judge.json)")
+    j.add_argument("--out", type=Path, required=True)
+    j.add_argument("--steps", type=int, default=2500)
+    j.add_argument("--per-pair", type=int, default=12, help="renders of each (style, object) to train on")
+    j.add_argument("--seed", type=int, default=0)
     d = sub.add_parser("styles", help="held-out styles in the competition layout")
     d.add_argument("root", type=Path)
     d.add_argument("--styles", nargs="+", default=list(DEMO_HELD_OUT))
     d.add_argument("--size", type=int, default=64)
     args = p.parse_args(argv)
-    if args.cmd == "sheet":
+    if args.cmd == "judge":
+        import logging
+
+        from .judge import save_judge, train
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        from .metrics import fid_scale
+
+        net, record = train(steps=args.steps, per_pair=args.per_pair, seed=args.seed)
+        scale, fid_check = fid_scale(net)
+        path = save_judge(net, {**record, "fid_feature_scale": scale, **fid_check}, args.out)
+        print(f"{path}: held-back object accuracy {record['heldback_object_accuracy']:.3f}, style "
+              f"{record['heldback_style_accuracy']:.3f}, quality clean {record['heldback_quality_clean']:.2f} vs "
+              f"degraded {record['heldback_quality_degraded']:.2f}")
+    elif args.cmd == "sheet":
         sheet(args.size).save(args.out)
         print(f"{args.out}: {len(OBJECTS)} objects x {len(STYLES)} styles")
     else:

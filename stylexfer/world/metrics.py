@@ -1,0 +1,121 @@
+"""The six metrics in the pocket world (``eval.suite=world``), computed with the pocket judge
+(:mod:`stylexfer.world.judge`) instead of the checker's models, and the same final-score formula.
+
+| metric key | role (reference suite) | world suite |
+|---|---|---|
+| ``dino`` | DINOv2 style similarity | cosine similarity of the judge's pooled features, every (generated, reference) pair |
+| ``hist`` | Pixel-Hist | the same (weight-free) |
+| ``lpips`` | LPIPS distance | LPIPS form on the judge's four stage maps: channel-normalised, squared difference, spatial mean, mean over stages |
+| ``clip_r`` | CLIP-R retrieval | the judge's object head: the image's object ranks first among the candidate objects |
+| ``fid`` | FID (Inception) | Fréchet distance of the judge's pooled features, scaled so that two held-out styles are 40 apart (median) |
+| ``clip_iqa`` | CLIP-IQA | the judge's quality head: probability of a clean rendering (not noise, blur, blends or shuffles) |
+
+World scores do not compare with the report's numbers: other models, another world.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..metrics import feature_stats, frechet_distance
+from .judge import ASSETS, load_judge, to_input
+
+log = logging.getLogger(__name__)
+
+
+class WorldJudge:
+    """The judge loaded once; its outputs for a list of images (batched)."""
+
+    def __init__(self, device: str = "cpu", folder=ASSETS):
+        self.device = device
+        self.net, self.record = load_judge(folder, device)
+        self.objects = list(self.record["objects"])
+        self.fid_scale = float(self.record.get("fid_feature_scale", 1.0))
+
+    def __call__(self, images, chunk: int = 64) -> dict:
+        outs = []
+        with torch.no_grad():
+            for i in range(0, len(images), chunk):
+                outs.append(self.net(to_input(images[i:i + chunk]).to(self.device)))
+        return {"maps": [torch.cat([o["maps"][k] for o in outs]) for k in range(len(outs[0]["maps"]))],
+                **{k: torch.cat([o[k] for o in outs]) for k in ("feature", "object", "style", "quality")}}
+
+    @property
+    def label(self) -> str:
+        return f"pocket judge {self.record['sha256'][:12]} (world suite)"
+
+
+def style_similarity(judge: WorldJudge, generated, references, **_) -> float:
+    g = F.normalize(judge(generated)["feature"], dim=-1)
+    r = F.normalize(judge(references)["feature"], dim=-1)
+    return float((g @ r.T).mean())
+
+
+def perceptual_distance(judge: WorldJudge, generated, references, **_) -> float:
+    gm, rm = judge(generated)["maps"], judge(references)["maps"]
+    total = torch.zeros(len(generated), len(references))
+    for g, r in zip(gm, rm):
+        g, r = F.normalize(g, dim=1), F.normalize(r, dim=1)  # unit length over channels at each position
+        # ‖g_i − r_j‖² per position, spatial mean: 2 − 2⟨g_i, r_j⟩ averaged over positions
+        dot = torch.einsum("ichw,jchw->ij", g, r) / (g.shape[2] * g.shape[3])
+        total += 2 - 2 * dot
+    return float(total.mean() / len(gm) / 2)  # in [0, 1]: 0 = the same maps
+
+
+def object_retrieval(judge: WorldJudge, generated, references=None, *, objects: Sequence[str], **_) -> float:
+    """Fraction of images whose object ranks first among the candidates (the style's objects); an object the
+    judge does not know counts as not retrieved."""
+    known = {o: i for i, o in enumerate(judge.objects)}
+    truths = [o.lower() for o in objects]
+    unknown = sorted({t for t in truths if t not in known})
+    if unknown:
+        log.warning("world suite: the judge knows no %s: counted as not retrieved", ", ".join(unknown))
+    cand = sorted({known[t] for t in truths if t in known})
+    if not cand:
+        return 0.0
+    logits = judge(generated)["object"][:, cand]
+    picks = [cand[j] for j in logits.argmax(1).tolist()]
+    return float(np.mean([t in known and known[t] == p for t, p in zip(truths, picks)]))
+
+
+def feature_fid(judge: WorldJudge, generated, references, **_) -> float:
+    f = lambda ims: judge(ims)["feature"].double().numpy() * judge.fid_scale  # noqa: E731
+    (m1, s1), (m2, s2) = feature_stats(f(references)), feature_stats(f(generated))
+    return frechet_distance(m1, s1, m2, s2)
+
+
+def quality(judge: WorldJudge, generated, references=None, **_) -> float:
+    return float(torch.sigmoid(judge(generated)["quality"]).mean())
+
+
+WORLD_METRICS = {"dino": style_similarity, "lpips": perceptual_distance, "clip_r": object_retrieval,
+                 "fid": feature_fid, "clip_iqa": quality}
+
+
+def fid_scale(net, seed: int = 1, per_style: int = 10) -> tuple[float, dict]:
+    """The feature scale that puts the median FID between two held-out styles' renders at 40 (so that the
+    final score's FID term, clipped at 20, rewards being near the style), and what it gives."""
+    from .scene import OBJECTS, Pose
+    from .styles import HELD_OUT_STYLES, render
+
+    names = sorted(OBJECTS)
+    feats = {}
+    with torch.no_grad():
+        for k, st in enumerate(HELD_OUT_STYLES):
+            rng = np.random.default_rng([seed, k])
+            ims = [render(names[i % len(names)], st, Pose.random(rng), 64, seed=i) for i in range(2 * per_style)]
+            feats[st.name] = net(to_input(ims))["feature"].double().numpy()
+
+    def fid(a, b):
+        (m1, s1), (m2, s2) = feature_stats(a), feature_stats(b)
+        return frechet_distance(m1, s1, m2, s2)
+
+    cross = [fid(feats[a][:per_style], feats[b][:per_style]) for a in feats for b in feats if a < b]
+    same = [fid(f[:per_style], f[per_style:]) for f in feats.values()]
+    scale = float(np.sqrt(40.0 / np.median(cross)))
+    return scale, {"fid_median_cross_style": 40.0, "fid_median_same_style": float(np.median(same)) * scale ** 2}
