@@ -1,5 +1,6 @@
 """``python -m stylexfer.world sheet OUT.png`` (every object in every style) | ``styles ROOT`` (held-out styles
-in the competition layout) | ``judge --out DIR`` (train the pocket judge)."""
+in the competition layout) | ``judge --out DIR`` (train the pocket judge) | ``pretrain --out DIR`` (the pocket
+base model)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dataclasses import fields
+
 from .dataset import DEMO_HELD_OUT, write_styles
+from .pretrain import PretrainConfig
 from .scene import OBJECTS, Pose
 from .styles import STYLES, render
 
@@ -31,12 +35,26 @@ def main(argv=None) -> int:
     j.add_argument("--steps", type=int, default=2500)
     j.add_argument("--per-pair", type=int, default=12, help="renders of each (style, object) to train on")
     j.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("pretrain", help="pretrain the pocket base model on the base styles (a GPU: minutes)")
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--device", default="cuda")
+    for f in fields(PretrainConfig):
+        t.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     d = sub.add_parser("styles", help="held-out styles in the competition layout")
     d.add_argument("root", type=Path)
     d.add_argument("--styles", nargs="+", default=list(DEMO_HELD_OUT))
     d.add_argument("--size", type=int, default=64)
     args = p.parse_args(argv)
-    if args.cmd == "judge":
+    if args.cmd == "pretrain":
+        import logging
+
+        from .pretrain import pretrain
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        rec = pretrain(args.out, PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)}),
+                       args.device)
+        print(f"{args.out}: {rec['seconds']}; weights {rec['sizes_mib']} MiB; samples.png")
+    elif args.cmd == "judge":
         import logging
 
         from .judge import save_judge, train
