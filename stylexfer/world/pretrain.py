@@ -50,16 +50,17 @@ SPEC = {
 @dataclass
 class PretrainConfig:
     images: int = 40_000  # base-style renders (poses, objects, styles drawn at random)
-    vae_steps: int = 3000
+    vae_steps: int = 2000
     vae_batch: int = 64
     vae_lr: float = 1e-3
-    unet_steps: int = 20_000
+    unet_steps: int = 8000
     unet_batch: int = 256
     unet_lr: float = 4e-4
     uncond: float = 0.1  # share of empty prompts (classifier-free guidance)
     ema: float = 0.999
     seed: int = 0
     workers: int = 8
+    max_minutes: float = 0.0  # stop the UNet's training at this wall-clock budget (0 = none); the record says where
 
 
 def _render_chunk(args) -> tuple[np.ndarray, list[str], list[str], list[str]]:
@@ -153,7 +154,11 @@ def train_unet(unet, text_encoder, tokenizer, vae, images: np.ndarray, prompts: 
     text_encoder.train()
     g = torch.Generator(device).manual_seed(cfg.seed)
     losses = []
+    t0 = time.time()
     for step in range(cfg.unet_steps):
+        if cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes:
+            log.warning("unet: stopped at step %d of %d (max_minutes=%s)", step, cfg.unet_steps, cfg.max_minutes)
+            break
         idx = torch.randint(0, len(mean), (cfg.unet_batch,), device=device, generator=g)
         lat = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, device=device, generator=g)) * scale
         flip = torch.rand(len(idx), device=device, generator=g) < 0.5  # mirrored pictures are pictures of the same things
@@ -230,7 +235,7 @@ def pretrain(out: Path, cfg: PretrainConfig, device: str = "cpu") -> dict:
                                                           "unet": round(t_unet, 1)},
               "vae_losses": [round(x, 5) for x in vae_losses[:: max(1, len(vae_losses) // 300)]],
               "unet_losses": [round(x, 5) for x in unet_losses[:: max(1, len(unet_losses) // 300)]],
-              "weights_sha256": weights, "random_weights": False,
+              "unet_steps_done": len(unet_losses), "weights_sha256": weights, "random_weights": False,
               "sizes_mib": {k: round((out / k).stat().st_size / 2**20, 2) for k in weights}}
     atomic_write_json(out / "pocket.json", record)
     sample_grid(out, device).save(out / "samples.png")
