@@ -41,7 +41,7 @@ def test_every_strategy_composes_and_validates(strategy):
     assert (CONF / "strategy" / f"{strategy}.yaml").read_text().startswith("# @package _global_")
 
 
-ABLATIONS = sorted(p.stem for p in (CONF.parent / "experiments" / "ablation").glob("*.yaml"))
+ABLATIONS = sorted(p.stem for p in (CONF.parent / "experiments" / "ablation").glob("*.yaml") if p.stem != "report_table")
 
 
 def test_ablation_presets_cover_the_reports_studies():
@@ -166,3 +166,36 @@ def test_the_framework_free_modules_import_no_framework():
             "bad = [m for m in ('torch', 'diffusers', 'peft') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_the_report_table_preset_is_three_strategies_and_single_changes_to_safe_with_three_seeds():
+    """+ablation=report_table: each row (experiments/report/) is a strategy, or the safe strategy with exactly
+    one of the report's changes undone; 3 seeds each, sampling seed = training seed."""
+    from omegaconf import OmegaConf
+
+    cfg = compose(["+ablation=report_table"], hydra=True)
+    params = dict(cfg.hydra.sweeper.params)
+    rows = params["+report"].split(",")
+    assert params["train.seed"] == "0,1,2" and len(rows) == 9
+    assert sorted(rows) == sorted(p.stem for p in (CONF.parent / "experiments" / "report").glob("*.yaml"))
+
+    def flat(row):
+        c = compose(["+ablation=report_table", f"+report={row}", "train.seed=1"])
+        validate(c)
+        assert c.sample.seed == 1
+        d = {g: OmegaConf.to_container(c[g], resolve=True, enum_to_str=True) if OmegaConf.is_config(c[g]) else c[g]
+             for g in c if g != "paths"}
+        return {f"{g}.{k}": v for g, sub in d.items() if isinstance(sub, dict) for k, v in sub.items()}
+
+    safe = flat("safe")
+    assert flat("baseline")["lora.unet_lora_rank"] == 4 and flat("aggressive")["lora.unet_lora_rank"] == 64
+    changed = {row: sorted(k for k, v in flat(row).items() if safe.get(k) != v)
+               for row in rows if row.startswith("safe_")}
+    assert changed == {
+        "safe_bare_prompt": ["data.instance_prompt", "data.prompt"],
+        "safe_rank4": ["lora.unet_lora_rank"],
+        "safe_no_prior": ["prior.mode"],
+        "safe_no_crop": ["augmentation.name", "augmentation.random_crop", "augmentation.scale"],
+        "safe_noise_init": ["init.mode", "init.strength"],
+        "safe_strength_07": ["init.strength"],
+    }
