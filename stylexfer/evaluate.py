@@ -43,9 +43,9 @@ def preflight(ev, demo: bool) -> dict[str, str]:
     ModelNotFoundError naming every missing model otherwise. For the demo model nothing is downloaded:
     only local files and the local hub cache count."""
     if str(getattr(ev.suite, "value", ev.suite)) == "world":  # the pocket judge: shipped, or the folder eval.judge names
-        from .world.judge import ASSETS, load_judge
+        from .world.judge import ASSETS, judge_record
 
-        load_judge(Path(ev.judge).expanduser() if ev.judge else ASSETS)  # a missing or damaged judge fails here
+        judge_record(Path(ev.judge).expanduser() if ev.judge else ASSETS)  # a missing or damaged judge fails here
         return {}
     missing = check_weights(list(ev.metrics), ev.models, offline=hub_offline() or demo)
     if missing and not skip_missing(ev, demo):

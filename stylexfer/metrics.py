@@ -73,6 +73,12 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_sqrt, 0.0))
 
 
+def frechet_of(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """The Fréchet distance between two (N, D) feature sets (each one's mean and covariance)."""
+    (m1, s1), (m2, s2) = feature_stats(features_a), feature_stats(features_b)
+    return frechet_distance(m1, s1, m2, s2)
+
+
 # ----------------------------------------------------------------------------- Pixel-Hist (weight-free)
 
 def _bgr(img: Image.Image) -> np.ndarray:
@@ -310,8 +316,7 @@ class Fid:
         return np.stack(out)
 
     def __call__(self, generated, references, **_) -> float:
-        (m1, s1), (m2, s2) = feature_stats(self.features(references)), feature_stats(self.features(generated))
-        return frechet_distance(m1, s1, m2, s2)
+        return frechet_of(self.features(references), self.features(generated))
 
 
 # Named CLIP-R candidate lists: name → (where it is published, what it is). Not shipped (the project ships
@@ -393,6 +398,10 @@ class ClipIqa(_Clip):
         return float(self.torch.softmax(100.0 * img @ txt.T, dim=1)[:, 0].mean())
 
 
+# Pixel-Hist in every suite: (metric, what computes it)
+HIST = (lambda g, r, **_: hist_score(g, r), "weight-free (checker's RGB 16³ + HSV 72-cell histograms)")
+
+
 @dataclass
 class Scorer:
     """The metrics that can run (models loaded once) and why the others cannot."""
@@ -415,8 +424,7 @@ class Scorer:
             if m in missing:
                 continue
             if m == "hist":
-                metrics[m] = lambda g, r, **_: hist_score(g, r)
-                models[m] = "weight-free (checker's RGB 16³ + HSV 72-cell histograms)"
+                metrics[m], models[m] = HIST
                 continue
             path = paths[m]
             metrics[m] = {"dino": lambda: Dino(path, device),
@@ -438,8 +446,7 @@ class Scorer:
         metrics, models = {}, {}
         for m in names:
             if m == "hist":
-                metrics[m] = lambda g, r, **_: hist_score(g, r)
-                models[m] = "weight-free (checker's RGB 16³ + HSV 72-cell histograms)"
+                metrics[m], models[m] = HIST
             else:
                 metrics[m] = partial(WORLD_METRICS[m], judge)
                 models[m] = judge.label

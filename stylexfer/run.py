@@ -32,7 +32,7 @@ from .report import image_grid, write_reports
 from .sample import ensure_samples, sample_spec
 from .shard import ShardJob, ShardOutcome, plan_devices, run_shards
 from .store import atomic_write_json, link_or_copy_tree, reusable, stable_hash
-from .train import adapter_stored, style_specs, train_in_batches, train_style
+from .train import adapter_stored, ensure_adapter, style_specs, train_in_batches
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +86,15 @@ def run(cfg: DictConfig) -> dict:
     factory = BackendFactory(cfg.backend.name, resolved, OmegaConf.to_container(cfg.model, resolve=True), str(cache))
     shard_devices = plan_devices(cfg.model, is_multirun())
     work = [s.id for s in styles if not _samples_stored(resolved.identity, styles, s, cfg, cache)] if shard_devices else []
+    workers = shard_devices[:len(work)] if len(work) >= 2 else []  # one process per device: pool, training, sampling
     sharded = ShardOutcome()
-    if len(work) >= 2:  # one process per device: pool, training and sampling split among them
+    if workers:
         sharded = run_shards(ShardJob(make_backend=factory, cfg=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
                                       data_root=str(data_root), style_ids=[s.id for s in styles], work_ids=work,
-                                      model_identity=resolved.identity, devices=shard_devices[:len(work)],
-                                      log_dir=str(run_dir / "logs")))
-        backend = LazyBackend(factory, cfg.backend.name, shard_devices[0])  # loaded only if something is left
+                                      model_identity=resolved.identity, devices=workers, log_dir=str(run_dir / "logs")))
+        backend = LazyBackend(factory, cfg.backend.name, workers[0])  # loaded only if something is left
         log.info("model: %s (%s backend, %d worker processes on %s, %s prediction)", resolved.source, backend.name,
-                 len(shard_devices[:len(work)]), ", ".join(shard_devices[:len(work)]), resolved.prediction_type)
+                 len(workers), ", ".join(workers), resolved.prediction_type)
     else:
         backend = factory()
         log.info("model: %s (%s backend, %s, %s, %s prediction)", resolved.source, backend.name, backend.device,
@@ -110,7 +110,7 @@ def run(cfg: DictConfig) -> dict:
                "metric_names": list(cfg.eval.metrics) + ["final"], "styles": {}, "scores": {},
                "unavailable": dict(unavailable),
                "failed_styles": {},
-               "workers": shard_devices[:len(work)] if len(work) >= 2 else [],
+               "workers": workers,
                "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
     grid_rows, curves = [], {}
     for sid, why in data_errors.items():
@@ -184,9 +184,7 @@ def _run_style(backend, resolved, styles, style, cfg, cache: Path, run_dir: Path
     """Train (or reuse) → sample (or reuse) one style; fills ``st``; returns its grid row."""
     spec_pool, spec = style_specs(resolved.identity, styles, style, cfg)
     pkey = pool_key(spec_pool) if spec_pool else None
-    # class images are only needed (and generated) when the adapter is not in the store yet
-    pool = ensure_pool(backend, spec_pool, cfg.prior, cache) if spec_pool and not adapter_stored(spec, cache) else None
-    result = train_style(backend, style, pool, cfg, spec, cache)
+    result = ensure_adapter(backend, style, spec_pool, spec, cfg, cache)
     if style.id in batch_trained:  # trained by this run, together with other styles
         result.reused = False
         result.seconds, result.losses = batch_trained[style.id]

@@ -117,7 +117,7 @@ def _worker(job: ShardJob, rank: int, barrier, results) -> None:
     from .prior import ensure_pool, make_pool_share, pool_key
     from .sample import ensure_samples, sample_spec
     from .store import stable_hash
-    from .train import adapter_stored, style_specs, train_in_batches, train_style
+    from .train import adapter_stored, ensure_adapter, style_specs, train_in_batches
 
     n, device = len(job.devices), job.devices[rank]
     _setup_worker(rank, device, n, job.log_dir)
@@ -156,9 +156,7 @@ def _worker(job: ShardJob, rank: int, barrier, results) -> None:
         if s.id in failed:
             continue
         try:
-            sp, aspec = specs[s.id]
-            pool = ensure_pool(backend, sp, cfg.prior, cache) if sp is not None and not adapter_stored(aspec, cache) else None
-            res = train_style(backend, s, pool, cfg, aspec, cache)
+            res = ensure_adapter(backend, s, *specs[s.id], cfg, cache)
             if not res.reused and s.id not in out["trained"]:
                 out["trained"][s.id] = (res.seconds, res.losses)
         except TrainingDiverged as e:

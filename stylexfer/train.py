@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from .config import PriorMode, value
 from .data import Style
 from .errors import DeviceOutOfMemory, TrainingDiverged, first_line
-from .prior import ClassPool, pool_key, pool_objects, pool_spec
+from .prior import ClassPool, ensure_pool, pool_key, pool_objects, pool_spec
 from .store import atomic_write_json, build_once, file_lock, publish, reusable, stable_hash
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,12 @@ def train_style(backend, style: Style, pool: Optional[ClassPool], cfg, spec: dic
     shutil.rmtree(partial, ignore_errors=True)
     result.reused = not built
     return result
+
+
+def ensure_adapter(backend, style: Style, spec_pool: Optional[dict], spec: dict, cfg, cache_dir: Path) -> TrainResult:
+    """The style's adapter from the store, or trained now (its class pool made or found first, only then)."""
+    pool = ensure_pool(backend, spec_pool, cfg.prior, cache_dir) if spec_pool and not adapter_stored(spec, cache_dir) else None
+    return train_style(backend, style, pool, cfg, spec, cache_dir)
 
 
 def train_group(backend, styles: list[Style], pools: list[Optional[ClassPool]], cfg, specs: list[dict],

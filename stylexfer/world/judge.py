@@ -175,10 +175,8 @@ def save_judge(net: Judge, record: dict, folder: Path) -> Path:
     return path
 
 
-def load_judge(folder: Path = ASSETS, device: str = "cpu") -> tuple[Judge, dict]:
-    """The judge whose weights and record are in ``folder`` (the shipped one by default), its sha256 checked."""
-    from safetensors.torch import load_file
-
+def judge_record(folder: Path = ASSETS) -> dict:
+    """The record of the judge in ``folder``, once its weights' sha256 matches it (ModelNotFoundError if not)."""
     from ..errors import ModelNotFoundError
 
     path, rec_path = Path(folder) / "judge.safetensors", Path(folder) / "judge.json"
@@ -190,6 +188,14 @@ def load_judge(folder: Path = ASSETS, device: str = "cpu") -> tuple[Judge, dict]
     if digest != record.get("sha256"):
         raise ModelNotFoundError(f"{path}: sha256 {digest[:12]}… does not match judge.json ({str(record.get('sha256'))[:12]}…): "
                                  "damaged or replaced")
+    return record
+
+
+def load_judge(folder: Path = ASSETS, device: str = "cpu") -> tuple[Judge, dict]:
+    """The judge whose weights and record are in ``folder`` (the shipped one by default), its sha256 checked."""
+    from safetensors.torch import load_file
+
+    record = judge_record(folder)
     net = Judge(n_objects=len(record["objects"]), n_styles=len(record["styles"]))
-    net.load_state_dict(load_file(str(path)))
+    net.load_state_dict(load_file(str(Path(folder) / "judge.safetensors")))
     return net.to(device).eval().requires_grad_(False), record

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..metrics import feature_stats, frechet_distance
+from ..metrics import frechet_of
 from .judge import ASSETS, load_judge, to_input
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,7 @@ def object_retrieval(judge: WorldJudge, generated, references=None, *, objects: 
 
 def feature_fid(judge: WorldJudge, generated, references, **_) -> float:
     f = lambda ims: judge(ims)["feature"].double().numpy() * judge.fid_scale  # noqa: E731
-    (m1, s1), (m2, s2) = feature_stats(f(references)), feature_stats(f(generated))
-    return frechet_distance(m1, s1, m2, s2)
+    return frechet_of(f(references), f(generated))
 
 
 def quality(judge: WorldJudge, generated, references=None, **_) -> float:
@@ -111,11 +110,7 @@ def fid_scale(net, seed: int = 1, per_style: int = 10) -> tuple[float, dict]:
             ims = [render(names[i % len(names)], st, Pose.random(rng), 64, seed=i) for i in range(2 * per_style)]
             feats[st.name] = net(to_input(ims))["feature"].double().numpy()
 
-    def fid(a, b):
-        (m1, s1), (m2, s2) = feature_stats(a), feature_stats(b)
-        return frechet_distance(m1, s1, m2, s2)
-
-    cross = [fid(feats[a][:per_style], feats[b][:per_style]) for a in feats for b in feats if a < b]
-    same = [fid(f[:per_style], f[per_style:]) for f in feats.values()]
+    cross = [frechet_of(feats[a][:per_style], feats[b][:per_style]) for a in feats for b in feats if a < b]
+    same = [frechet_of(f[:per_style], f[per_style:]) for f in feats.values()]
     scale = float(np.sqrt(40.0 / np.median(cross)))
     return scale, {"fid_median_cross_style": 40.0, "fid_median_same_style": float(np.median(same)) * scale ** 2}
