@@ -8,6 +8,10 @@ value is missing, a boolean ``best`` column); for every swept numeric key, one p
 metric against the key (overall and per style; one line per sweep and per value of the other swept
 keys); an image grid of the same prompts across jobs; and an HTML page with all of it. Works on a sweep
 that is still running or had failed jobs: such rows show their status and the error's first line.
+
+When a seed is swept (an override named ``*.seed``, or ``--over KEY``), a second table averages over it:
+one row per setting of the other keys, every metric as mean ± sample standard deviation over the seeds
+(``compare_seeds.md``/``.csv``), sorted by the mean final score; seeds are then not plotted as an axis.
 """
 
 from __future__ import annotations
@@ -178,6 +182,39 @@ def records(jobs: list[Job]) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def seed_keys(jobs: list[Job]) -> list[str]:
+    """The swept overrides that are seeds (``train.seed``, ``sample.seed``, ``seed``)."""
+    return [k for k in compare_jobs(jobs).differing if k.rsplit(".", 1)[-1] == "seed"]
+
+
+def aggregate(jobs: list[Job], over: list[str]) -> tuple[list[str], list[list[str]], list[str], list[list]]:
+    """Finished jobs grouped by every differing override except ``over``: (Markdown header, text rows with
+    "mean ± sd", CSV header, CSV rows with mean and sd columns), best mean first."""
+    c = compare_jobs(jobs)
+    keys = [k for k in c.differing if k not in over]
+    groups: dict[tuple, list[Job]] = {}
+    for j in c.jobs:
+        if j.status == "finished" and j.scores:
+            groups.setdefault(tuple(j.overrides.get(k, "") for k in keys), []).append(j)
+
+    def stats(group, m):
+        vals = [v for j in group if (v := _number(j.scores.get(m))) is not None]
+        if not vals:
+            return None, None
+        mean = sum(vals) / len(vals)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        return mean, sd
+
+    ranked = sorted(groups.items(), key=lambda kv: -(stats(kv[1], c.rank)[0] or -math.inf) if c.rank else 0)
+    header = [*keys, "n", *c.metrics]
+    text, rec = [], []
+    for setting, group in ranked:
+        st = [stats(group, m) for m in c.metrics]
+        text.append([*setting, str(len(group)), *[f"{a:.4f} ± {b:.4f}" if a is not None else "—" for a, b in st]])
+        rec.append([*[_parsed(v) for v in setting], len(group), *[x for a, b in st for x in (a, b)]])
+    return header, text, [*keys, "n", *[f"{m}_{x}" for m in c.metrics for x in ("mean", "sd")]], rec
+
+
 def csv_text(header: list[str], rows: list[list]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -186,12 +223,13 @@ def csv_text(header: list[str], rows: list[list]) -> str:
     return buf.getvalue()
 
 
-def plot_sweep(jobs: list[Job]) -> dict[str, bytes]:
-    """{file name: PNG}: for every swept numeric key, every metric against it — the overall value (thick,
-    with markers) and each style's (thin) — one line per sweep and per value of the other swept keys."""
+def plot_sweep(jobs: list[Job], skip: tuple = ()) -> dict[str, bytes]:
+    """{file name: PNG}: for every swept numeric key (but ``skip``), every metric against it — the overall value
+    (thick, with markers) and each style's (thin) — one line per sweep and per value of the other swept keys."""
     c = compare_jobs(jobs)
     done = [j for j in jobs if j.summary and j.scores]
-    numeric = [k for k in c.differing if all(isinstance(_parsed(j.overrides.get(k, "")), (int, float)) for j in done)]
+    numeric = [k for k in c.differing if k not in skip
+               and all(isinstance(_parsed(j.overrides.get(k, "")), (int, float)) for j in done)]
     out = {}
     for key in numeric:
         others = [k for k in c.differing if k != key]
@@ -250,11 +288,15 @@ def grid(jobs: list[Job], max_images: int = 8) -> Optional[Image.Image]:
     return image_grid(rows, cell=96) if common else None
 
 
-def write_outputs(out: Path, jobs: list[Job], img: Optional[Image.Image]) -> list[Path]:
+def write_outputs(out: Path, jobs: list[Job], img: Optional[Image.Image], over: tuple = ()) -> list[Path]:
     header, rows, _ = table(jobs)
     md = markdown(header, rows)
     written = [atomic_write_text(out / "compare.md", md), atomic_write_text(out / "compare.csv", csv_text(*records(jobs)))]
-    plots = plot_sweep(jobs)
+    agg = aggregate(jobs, list(over)) if over else None
+    if agg:
+        written += [atomic_write_text(out / "compare_seeds.md", seeds_markdown(agg, over)),
+                    atomic_write_text(out / "compare_seeds.csv", csv_text(agg[2], agg[3]))]
+    plots = plot_sweep(jobs, skip=tuple(over))
     for name, png in plots.items():
         written.append(atomic_write_bytes(out / name, png))
     page = ["<!doctype html><meta charset='utf-8'><title>stylexfer compare</title>",
@@ -262,6 +304,11 @@ def write_outputs(out: Path, jobs: list[Job], img: Optional[Image.Image]) -> lis
             "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
     page += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows]
     page.append("</table>")
+    if agg:
+        page += [f"<h3>mean ± sd over {html.escape(', '.join(over))}</h3><table><tr>"
+                 + "".join(f"<th>{html.escape(h)}</th>" for h in agg[0]) + "</tr>"]
+        page += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in agg[1]]
+        page.append("</table>")
     page += [f"<img src='{html.escape(name)}'>" for name in plots]
     if img is not None:
         b = io.BytesIO()
@@ -272,18 +319,31 @@ def write_outputs(out: Path, jobs: list[Job], img: Optional[Image.Image]) -> lis
     return written
 
 
+def seeds_markdown(agg, over) -> str:
+    return f"Mean ± sample standard deviation over {', '.join(over)}:\n\n" + markdown(agg[0], agg[1])
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m stylexfer.compare", description=__doc__.splitlines()[0])
     p.add_argument("sweeps", nargs="*", type=Path,
                    help="sweep folders (multirun/<date>/<time>) or run folders; none: the latest sweep under multirun/")
     p.add_argument("--out", type=Path, default=None,
                    help="where to write compare.{md,csv,png,html} and the plots (default: the first sweep folder)")
+    p.add_argument("--over", action="append", default=None, metavar="KEY",
+                   help="average over this swept key (repeatable; default: every swept *.seed; 'none': no averaging)")
     args = p.parse_args(argv)
     sweeps = args.sweeps or [latest_sweep()]
     jobs = find_jobs(sweeps)
     header, rows, ordered = table(jobs)
     print(markdown(header, rows), end="")
-    for path in write_outputs(args.out or sweeps[0], jobs, grid(ordered)):
+    over = tuple(seed_keys(jobs) if args.over is None else [k for k in args.over if k != "none"])
+    differing = compare_jobs(jobs).differing
+    for k in over:
+        if k not in differing:
+            raise SystemExit(f"error: --over {k}: not a swept key of these jobs ({', '.join(differing) or 'none'})")
+    if over:
+        print("\n" + seeds_markdown(aggregate(jobs, list(over)), over), end="")
+    for path in write_outputs(args.out or sweeps[0], jobs, grid(ordered), over):
         print(f"wrote {path}", file=sys.stderr)
     return 0
 

@@ -1,12 +1,16 @@
-"""The embedded default: a tiny SD-shaped model and a small procedural demo data set.
+"""The embedded models and the demo data set, all usable with no network.
 
-Both are built on first use under ``paths.cache_dir`` (no network) and then loaded exactly like real
-ones: the model through the same ``from_pretrained`` calls as SD 2.1 (it is saved in the diffusers
-folder layout, safetensors), the data through the same competition-layout reader.
+- **The pocket model** (``model=pocket``, the default): an SD-shaped model pretrained on the pocket world's
+  base styles (``stylexfer.world``), shipped in the package as a diffusers folder (safetensors), its
+  files' sha256 checked against ``pocket.json`` every time it is used.
+- **The tiny model** (``model=tiny``): built on first use under ``paths.cache_dir``. Its UNet and text
+  encoder have **random weights** (the VAE is fitted for a few hundred steps on procedural shapes so that
+  decoded images keep their colours): it exists to test the machinery quickly; its images mean nothing.
+- **The demo data**: three of the pocket world's held-out styles (``00`` dots, ``01`` mosaic, ``02``
+  neon), 10 images each in the competition layout, written on first use under ``paths.cache_dir``.
 
-The tiny UNet and text encoder have **random weights**; the tiny VAE is fitted for a few hundred steps
-on procedural shapes so that decoded images keep their colours. The model exists to show and test the
-machinery — nothing it generates means anything. Point ``model=sd21`` at real weights for real images.
+All load exactly like real ones: the models through the same ``from_pretrained`` calls as SD 2.1, the
+data through the same competition-layout reader. Point ``model=sd21`` at real weights for real images.
 """
 
 from __future__ import annotations
@@ -28,8 +32,13 @@ RANDOM_WEIGHTS_NOTICE = (
     "the embedded tiny model has RANDOM weights: it shows the machinery, its images mean nothing; "
     "run with model=sd21 (optionally model.path=/path/to/diffusers/folder) for real images"
 )
+POCKET_NOTICE = (
+    "the pocket model draws the pocket world's procedural objects (stylexfer.world), not photographs: its "
+    "scores (eval.suite=world, the pocket judge) do not compare with the reference report's"
+)
 MODEL_VERSION = 1
-DEMO_VERSION = 1
+DEMO_VERSION = 2
+DEMO_IDS = ("00", "01", "02")  # the demo's styles as the competition names them: the pocket world's dots, mosaic, neon
 
 
 def _asset(name: str) -> dict:
@@ -112,53 +121,10 @@ def random_shapes_image(rng: np.random.Generator, size: int) -> Image.Image:
     return img
 
 
-DEMO_STYLES = {
-    # id: (background palette, pattern, ink colour)
-    "00": {"palette": [(250, 180, 90), (235, 110, 60), (200, 60, 50)], "pattern": "stripes", "ink": (90, 20, 30)},
-    "01": {"palette": [(40, 90, 160), (60, 160, 190), (20, 50, 100)], "pattern": "dots", "ink": (230, 240, 250)},
-    "02": {"palette": [(240, 235, 220), (215, 210, 195), (190, 185, 170)], "pattern": "hatch", "ink": (25, 25, 25)},
-}
-DEMO_TRAIN_OBJECTS = ["Apple", "Bicycle", "Castle", "Dog", "Flower", "Guitar", "House", "Lamp", "Moon", "Tree"]
-DEMO_PROMPT_OBJECTS = ["Aquarium", "Phone", "Wallet", "Bird"]
-
-
-def demo_image(style_id: str, obj: str, size: int = 96) -> Image.Image:
-    spec = DEMO_STYLES[style_id]
-    rng = _rng("demo", style_id, obj)
-    pal = spec["palette"]
-    img = Image.new("RGB", (size, size), pal[0])
-    draw = ImageDraw.Draw(img)
-    step = int(rng.integers(8, 14))
-    if spec["pattern"] == "stripes":
-        for k in range(-size, 2 * size, step):
-            draw.line([(k, 0), (k + size, size)], fill=pal[1 + (k // step) % 2], width=step // 2)
-    elif spec["pattern"] == "dots":
-        for y in range(0, size, step):
-            for x in range((y // step % 2) * step // 2, size, step):
-                r = step // 4
-                draw.ellipse((x - r, y - r, x + r, y + r), fill=pal[1])
-    else:
-        for k in range(0, 2 * size, step // 2):
-            draw.line([(k, 0), (0, k)], fill=pal[2], width=1)
-    kind = sum(map(ord, obj)) % 4
-    m = int(rng.integers(size // 6, size // 4))
-    jitter = rng.integers(-size // 10, size // 10 + 1, 2)
-    box = (m + int(jitter[0]), m + int(jitter[1]), size - m + int(jitter[0]), size - m + int(jitter[1]))
-    fill = pal[2] if spec["pattern"] != "hatch" else None
-    _shape(draw, kind, box, fill=fill, outline=spec["ink"], width=3)
-    return img
-
-
 def _build_demo(folder: Path) -> None:
-    for sid in DEMO_STYLES:
-        images = folder / sid / "images"
-        images.mkdir(parents=True)
-        for obj in DEMO_TRAIN_OBJECTS:
-            atomic_save_image(demo_image(sid, obj), images / f"{obj}.png")
-        atomic_write_json(folder / sid / "prompt.json", {str(i): o for i, o in enumerate(DEMO_PROMPT_OBJECTS)})
-    atomic_write_text(folder / "README.md", (
-        "# stylexfer demo data\n\nProcedural images (3 styles x 10 objects, 96 px) in the competition layout "
-        "`<id>/images/*.png` + `<id>/prompt.json`, made by `stylexfer.embedded` to show the machinery.\n"))
+    from .world.dataset import DEMO_HELD_OUT, write_styles
+
+    write_styles(folder, DEMO_HELD_OUT, ids=DEMO_IDS)
 
 
 def ensure_demo_data(cache_dir: str | Path) -> Path:
@@ -241,3 +207,27 @@ def ensure_tiny_model(cache_dir: str | Path) -> Path:
         log.info("building the embedded tiny model (random weights, one-time, ~1 min on 2 CPUs) at %s", target)
     path, built = build_once(target, _build_tiny_model)
     return path
+
+
+# -------------------------------------------------------------------------------------- pocket model
+
+POCKET_DIR = Path(str(resources.files("stylexfer").joinpath("assets", "pocket")))
+
+
+def pocket_model_dir(folder: Path = POCKET_DIR) -> Path:
+    """The shipped pocket model's diffusers folder, after checking every weight file's sha256 against its
+    ``pocket.json`` (written by ``python -m stylexfer.world pretrain``)."""
+    import hashlib
+
+    from .errors import ModelNotFoundError
+
+    folder = Path(folder)
+    record_file = folder / "pocket.json"
+    if not record_file.exists():
+        raise ModelNotFoundError(f"model=pocket: {record_file} is missing (a damaged install? reinstall stylexfer)")
+    for name, digest in json.loads(record_file.read_text())["weights_sha256"].items():
+        f = folder / name
+        if not f.exists() or hashlib.sha256(f.read_bytes()).hexdigest() != digest:
+            why = "missing" if not f.exists() else "sha256 differs from pocket.json"
+            raise ModelNotFoundError(f"model=pocket: {f}: {why} (a damaged install? reinstall stylexfer)")
+    return folder

@@ -89,27 +89,33 @@ def evaluate(images_root: Path, styles: Sequence[Style], ev, device: str, unavai
     if not present:
         raise DataError(f"images={images_root}: no folder named after a style ({', '.join(s.id for s in styles)})")
     scorer = Scorer.load(ev, device, candidate_prompts(ev, styles), offline=hub_offline() or demo, skip=list(unavailable or {}))
-    per_style, retrieved = {}, []
+    per_style, retrieved, no_fid = {}, [], []
     for s in present:
         images, objects = generated_images(images_root / s.id, s)
         if not images:
             per_style[s.id] = {"error": f"{images_root / s.id}: no images"}
             continue
-        if len(images) < 2 and "fid" in scorer.metrics:
-            raise DataError(f"{images_root / s.id}: FID needs at least 2 images per style")
-        scores = scorer.score_style(images, s.images, objects)
+        skip = ("fid",) if len(images) < 2 and "fid" in scorer.metrics else ()
+        if skip:  # a Fréchet distance needs a covariance: the style gets every other metric and no final score
+            log.warning("style %s: FID needs at least 2 images, it has %d: not computed", s.id, len(images))
+            no_fid.append(s.id)
+        scores = scorer.score_style(images, s.images, objects, skip=skip)
         if "clip_r" in scores:
             retrieved.append((scores["clip_r"], len(images)))
         per_style[s.id] = {**scores, **_final(scores), "images": len(images)}
         log.info("scores %s: %s", s.id, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
     ok = [v for v in per_style.values() if "error" not in v]
-    overall = {m: float(np.mean([v[m] for v in ok])) for m in scorer.metrics if ok}
+    overall = {m: float(np.mean([v[m] for v in ok])) for m in [*scorer.metrics, *scorer.diagnostics]
+               if ok and all(m in v for v in ok)}
     if retrieved:  # the checker's CLIP-R: the fraction of all images, not the mean of styles' fractions
         overall["clip_r"] = float(sum(r * n for r, n in retrieved) / sum(n for _, n in retrieved))
     overall.update(_final(overall))
     why = dict(unavailable or {})
     why.update(scorer.unavailable)
-    return {"metrics": list(ev.metrics), "models": scorer.models, "fid_dims": ev.fid_dims,
+    if no_fid:
+        why["fid"] = f"needs at least 2 images per style ({', '.join(no_fid)}: fewer)"
+    return {"metrics": list(ev.metrics), "diagnostics": list(scorer.diagnostics), "models": scorer.models,
+            "fid_dims": ev.fid_dims,
             "clip_r_top_k": ev.clip_r_top_k, "styles": per_style, "overall": overall,
             "unavailable": {m: why[m] for m in ev.metrics if m in why}}
 
@@ -131,6 +137,9 @@ def markdown(doc: dict, title: str) -> str:
     if ov.get("final") is not None:
         lines += ["", f"Style component {ov['style']:.4f} · text component {ov['text']:.4f} · "
                       f"quality component {ov['quality']:.4f} · **final {ov['final']:.6f}**"]
+    for d in doc.get("diagnostics", []):
+        lines += ["", f"Diagnostic (not in the final score): {d} " + ", ".join(
+            f"{sid} {fmt(st.get(d))}" for sid, st in doc["styles"].items()) + f", overall {fmt(ov.get(d))}"]
     if doc["unavailable"]:
         lines += ["", "Unavailable (the final score needs all six):"] + [f"- `{m}`: {why}" for m, why in doc["unavailable"].items()]
     lines += ["", "Models: " + "; ".join(f"{m}: `{v}`" for m, v in doc["models"].items())]

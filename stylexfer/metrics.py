@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -377,10 +377,14 @@ class ClipR(_Clip):
         self.candidates, self.top_k = list(candidates), top_k
 
     def picks(self, images, truths: Sequence[str]) -> list[list[str]]:
-        texts = sorted(set(self.candidates) | set(truths))
+        """Each image's ``top_k`` texts among the candidates plus its *own* truth only (as the checker ranks:
+        another image's object is not a candidate for this one)."""
+        cands = set(self.candidates)
+        texts = sorted(cands | set(truths))
         img, txt = self.embed(images, texts)
-        top = (img @ txt.T).topk(min(self.top_k, len(texts)), dim=1).indices.tolist()
-        return [[texts[j] for j in row] for row in top]
+        order = (img @ txt.T).argsort(dim=1, descending=True).tolist()
+        return [[texts[j] for j in row if texts[j] in cands or texts[j] == own][:self.top_k]
+                for row, own in zip(order, truths)]
 
     def __call__(self, generated, references=None, *, objects: Sequence[str], **_) -> float:
         truths = [o.lower() for o in objects]
@@ -409,6 +413,8 @@ class Scorer:
     metrics: dict
     unavailable: dict
     models: dict  # metric -> the id/path it used
+    # scores beside the six that the final score does not use (world suite: the judge's style attribution)
+    diagnostics: dict = field(default_factory=dict)
 
     @classmethod
     def load(cls, ev, device: str, candidates: Sequence[str], offline: Optional[bool] = None,
@@ -440,7 +446,7 @@ class Scorer:
         """``eval.suite=world``: every model-backed metric from the pocket judge (stylexfer/world/metrics.py)."""
         from functools import partial
 
-        from .world.metrics import WORLD_METRICS, WorldJudge
+        from .world.metrics import WORLD_METRICS, WorldJudge, style_attribution
 
         judge = WorldJudge(device, *([Path(ev.judge).expanduser()] if ev.judge else []))
         metrics, models = {}, {}
@@ -450,7 +456,9 @@ class Scorer:
             else:
                 metrics[m] = partial(WORLD_METRICS[m], judge)
                 models[m] = judge.label
-        return cls(metrics=metrics, unavailable={}, models=models)
+        return cls(metrics=metrics, unavailable={}, models=models,
+                   diagnostics={"attribution": partial(style_attribution, judge)})
 
-    def score_style(self, generated, references, objects) -> dict:
-        return {m: f(generated, references, objects=objects) for m, f in self.metrics.items()}
+    def score_style(self, generated, references, objects, skip: Sequence[str] = ()) -> dict:
+        return {m: f(generated, references, objects=objects) for m, f in {**self.metrics, **self.diagnostics}.items()
+                if m not in skip}

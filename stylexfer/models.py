@@ -1,4 +1,4 @@
-"""Finding the model: one code path for the embedded tiny model, a local diffusers folder and a hub id.
+"""Finding the model: one code path for the embedded models, a local diffusers folder and a hub id.
 
 A hub id is first resolved to a local snapshot (``huggingface_hub.snapshot_download``, honouring
 ``HF_HUB_OFFLINE`` and ``model.local_files_only``); the result is a local diffusers folder whose
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .embedded import ensure_tiny_model
+from .embedded import ensure_tiny_model, pocket_model_dir
 from .errors import ModelNotFoundError
 from .store import stable_hash
 
@@ -35,6 +35,7 @@ class ResolvedModel:
     identity: str  # hash of what determines the weights (configs, weight file sizes, snapshot commit)
     random_weights: bool
     prediction_type: str
+    notice: str | None = None  # what the model's own stylexfer_model.json says about it (random weights, pocket world)
 
 
 def hub_offline(local_files_only: bool = False) -> bool:
@@ -76,9 +77,14 @@ def resolve_model(model_cfg, cache_dir: str | Path) -> ResolvedModel:
     """Find the model's local folder, downloading a hub snapshot if allowed; fail fast if it is missing."""
     path = model_cfg.path
     extra = None
-    if path is None:
-        folder = ensure_tiny_model(cache_dir)
-        source = "embedded tiny model"
+    if path is None:  # one of the embedded models, by name
+        if model_cfg.name == "pocket":
+            folder, source = pocket_model_dir(), "embedded pocket model"
+        elif model_cfg.name == "tiny":
+            folder, source = ensure_tiny_model(cache_dir), "embedded tiny model"
+        else:
+            raise ModelNotFoundError(f"model.path=null: only the embedded models (model.name=pocket|tiny) need no path; "
+                                     f"set model.path for model.name={model_cfg.name}")
     elif looks_like_hub_id(path):
         from huggingface_hub import snapshot_download
 
@@ -99,7 +105,9 @@ def resolve_model(model_cfg, cache_dir: str | Path) -> ResolvedModel:
         source = str(folder)
     _check_folder(folder)
     meta_file = folder / "stylexfer_model.json"
-    random_weights = bool(json.loads(meta_file.read_text()).get("random_weights")) if meta_file.exists() else False
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    random_weights = bool(meta.get("random_weights"))
     sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     return ResolvedModel(folder=folder, source=source, identity=_identity(folder, extra),
-                         random_weights=random_weights, prediction_type=sched.get("prediction_type", "epsilon"))
+                         random_weights=random_weights, prediction_type=sched.get("prediction_type", "epsilon"),
+                         notice=meta.get("notice"))

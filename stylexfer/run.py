@@ -106,7 +106,7 @@ def run(cfg: DictConfig) -> dict:
     summary = {"name": cfg.name, "status": "running", "config_hash": config_hash, "run_dir": str(run_dir), "data_root": str(data_root),
                "model": {"source": resolved.source, "folder": str(resolved.folder), "identity": resolved.identity,
                          "random_weights": resolved.random_weights, "prediction_type": resolved.prediction_type},
-               "notice": RANDOM_WEIGHTS_NOTICE if resolved.random_weights else None,
+               "notice": resolved.notice or (RANDOM_WEIGHTS_NOTICE if resolved.random_weights else None),
                "metric_names": list(cfg.eval.metrics) + ["final"], "styles": {}, "scores": {},
                "unavailable": dict(unavailable),
                "failed_styles": {},
@@ -160,6 +160,8 @@ def run(cfg: DictConfig) -> dict:
     log.info("run %s in %.1fs: %s", summary["status"], summary["seconds"], run_dir / "summary.md")
     if resolved.random_weights:
         log.warning(RANDOM_WEIGHTS_NOTICE)
+    elif resolved.notice:
+        log.info("note: %s", resolved.notice)
     if summary["failed_styles"]:
         failed = summary["failed_styles"]
         raise PartialFailure(f"{len(failed)} of {len(summary['styles'])} style(s) failed ("
@@ -188,6 +190,10 @@ def _run_style(backend, resolved, styles, style, cfg, cache: Path, run_dir: Path
     if style.id in batch_trained:  # trained by this run, together with other styles
         result.reused = False
         result.seconds, result.losses = batch_trained[style.id]
+    if not cfg.train.steps:
+        log.info("style %s: untrained adapter %s (train.steps=0: the base model behind an all-zero adapter)", style.id,
+                 result.key)
+    elif style.id in batch_trained:
         log.info("style %s: trained adapter %s in a batched pass (loss %.4f → %.4f)", style.id, result.key,
                  float(np.mean(result.losses[:20])), float(np.mean(result.losses[-20:])))
     elif result.reused:

@@ -22,13 +22,14 @@ def finished_runs(root: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def safe_runs(tmp_path_factory, cache_dir, tiny_dir):
-    """The README's main command, then the same with an inference-only change, then with init=noise."""
+    """The README's main command on the random-weight tiny model (plumbing: the pocket model's own run is
+    tests/test_pocket.py), then the same with an inference-only change, then with init=noise."""
     cwd = tmp_path_factory.mktemp("safe")
-    first = run_cli(["+strategy=safe"], cwd)
+    first = run_cli(["+strategy=safe", "model=tiny"], cwd)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run_cli(["+strategy=safe", "init.strength=0.8"], cwd)
+    second = run_cli(["+strategy=safe", "model=tiny", "init.strength=0.8"], cwd)
     assert second.returncode == 0, second.stderr[-3000:]
-    third = run_cli(["+strategy=safe", "init=noise"], cwd)
+    third = run_cli(["+strategy=safe", "model=tiny", "init=noise"], cwd)
     assert third.returncode == 0, third.stderr[-3000:]
     runs = finished_runs(cwd)
     assert len(runs) == 3
@@ -48,7 +49,7 @@ def test_safe_strategy_runs_end_to_end(safe_runs):
     for sid, st in s["styles"].items():
         assert not st["reused"]
         assert (run_dir / "adapters" / sid / "pytorch_lora_weights.safetensors").stat().st_size > 1000
-        assert len(st["images"]) == 4
+        assert len(st["images"]) == 6  # prompt.json: 2 objects drawn in the style's images, 4 absent
         for f in st["images"]:
             assert Image.open(run_dir / f).size == (64, 64)
         assert -1.0 <= st["scores"]["hist"] <= 1.0 and st["scores"]["final"] is None
@@ -59,7 +60,8 @@ def test_safe_strategy_runs_end_to_end(safe_runs):
     assert s["model"]["random_weights"] and "RANDOM weights" in (run_dir / "summary.md").read_text()
     assert "RANDOM weights" in first.stderr
     assert (run_dir / "grid.png").exists() and (run_dir / "main.log").exists()
-    assert (run_dir / "images" / "00" / "aquarium.png").exists()
+    first_object = json.loads((Path(s["data_root"]) / "00" / "prompt.json").read_text())["0"]
+    assert (run_dir / "images" / "00" / f"{first_object}.png").exists()
 
 
 @pytest.mark.slow
@@ -100,7 +102,7 @@ def _bad(tmp_path: Path, tiny_dir: Path) -> dict:
         "missing model folder": ([f"model.path={tmp_path}/no_model"], rf"^error: model\.path={tmp_path}/no_model: no such folder$"),
         "sd21 offline": (["model=sd21"], r"^error: model\.path=stabilityai/stable-diffusion-2-1: weights not in the local Hugging Face cache and the hub is offline"),
         # a real model (not the demo): missing metric weights stop the run before training, all named
-        "metric weights": ([f"model.path={tiny_dir}"], r"^error: metric weights missing for dino, lpips, clip_r, fid, "
+        "metric weights": (["model=tiny", f"model.path={tiny_dir}"], r"^error: metric weights missing for dino, lpips, clip_r, fid, "
                            r"clip_iqa: dino: facebook/dinov2-base: .*eval\.models\.lpips.*eval\.models\.clip_iqa.* "
                            r"or set eval\.skip_missing=true"),
     }

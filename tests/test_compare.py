@@ -96,3 +96,31 @@ def test_no_argument_takes_the_latest_sweep_under_multirun(tmp_path):
     res = subprocess.run([sys.executable, "-m", "stylexfer.compare"], cwd=empty, capture_output=True, text=True)
     assert res.returncode != 0 and res.stderr.strip().startswith("error: no sweep under")
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_swept_seed_is_averaged_over_mean_and_sample_sd_best_mean_first(tmp_path, capsys):
+    """+report rows × train.seed: compare_seeds.{md,csv} has one row per report row with the mean and the
+    sample standard deviation over the seeds; the failed job is left out of its row's n; the seed is not
+    plotted as an axis; --over none turns it off and an unknown key fails naming it."""
+    pd = pytest.importorskip("pandas")
+    sweep = tmp_path / "sw"
+    finals = {"safe": (0.20, 0.22, 0.24), "untrained": (0.14, 0.15, 0.16)}
+    n = 0
+    for row, vals in finals.items():
+        for seed, v in enumerate(vals):
+            make_job(sweep / str(n), [f"+report={row}", f"train.seed={seed}"], {"final": v, "hist": 2 * v})
+            n += 1
+    make_job(sweep / str(n), ["+report=safe", "train.seed=3"], None, error="boom")
+    compare.main([str(sweep)])
+    out = capsys.readouterr().out
+    assert "Mean ± sample standard deviation over train.seed" in out and "0.2200 ± 0.0200" in out
+    df = pd.read_csv(sweep / "compare_seeds.csv")
+    assert list(df["report"]) == ["safe", "untrained"] and list(df["n"]) == [3, 3]
+    assert df["final_mean"].tolist() == pytest.approx([0.22, 0.15]) and df["final_sd"].tolist() == pytest.approx([0.02, 0.01])
+    assert df["hist_mean"].tolist() == pytest.approx([0.44, 0.30])
+    assert not list(sweep.glob("plot_train-seed_*.png"))
+    (sweep / "compare_seeds.csv").unlink()
+    compare.main([str(sweep), "--over", "none"])
+    assert not (sweep / "compare_seeds.csv").exists() and list(sweep.glob("plot_train-seed_*.png"))
+    with pytest.raises(SystemExit, match="--over lora.unet_lora_rank: not a swept key"):
+        compare.main([str(sweep), "--over", "lora.unet_lora_rank"])

@@ -53,3 +53,23 @@ def test_compiling_does_not_change_the_adapter_key(compose_cfg, demo_root):
         keys.add(str(adapter_spec(style, compose_cfg(over, strategy="safe"), "m", None)))
     assert len(keys) == 1
     assert str(adapter_spec(style, compose_cfg(["train.fp8=true"], strategy="safe"), "m", None)) not in keys  # fp8 is arithmetic
+
+
+def test_the_compile_mode_is_scheduling_not_arithmetic_and_a_typo_fails(compose_cfg, demo_root):
+    """train.compile_mode changes how the UNet runs, not what it computes: the adapter key ignores it, the
+    warm-cache marker does not (another mode is another compiled graph); an unknown mode fails naming the key."""
+    from types import SimpleNamespace
+
+    from stylexfer.config import validate
+    from stylexfer.data import discover_styles
+    from stylexfer.errors import ConfigError
+    from stylexfer.train import adapter_spec
+
+    style = discover_styles(demo_root)[0]
+    a, b = compose_cfg([], strategy="safe"), compose_cfg(["train.compile_mode=reduce-overhead"], strategy="safe")
+    validate(b)
+    assert str(adapter_spec(style, a, "m", None)) == str(adapter_spec(style, b, "m", None))
+    c = SimpleNamespace(model=SimpleNamespace(identity="m"), dtype=torch.bfloat16, device=torch.device("cpu"))
+    assert compiled.graph_key(c, a, 3) != compiled.graph_key(c, b, 3)
+    with pytest.raises(ConfigError, match="train.compile_mode"):
+        validate(compose_cfg(["train.compile_mode=fastest"], strategy="safe"))

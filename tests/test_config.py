@@ -118,7 +118,7 @@ def test_typos_and_wrong_types_fail_at_compose_naming_the_key(override, needle):
     ("lora.text_encoder_lora_rank=-1", "lora.text_encoder_lora_rank"),
     ("init.strength=1.5", "init.strength"),
     ("init.strength=0", "init.strength"),
-    ("train.steps=0", "train.steps"),
+    ("train.steps=-1", "train.steps"),
     ("train.lr=-1", "train.lr"),
     ("prior.weight=-0.5", "prior.weight"),
     ("augmentation.scale=0.9", "augmentation.scale"),
@@ -170,13 +170,13 @@ def test_the_framework_free_modules_import_no_framework():
 
 def test_the_report_table_preset_is_three_strategies_and_single_changes_to_safe_with_three_seeds():
     """+ablation=report_table: each row (experiments/report/) is a strategy, or the safe strategy with exactly
-    one of the report's changes undone; 3 seeds each, sampling seed = training seed."""
+    one of the report's changes undone, or safe untrained; 3 seeds each, sampling seed = training seed."""
     from omegaconf import OmegaConf
 
     cfg = compose(["+ablation=report_table"], hydra=True)
     params = dict(cfg.hydra.sweeper.params)
     rows = params["+report"].split(",")
-    assert params["train.seed"] == "0,1,2" and len(rows) == 9
+    assert params["train.seed"] == "0,1,2" and len(rows) == 10
     assert sorted(rows) == sorted(p.stem for p in (CONF.parent / "experiments" / "report").glob("*.yaml"))
 
     def flat(row):
@@ -189,6 +189,8 @@ def test_the_report_table_preset_is_three_strategies_and_single_changes_to_safe_
 
     safe = flat("safe")
     assert flat("baseline")["lora.unet_lora_rank"] == 4 and flat("aggressive")["lora.unet_lora_rank"] == 64
+    untrained = flat("untrained")
+    assert untrained["train.steps"] == 0 and {k for k, v in untrained.items() if safe.get(k) != v} == {"train.steps"}
     changed = {row: sorted(k for k, v in flat(row).items() if safe.get(k) != v)
                for row in rows if row.startswith("safe_")}
     assert changed == {

@@ -176,3 +176,20 @@ def test_batched_training_with_the_compiled_unet_on_the_gpu(demo_root, gpu_compo
         assert not failed
     for s in styles:
         assert losses[True][s.id] == pytest.approx(losses[False][s.id], rel=0.02)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_world_metrics_on_the_gpu_equal_the_cpu(demo_root):
+    """eval.suite=world on CUDA (a sweep job's device): every metric as on the CPU, within float32 noise."""
+    from PIL import Image
+
+    from stylexfer.world.metrics import WORLD_METRICS, WorldJudge, style_attribution
+
+    refs = [Image.open(p).convert("RGB") for p in sorted((demo_root / "00" / "images").glob("*.png"))]
+    gen = [Image.open(p).convert("RGB") for p in sorted((demo_root / "01" / "images").glob("*.png"))][:6]
+    objects = [p.stem for p in sorted((demo_root / "01" / "images").glob("*.png"))][:6]
+    cpu, gpu = WorldJudge("cpu"), WorldJudge("cuda")
+    for name, fn in {**WORLD_METRICS, "attribution": style_attribution}.items():
+        a, b = fn(cpu, gen, refs, objects=objects), fn(gpu, gen, refs, objects=objects)
+        assert abs(a - b) <= 1e-3 * max(1.0, abs(a)), (name, a, b)

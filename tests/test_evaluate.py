@@ -114,7 +114,7 @@ def test_clip_r_bookkeeping_matches_the_checkers_on_a_constructed_case(metric_mo
     lists.mkdir()
     candidates = ["  Aquarium", "bird ", "BIRD", "castle", "phone", "wallet", "zebra", "tree", "moon"]
     (lists / "checker.txt").write_text("\n".join(candidates) + "\n")
-    ev = compose([*metric_overrides(metric_models), "eval.metrics=[clip_r]", "eval.clip_r_prompts=checker",
+    ev = compose(["eval.suite=reference", *metric_overrides(metric_models), "eval.metrics=[clip_r]", "eval.clip_r_prompts=checker",
                   f"eval.prompt_lists_dir={lists}"]).eval
     doc = evaluate(upload, styles, ev, "cpu")
     ours = doc["overall"]["clip_r"]

@@ -97,7 +97,7 @@ def _eval_cfg(models, **kw):
 
     from conftest import compose
 
-    ev = compose([f"eval.models.{k}={v}" for k, v in models.items()]).eval
+    ev = compose(["eval.suite=reference"] + [f"eval.models.{k}={v}" for k, v in models.items()]).eval
     for k, v in kw.items():
         OmegaConf.update(ev, k, v)
     return ev

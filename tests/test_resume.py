@@ -92,7 +92,7 @@ def test_a_bad_style_fails_alone_and_the_exit_code_says_so(tmp_path, tiny_dir, d
 
     root = tmp_path / "data"
     shutil.copytree(demo_root, root)
-    broken = root / "01" / "images" / "Dog.png"
+    broken = sorted((root / "01" / "images").glob("*.png"))[0]
     broken.write_bytes(b"\x89PNG truncated")
     res = run_cli([f"model.path={tiny_dir}", f"data.root={root}", "train.steps=3", "prior=none", "scheduler.steps=3",
                    "data.max_objects=1", "eval.skip_missing=true"], tmp_path)
@@ -103,4 +103,5 @@ def test_a_bad_style_fails_alone_and_the_exit_code_says_so(tmp_path, tiny_dir, d
     s = json.loads((run / "summary.json").read_text())
     assert s["status"] == "partial" and list(s["failed_styles"]) == ["01"]
     assert set(k for k, v in s["styles"].items() if "scores" in v) == {"00", "02"}
-    assert Image.open(run / "images" / "02" / "aquarium.png").size == (64, 64)
+    first_object = json.loads((root / "02" / "prompt.json").read_text())["0"]
+    assert Image.open(run / "images" / "02" / f"{first_object}.png").size == (64, 64)

@@ -1,6 +1,7 @@
 """``python -m stylexfer.world sheet OUT.png`` (every object in every style) | ``styles ROOT`` (held-out styles
 in the competition layout) | ``judge --out DIR`` (train the pocket judge) | ``pretrain --out DIR`` (the pocket
-base model)."""
+base model) | ``check [--model DIR]`` (the judge's object accuracy on a base model's samples) |
+``attribution RUN...`` (the judge's style attribution of runs' images)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,16 @@ def main(argv=None) -> int:
     t.add_argument("--device", default="cuda")
     for f in fields(PretrainConfig):
         t.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    c = sub.add_parser("check", help="the judge's object accuracy on a base model's samples (default: the shipped one)")
+    c.add_argument("--model", type=Path, default=None, help="a diffusers folder (default: the shipped pocket model)")
+    c.add_argument("--per-object", type=int, default=4)
+    c.add_argument("--steps", type=int, default=30)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--out", type=Path, default=None, help="write the record (JSON) and a grid of the samples (PNG) here")
+    a = sub.add_parser("attribution", help="the judge's style attribution of finished runs' images (share assigned "
+                                          "to the style of the data's own images)")
+    a.add_argument("runs", type=Path, nargs="+", help="run folders (with summary.json and images/)")
     d = sub.add_parser("styles", help="held-out styles in the competition layout")
     d.add_argument("root", type=Path)
     d.add_argument("--styles", nargs="+", default=list(DEMO_HELD_OUT))
@@ -68,6 +79,25 @@ def main(argv=None) -> int:
         print(f"{path}: held-back object accuracy {record['heldback_object_accuracy']:.3f}, style "
               f"{record['heldback_style_accuracy']:.3f}, quality clean {record['heldback_quality_clean']:.2f} vs "
               f"degraded {record['heldback_quality_degraded']:.2f}")
+    elif args.cmd == "check":
+        import json
+
+        from ..store import atomic_save_image, atomic_write_json
+        from .check import base_model_check, check_grid
+
+        rec, images = base_model_check(args.model, args.per_object, args.steps, seed=args.seed, device=args.device)
+        if args.out:
+            atomic_write_json(args.out.with_suffix(".json"), rec)
+            atomic_save_image(check_grid(images, args.per_object), args.out.with_suffix(".png"))
+        print(json.dumps({k: rec[k] for k in ("object_accuracy", "held_out_attribution", "per_object_accuracy")}, indent=1))
+        print(f"judge object accuracy {rec['object_accuracy']:.3f} on {rec['samples']} samples of {rec['model']}")
+    elif args.cmd == "attribution":
+        from .metrics import WorldJudge, run_attribution
+
+        judge = WorldJudge()
+        for run in args.runs:
+            r = run_attribution(run, judge)
+            print(f"{run}: mean {r['mean']:.3f} (" + ", ".join(f"{k} {v:.2f}" for k, v in r["styles"].items()) + ")")
     elif args.cmd == "sheet":
         sheet(args.size).save(args.out)
         print(f"{args.out}: {len(OBJECTS)} objects x {len(STYLES)} styles")

@@ -22,13 +22,17 @@ DEMO_HELD_OUT = ("dots", "mosaic", "neon")
 
 
 def write_styles(root: Path, styles: Sequence[str] = DEMO_HELD_OUT, images: int = 10, present_prompts: int = 2,
-                 size: int = 64, seed: int = 0) -> Path:
-    """The styles' images and prompts in the competition layout under ``root`` (made fresh)."""
+                 size: int = 64, seed: int = 0, ids: Sequence[str] | None = None) -> Path:
+    """The styles' images and prompts in the competition layout under ``root`` (made fresh); each style's folder
+    is named by ``ids`` (as the competition numbers its styles) or by the style's name."""
     root = Path(root)
+    ids = list(ids) if ids is not None else list(styles)
+    if len(ids) != len(styles):
+        raise ValueError(f"ids={ids}: one folder name per style ({len(styles)})")
     names = sorted(OBJECTS)
     if not 1 <= images < len(names):
         raise ValueError(f"images={images}: must leave some of the {len(names)} objects absent")
-    for k, name in enumerate(styles):
+    for k, (name, folder) in enumerate(zip(styles, ids)):
         if name not in STYLES:
             raise KeyError(f"unknown style {name!r}; known: {', '.join(STYLES)}")
         rng = np.random.default_rng([seed, k])
@@ -36,20 +40,24 @@ def write_styles(root: Path, styles: Sequence[str] = DEMO_HELD_OUT, images: int 
         drawn, absent = order[:images], order[images:]
         for i, obj in enumerate(drawn):
             atomic_save_image(render(obj, name, Pose.random(rng), size, seed=seed * 1000 + i),
-                              root / name / "images" / f"{obj}.png")
+                              root / folder / "images" / f"{obj}.png")
         prompts = drawn[:present_prompts] + absent
-        atomic_write_json(root / name / "prompt.json", {str(i): o for i, o in enumerate(prompts)})
+        atomic_write_json(root / folder / "prompt.json", {str(i): o for i, o in enumerate(prompts)})
     atomic_write_text(root / "README.md", (
         "# stylexfer pocket-world styles\n\nProcedural images made by `stylexfer.world` (held-out styles the pocket "
         f"base model never saw), {images} per style at {size} px, in the competition layout "
-        "`<style>/images/<object>.png` + `<style>/prompt.json` (objects drawn in the images and absent from them).\n"))
+        "`<style>/images/<object>.png` + `<style>/prompt.json` (objects drawn in the images and absent from them).\n\n"
+        + "".join(f"- `{f}`: {n}\n" for f, n in zip(ids, styles))))
     return root
 
 
-def pretraining_example(rng: np.random.Generator, size: int = 64, named: float = 0.5) -> tuple[Image.Image, str, str, str]:
-    """One picture of a base style and its prompt: (image, prompt, object, style name)."""
+def pretraining_example(rng: np.random.Generator, size: int = 64, named: float = 0.5,
+                        every_style: bool = False) -> tuple[Image.Image, str, str, str]:
+    """One picture of a base style (of any style with ``every_style``, for the VAE) and its prompt:
+    (image, prompt, object, style name)."""
     obj = sorted(OBJECTS)[int(rng.integers(len(OBJECTS)))]
-    style = BASE_STYLES[int(rng.integers(len(BASE_STYLES)))]
+    pool = list(STYLES.values()) if every_style else BASE_STYLES
+    style = pool[int(rng.integers(len(pool)))]
     img = render(obj, style, Pose.random(rng), size, seed=int(rng.integers(2**31)))
     prompt = f"an image of {obj}" + (f", {style.words}" if rng.random() < named else "")
     return img, prompt, obj, style.name

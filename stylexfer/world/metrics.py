@@ -9,6 +9,7 @@
 | ``clip_r`` | CLIP-R retrieval | the judge's object head: the image's object ranks first among the candidate objects |
 | ``fid`` | FID (Inception) | Fréchet distance of the judge's pooled features, scaled so that two held-out styles are 40 apart (median) |
 | ``clip_iqa`` | CLIP-IQA | the judge's quality head: probability of a clean rendering (not noise, blur, blends or shuffles) |
+| ``attribution`` | — (a diagnostic, not in the final score) | share of generated images the judge's style head assigns to the style of the data's own images |
 
 World scores do not compare with the report's numbers: other models, another world.
 """
@@ -58,7 +59,7 @@ def style_similarity(judge: WorldJudge, generated, references, **_) -> float:
 
 def perceptual_distance(judge: WorldJudge, generated, references, **_) -> float:
     gm, rm = judge(generated)["maps"], judge(references)["maps"]
-    total = torch.zeros(len(generated), len(references))
+    total = torch.zeros(len(generated), len(references), device=gm[0].device)
     for g, r in zip(gm, rm):
         g, r = F.normalize(g, dim=1), F.normalize(r, dim=1)  # unit length over channels at each position
         # ‖g_i − r_j‖² per position, spatial mean: 2 − 2⟨g_i, r_j⟩ averaged over positions
@@ -84,12 +85,39 @@ def object_retrieval(judge: WorldJudge, generated, references=None, *, objects: 
 
 
 def feature_fid(judge: WorldJudge, generated, references, **_) -> float:
-    f = lambda ims: judge(ims)["feature"].double().numpy() * judge.fid_scale  # noqa: E731
+    f = lambda ims: judge(ims)["feature"].double().cpu().numpy() * judge.fid_scale  # noqa: E731
     return frechet_of(f(references), f(generated))
 
 
 def quality(judge: WorldJudge, generated, references=None, **_) -> float:
     return float(torch.sigmoid(judge(generated)["quality"]).mean())
+
+
+def style_attribution(judge: WorldJudge, generated, references, **_) -> float:
+    """Share of the generated images the judge's style head assigns to the style it assigns most of the
+    references to (a diagnostic, not one of the six metrics)."""
+    ref = torch.bincount(judge(references)["style"].argmax(1)).argmax()
+    return float((judge(generated)["style"].argmax(1) == ref).float().mean())
+
+
+def run_attribution(run_dir, judge: WorldJudge | None = None) -> dict:
+    """{style id: attribution} for a finished run's images against its data's images, and their mean."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    run_dir = Path(run_dir)
+    judge = judge or WorldJudge()
+    root = Path(json.loads((run_dir / "summary.json").read_text())["data_root"])
+    load = lambda files: [Image.open(f).convert("RGB") for f in files]  # noqa: E731
+    out = {}
+    for folder in sorted(p for p in (run_dir / "images").iterdir() if p.is_dir()):
+        gen = sorted(f for f in folder.glob("*.png") if not f.name.startswith("_"))
+        refs = sorted((root / folder.name / "images").glob("*.png"))
+        if gen and refs:
+            out[folder.name] = style_attribution(judge, load(gen), load(refs))
+    return {"styles": out, "mean": float(np.mean(list(out.values()))) if out else float("nan")}
 
 
 WORLD_METRICS = {"dino": style_similarity, "lpips": perceptual_distance, "clip_r": object_retrieval,

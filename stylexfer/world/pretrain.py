@@ -6,12 +6,14 @@ world's *base* styles, so that it draws every object but knows none of the held-
 
 1. renders a fixed set of base-style pictures with their prompts (``an image of {object}`` or
    ``an image of {object}, {style words}``; worker processes, deterministic per chunk);
-2. fits the VAE (reconstruction + a small KL) on them and on generic shapes, and sets its latent scale;
+2. fits the VAE (reconstruction + a small KL) on them, on generic shapes and on pictures of every style (the
+   VAE is a codec, as SD's is: it must reconstruct the held-out styles; the UNet and text encoder never see
+   them), and sets its latent scale;
 3. encodes every picture once and trains the UNet and the text encoder together on the latents
    (epsilon prediction, 10% empty prompts for classifier-free guidance, AdamW, cosine schedule, EMA);
 4. saves the diffusers folder (safetensors, float16 weights) with ``pocket.json`` beside it: the spec, the
-   data's hash, both loss curves, the seconds, and each weight file's sha256; and ``samples.png``, a grid of
-   every object drawn from the saved folder.
+   data's hash, both loss curves, the seconds, and each weight file's sha256; ``loss.png``; and ``samples.png``,
+   a grid of every object drawn from the saved folder.
 
 The folder loads through the same ``from_pretrained`` path as SD 2.1 (``model.path=DIR``).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -50,7 +53,10 @@ SPEC = {
 @dataclass
 class PretrainConfig:
     images: int = 40_000  # base-style renders (poses, objects, styles drawn at random)
-    vae_steps: int = 2000
+    vae_steps: int = 5000
+    # the VAE is a codec, as SD's is (trained on broad data): it also sees this many pictures of *every* style,
+    # held-out ones included, so that it can reconstruct them; the UNet and the text encoder never see those
+    vae_every_style_images: int = 12_000
     vae_batch: int = 64
     vae_lr: float = 1e-3
     unet_steps: int = 8000
@@ -66,11 +72,11 @@ class PretrainConfig:
 def _render_chunk(args) -> tuple[np.ndarray, list[str], list[str], list[str]]:
     from .dataset import pretraining_example
 
-    seed, start, n, size = args
-    rng = np.random.default_rng([seed, start])
+    seed, start, n, size, every_style = args
+    rng = np.random.default_rng([seed, start] if not every_style else [seed, start, 1])
     imgs, prompts, objs, styles = [], [], [], []
     for _ in range(n):
-        img, prompt, obj, st = pretraining_example(rng, size)
+        img, prompt, obj, st = pretraining_example(rng, size, every_style=every_style)
         imgs.append(np.asarray(img, np.uint8))
         prompts.append(prompt)
         objs.append(obj)
@@ -78,10 +84,11 @@ def _render_chunk(args) -> tuple[np.ndarray, list[str], list[str], list[str]]:
     return np.stack(imgs), prompts, objs, styles
 
 
-def render_set(n: int, seed: int, size: int, workers: int) -> tuple[np.ndarray, list[str]]:
-    """n base-style pictures (uint8, N×H×W×3) and their prompts, the same for any number of workers."""
+def render_set(n: int, seed: int, size: int, workers: int, every_style: bool = False) -> tuple[np.ndarray, list[str]]:
+    """n base-style pictures (of any style with ``every_style``; uint8, N×H×W×3) and their prompts, the same
+    for any number of workers."""
     chunk = 500
-    jobs = [(seed, s, min(chunk, n - s), size) for s in range(0, n, chunk)]
+    jobs = [(seed, s, min(chunk, n - s), size, every_style) for s in range(0, n, chunk)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as ex:
             parts = list(ex.map(_render_chunk, jobs))
@@ -96,14 +103,15 @@ def _to_tensor(arr: np.ndarray, device):
     return torch.from_numpy(arr).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def train_vae(vae, images: np.ndarray, cfg: PretrainConfig, device) -> tuple[list[float], float]:
+def train_vae(vae, images: np.ndarray, cfg: PretrainConfig, device, every_style: np.ndarray | None = None
+              ) -> tuple[list[float], float]:
     import torch
 
     from ..embedded import random_shapes_image
 
     g = np.random.default_rng([cfg.seed, 1])
     generic = np.stack([np.asarray(random_shapes_image(g, images.shape[1]), np.uint8) for _ in range(max(64, len(images) // 10))])
-    data = np.concatenate([images, generic])
+    data = np.concatenate([images, generic] + ([every_style] if every_style is not None and len(every_style) else []))
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.vae_steps)
     vae.train()
@@ -123,6 +131,26 @@ def train_vae(vae, images: np.ndarray, cfg: PretrainConfig, device) -> tuple[lis
     with torch.no_grad():
         std = vae.encode(_to_tensor(images[:256], device)).latent_dist.mode().std().item()
     return losses, 1.0 / std
+
+
+def reconstruction_check(vae, size: int, seed: int, device, per_style: int = 32) -> dict:
+    """The VAE's reconstruction MSE (pixels in [-1, 1]) on fresh pictures of base and of held-out styles."""
+    import torch
+
+    from .scene import OBJECTS, Pose
+    from .styles import STYLES, render
+
+    names = sorted(OBJECTS)
+    rng = np.random.default_rng([seed, 99])
+    err = {"base": [], "held_out": []}
+    with torch.no_grad():
+        for st in STYLES.values():
+            imgs = np.stack([np.asarray(render(names[i % len(names)], st, Pose.random(rng), size, int(rng.integers(2**31))),
+                                        np.uint8) for i in range(per_style)])
+            x = _to_tensor(imgs, device)
+            rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+            err["held_out" if st.held_out else "base"].append(float(((rec - x) ** 2).mean()))
+    return {k: round(float(np.mean(v)), 5) for k, v in err.items()}
 
 
 def train_unet(unet, text_encoder, tokenizer, vae, images: np.ndarray, prompts: list[str], cfg: PretrainConfig,
@@ -147,7 +175,15 @@ def train_unet(unet, text_encoder, tokenizer, vae, images: np.ndarray, prompts: 
     ids = ids[:-1]
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
-    lr = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.unet_lr, total_steps=cfg.unet_steps, pct_start=0.05)
+    total = [cfg.unet_steps]  # shortened once the first steps' speed shows max_minutes cannot fit them all
+    warm = max(1, cfg.unet_steps // 20)
+
+    def factor(step: int) -> float:  # linear warm-up, then cosine to zero at the (possibly shortened) last step
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total[0] - warm))))
+
+    lr = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     ema = copy.deepcopy(unet).requires_grad_(False)
     ema_te = copy.deepcopy(text_encoder).requires_grad_(False)
     unet.train()
@@ -155,10 +191,16 @@ def train_unet(unet, text_encoder, tokenizer, vae, images: np.ndarray, prompts: 
     g = torch.Generator(device).manual_seed(cfg.seed)
     losses = []
     t0 = time.time()
+    ema_params = list(ema.parameters()) + list(ema_te.parameters())
     for step in range(cfg.unet_steps):
-        if cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes:
+        if step >= total[0] or (cfg.max_minutes and time.time() - t0 > 66 * cfg.max_minutes):  # 10% past: a hard stop
             log.warning("unet: stopped at step %d of %d (max_minutes=%s)", step, cfg.unet_steps, cfg.max_minutes)
             break
+        if cfg.max_minutes and step == 200:  # the speed is known: fit the schedule into the budget
+            torch.cuda.synchronize() if device.type == "cuda" else None
+            per_step = (time.time() - t0) / step
+            total[0] = min(cfg.unet_steps, max(warm + 1, int(60 * cfg.max_minutes / per_step)))
+            log.info("unet: %.1f ms/step; %d steps fit max_minutes=%s", 1000 * per_step, total[0], cfg.max_minutes)
         idx = torch.randint(0, len(mean), (cfg.unet_batch,), device=device, generator=g)
         lat = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, device=device, generator=g)) * scale
         flip = torch.rand(len(idx), device=device, generator=g) < 0.5  # mirrored pictures are pictures of the same things
@@ -178,8 +220,7 @@ def train_unet(unet, text_encoder, tokenizer, vae, images: np.ndarray, prompts: 
         opt.step()
         lr.step()
         with torch.no_grad():
-            for e, p in zip(list(ema.parameters()) + list(ema_te.parameters()), params):
-                e.lerp_(p, 1 - cfg.ema)
+            torch._foreach_lerp_(ema_params, params, 1 - cfg.ema)
         losses.append(loss.detach())
         if step % 1000 == 0:
             log.info("unet step %d: loss %.4f", step, float(torch.stack(losses[-200:]).mean()))
@@ -218,8 +259,12 @@ def pretrain(out: Path, cfg: PretrainConfig, device: str = "cpu") -> dict:
                                                 pad_token_id=tokenizer.pad_token_id)).to(dev)
     unet = UNet2DConditionModel(**SPEC["unet"]).to(dev)
     vae = AutoencoderKL(**SPEC["vae"]).to(dev)
-    vae_losses, scaling = train_vae(vae, images, cfg, dev)
+    codec_images = (render_set(cfg.vae_every_style_images, cfg.seed, res, cfg.workers, every_style=True)[0]
+                    if cfg.vae_every_style_images else None)
+    vae_losses, scaling = train_vae(vae, images, cfg, dev, codec_images)
     vae.register_to_config(scaling_factor=round(scaling, 5))
+    vae_check = reconstruction_check(vae, res, cfg.seed, dev)
+    log.info("VAE reconstruction MSE on fresh pictures: %s", vae_check)
     t_vae = time.time() - t0 - t_render
     log.info("VAE: %d steps in %.0fs, loss %.4f, latent scale %.3f", cfg.vae_steps, t_vae, np.mean(vae_losses[-50:]), scaling)
     vae.requires_grad_(False)
@@ -230,7 +275,7 @@ def pretrain(out: Path, cfg: PretrainConfig, device: str = "cpu") -> dict:
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out, safe_serialization=True)
     weights = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*.safetensors"))}
-    record = {"spec": SPEC, "config": asdict(cfg), "device": str(dev), "data_sha256": data_hash,
+    record = {"spec": SPEC, "config": asdict(cfg), "device": str(dev), "data_sha256": data_hash, "vae_reconstruction_mse": vae_check,
               "spec_hash": stable_hash(SPEC), "seconds": {"render": round(t_render, 1), "vae": round(t_vae, 1),
                                                           "unet": round(t_unet, 1)},
               "vae_losses": [round(x, 5) for x in vae_losses[:: max(1, len(vae_losses) // 300)]],
@@ -238,8 +283,23 @@ def pretrain(out: Path, cfg: PretrainConfig, device: str = "cpu") -> dict:
               "unet_steps_done": len(unet_losses), "weights_sha256": weights, "random_weights": False,
               "sizes_mib": {k: round((out / k).stat().st_size / 2**20, 2) for k in weights}}
     atomic_write_json(out / "pocket.json", record)
+    (out / "loss.png").write_bytes(loss_plot(record))
     sample_grid(out, device).save(out / "samples.png")
     return record
+
+
+def loss_plot(record: dict) -> bytes:
+    """PNG: the VAE's and the UNet's training loss from a ``pocket.json`` record (as recorded: every k-th step)."""
+    from ..report import axes_png, new_axes
+
+    fig, ax = new_axes(7, 3.6)
+    cfg = record["config"]
+    for key, steps, label in (("vae_losses", cfg["vae_steps"], "VAE (reconstruction + KL)"),
+                              ("unet_losses", record["unet_steps_done"], "UNet + text encoder (epsilon MSE)")):
+        ys = record[key]
+        ax.plot([i * steps / len(ys) for i in range(len(ys))], ys, label=label)
+    ax.set_yscale("log")
+    return axes_png(fig, ax, "step", "loss", f"pocket model pretraining ({record['device']}, data {record['data_sha256'][:12]})")
 
 
 def sample_grid(folder: Path, device: str = "cpu", steps: int = 30, seed: int = 0):

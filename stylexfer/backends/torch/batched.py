@@ -195,8 +195,10 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
         ticks = clock if clock is not None else []
         unet = c.unet
         compile_now = compiled.decide(c, cfg, n)
+        graphs = compile_now and tr.get("compile_mode", "default") in ("reduce-overhead", "max-autotune")
         if compile_now:
-            unet = torch.compile(c.unet)
+            mode = tr.get("compile_mode", "default")
+            unet = torch.compile(c.unet, mode=None if mode == "default" else mode)
         # the next step's data is drawn on the worker while the GPU runs this step; leaving the block
         # waits for a draw still under way
         fp8_on = bool(tr.fp8) and fp8.supported(c.device)
@@ -225,6 +227,8 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
                 ad.router.groups = torch.tensor(live, device=c.device)
                 ad.router.all_slots = len(live) == n
                 cond = text(d.prompts)
+                if graphs:  # CUDA graphs: a new training step begins (the last step's graph outputs may be reused)
+                    torch.compiler.cudagraph_mark_step_begin()
                 with _autocast(c, precision):
                     pred = unet(noisy.to(c.dtype), ts, cond.to(c.dtype)).sample
                 per_sample = F.mse_loss(pred.float(), targets.float(), reduction="none").mean(dim=(1, 2, 3))
