@@ -1,8 +1,10 @@
-"""Convert the LPIPS and FID-Inception weights, published upstream only as PyTorch pickles, into the
-safetensors files that ``eval.models.lpips`` / ``eval.models.fid`` point to.
+"""Convert weights published only as PyTorch pickles into safetensors: the LPIPS and FID-Inception weights
+that ``eval.models.lpips`` / ``eval.models.fid`` point to, and LoRA adapters saved as pickles (JDiffusion's
+DreamBooth example writes ``pytorch_lora_weights.bin``).
 
     python -m stylexfer.convert_weights lpips --backbone squeezenet1_1-b8a52dc0.pth
     python -m stylexfer.convert_weights fid --src pt_inception-2015-12-05-6726825d.pth
+    python -m stylexfer.convert_weights lora --src style/style_00/pytorch_lora_weights.bin
 
 Sources (download them on a machine with network access):
 - LPIPS backbone: torchvision's SqueezeNet 1.1 ImageNet weights
@@ -101,7 +103,18 @@ def main(argv=None) -> int:
     fp = sub.add_parser("fid", help="FID Inception (eval.models.fid)")
     fp.add_argument("--src", type=Path, required=True, help="pt_inception-2015-12-05-6726825d.pth")
     fp.add_argument("--out", type=Path, default=DEFAULT_OUT["fid"])
+    lo = sub.add_parser("lora", help="a LoRA adapter saved as a pickle (diffusers keys kept as they are)")
+    lo.add_argument("--src", type=Path, required=True, help="pytorch_lora_weights.bin")
+    lo.add_argument("--out", type=Path, default=None, help="default: pytorch_lora_weights.safetensors beside --src")
     args = p.parse_args(argv)
+    if args.what == "lora":
+        state = _read_pickle(args.src)
+        bad = [k for k, v in state.items() if not hasattr(v, "shape")] if isinstance(state, dict) else ["(not a dict)"]
+        if bad:
+            raise SystemExit(f"error: {args.src}: not a LoRA state dict (no tensor at {bad[0]})")
+        out = _save(state, args.out or args.src.with_suffix(".safetensors"), {"format": "pt", "source": args.src.name})
+        print(f"wrote {out} ({len(state)} tensors); load_lora_weights() on its folder reads it")
+        return 0
     if args.what == "lpips":
         import lpips
 

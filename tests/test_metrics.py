@@ -201,3 +201,28 @@ def test_missing_weights_are_all_named_before_anything_runs(metric_models, tmp_p
     assert set(preflight(ev, demo=True)) == {"dino", "fid", "clip_iqa"}
     with pytest.raises(ModelNotFoundError):
         preflight(ev, demo=False)
+
+
+def test_a_pickled_lora_adapter_converts_to_safetensors_with_the_same_tensors(tmp_path):
+    """JDiffusion writes pytorch_lora_weights.bin (a pickle): convert_weights lora reads it with the restricted
+    unpickler and writes the same keys and tensors as safetensors beside it; a non-weights file fails in one line."""
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    state = {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight": torch.randn(4, 320),
+             "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.up.weight": torch.randn(320, 4)}
+    src = tmp_path / "style_00" / "pytorch_lora_weights.bin"
+    src.parent.mkdir()
+    torch.save(state, src)
+    r = subprocess.run([sys.executable, "-m", "stylexfer.convert_weights", "lora", "--src", str(src)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = load_file(str(src.with_suffix(".safetensors")))
+    assert set(out) == set(state) and all(torch.equal(out[k], state[k]) for k in state)
+    src.write_bytes(b"not a pickle")
+    r = subprocess.run([sys.executable, "-m", "stylexfer.convert_weights", "lora", "--src", str(src)],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and "not a PyTorch weights file" in r.stderr
