@@ -120,7 +120,7 @@ def test_bad_input_gets_one_clear_line_and_leaves_nothing(tmp_path, cache_dir, d
 
 
 def test_a_regular_install_carries_its_configs_and_runs_from_any_folder(tmp_path):
-    """``pip install .`` (not editable): the configs and sweep presets travel inside the package."""
+    """``pip install .`` (not editable): the configs, sweep presets and shipped weights travel inside the package."""
     import subprocess
     import sys
 
@@ -142,3 +142,11 @@ def test_a_regular_install_carries_its_configs_and_runs_from_any_folder(tmp_path
     code = "import stylexfer.app as a; print(a.CONFIG_DIR)"
     where = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert where.stdout.strip() == str(target / "stylexfer" / "_conf")
+    # the shipped pocket model and judge travel too, and pass their hash checks from there
+    code = ("from stylexfer.embedded import pocket_model_dir; from stylexfer.world.judge import judge_record; "
+            "print(pocket_model_dir()); judge_record()")
+    pocket = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert pocket.returncode == 0, pocket.stderr[-2000:]
+    assert pocket.stdout.strip() == str(target / "stylexfer" / "assets" / "pocket")
+    for f in ("model_index.json", "tokenizer/tokenizer.json", "scheduler/scheduler_config.json", "unet/config.json"):
+        assert (target / "stylexfer" / "assets" / "pocket" / f).is_file(), f
