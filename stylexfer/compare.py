@@ -205,11 +205,13 @@ def aggregate(jobs: list[Job], over: list[str]) -> tuple[list[str], list[list[st
         sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
         return mean, sd
 
-    ranked = sorted(groups.items(), key=lambda kv: -(stats(kv[1], c.rank)[0] or -math.inf) if c.rank else 0)
+    rows = [(setting, group, {m: stats(group, m) for m in c.metrics}) for setting, group in groups.items()]
+    if c.rank:  # best mean first, groups without one last
+        rows.sort(key=lambda r: (r[2][c.rank][0] is None, -(r[2][c.rank][0] or 0.0)))
     header = [*keys, "n", *c.metrics]
     text, rec = [], []
-    for setting, group in ranked:
-        st = [stats(group, m) for m in c.metrics]
+    for setting, group, by_metric in rows:
+        st = [by_metric[m] for m in c.metrics]
         text.append([*setting, str(len(group)), *[f"{a:.4f} ± {b:.4f}" if a is not None else "—" for a, b in st]])
         rec.append([*[_parsed(v) for v in setting], len(group), *[x for a, b in st for x in (a, b)]])
     return header, text, [*keys, "n", *[f"{m}_{x}" for m in c.metrics for x in ("mean", "sd")]], rec

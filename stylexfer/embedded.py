@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .store import atomic_save_image, atomic_write_json, atomic_write_text, build_once, stable_hash
+from .store import atomic_save_image, atomic_write_json, atomic_write_text, build_once, file_digest, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +217,6 @@ POCKET_DIR = Path(str(resources.files("stylexfer").joinpath("assets", "pocket"))
 def pocket_model_dir(folder: Path = POCKET_DIR) -> Path:
     """The shipped pocket model's diffusers folder, after checking every weight file's sha256 against its
     ``pocket.json`` (written by ``python -m stylexfer.world pretrain``)."""
-    import hashlib
-
     from .errors import ModelNotFoundError
 
     folder = Path(folder)
@@ -227,7 +225,7 @@ def pocket_model_dir(folder: Path = POCKET_DIR) -> Path:
         raise ModelNotFoundError(f"model=pocket: {record_file} is missing (a damaged install? reinstall stylexfer)")
     for name, digest in json.loads(record_file.read_text())["weights_sha256"].items():
         f = folder / name
-        if not f.exists() or hashlib.sha256(f.read_bytes()).hexdigest() != digest:
-            why = "missing" if not f.exists() else "sha256 differs from pocket.json"
+        why = "missing" if not f.exists() else "sha256 differs from pocket.json" if file_digest(f, 64) != digest else None
+        if why:
             raise ModelNotFoundError(f"model=pocket: {f}: {why} (a damaged install? reinstall stylexfer)")
     return folder

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .config import EvalSuite, value
 from .data import Style, load_image, object_name_from_file
 from .errors import DataError, ModelNotFoundError
 from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, Scorer, check_weights, score_components
@@ -42,7 +43,7 @@ def preflight(ev, demo: bool) -> dict[str, str]:
     Returns {metric: why} for the metrics that will be unavailable (``eval.skip_missing``); raises
     ModelNotFoundError naming every missing model otherwise. For the demo model nothing is downloaded:
     only local files and the local hub cache count."""
-    if str(getattr(ev.suite, "value", ev.suite)) == "world":  # the pocket judge: shipped, or the folder eval.judge names
+    if value(ev.suite) == EvalSuite.world.value:  # the pocket judge: shipped, or the folder eval.judge names
         from .world.judge import ASSETS, judge_record
 
         judge_record(Path(ev.judge).expanduser() if ev.judge else ASSETS)  # a missing or damaged judge fails here

@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from .config import EvalSuite, value
 from .errors import ModelNotFoundError
 from .models import hub_offline, looks_like_hub_id
 
@@ -422,7 +423,7 @@ class Scorer:
         """``skip``: metrics already found unavailable (not looked up again)."""
         offline = hub_offline() if offline is None else offline
         names = [m for m in ev.metrics if m not in skip]
-        if str(getattr(ev.suite, "value", ev.suite)) == "world":
+        if value(ev.suite) == EvalSuite.world.value:
             return cls._world(ev, device, names)
         paths, missing = find_weights(names, ev.models, offline)
         metrics, models = {}, {}

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..store import file_digest
 from .scene import OBJECTS, Pose
 from .styles import STYLES, render
 
@@ -184,7 +185,7 @@ def judge_record(folder: Path = ASSETS) -> dict:
         raise ModelNotFoundError(f"{folder}: no pocket judge (judge.safetensors + judge.json); "
                                  "make one with python -m stylexfer.world judge --out DIR")
     record = json.loads(rec_path.read_text())
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_digest(path, 64)
     if digest != record.get("sha256"):
         raise ModelNotFoundError(f"{path}: sha256 {digest[:12]}… does not match judge.json ({str(record.get('sha256'))[:12]}…): "
                                  "damaged or replaced")

@@ -105,18 +105,17 @@ def run_attribution(run_dir, judge: WorldJudge | None = None) -> dict:
     import json
     from pathlib import Path
 
-    from PIL import Image
+    from ..data import discover_styles
+    from ..evaluate import generated_images
 
-    run_dir = Path(run_dir)
+    images = Path(run_dir) / "images"
     judge = judge or WorldJudge()
-    root = Path(json.loads((run_dir / "summary.json").read_text())["data_root"])
-    load = lambda files: [Image.open(f).convert("RGB") for f in files]  # noqa: E731
+    root = Path(json.loads((Path(run_dir) / "summary.json").read_text())["data_root"])
     out = {}
-    for folder in sorted(p for p in (run_dir / "images").iterdir() if p.is_dir()):
-        gen = sorted(f for f in folder.glob("*.png") if not f.name.startswith("_"))
-        refs = sorted((root / folder.name / "images").glob("*.png"))
-        if gen and refs:
-            out[folder.name] = style_attribution(judge, load(gen), load(refs))
+    for style in discover_styles(root, sorted(p.name for p in images.iterdir() if p.is_dir())):
+        generated, _ = generated_images(images / style.id, style)
+        if generated:
+            out[style.id] = style_attribution(judge, generated, style.images)
     return {"styles": out, "mean": float(np.mean(list(out.values()))) if out else float("nan")}
 
 

@@ -197,7 +197,8 @@ def train_unet(unet, text_encoder, tokenizer, vae, images: np.ndarray, prompts: 
             log.warning("unet: stopped at step %d of %d (max_minutes=%s)", step, cfg.unet_steps, cfg.max_minutes)
             break
         if cfg.max_minutes and step == 200:  # the speed is known: fit the schedule into the budget
-            torch.cuda.synchronize() if device.type == "cuda" else None
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             per_step = (time.time() - t0) / step
             total[0] = min(cfg.unet_steps, max(warm + 1, int(60 * cfg.max_minutes / per_step)))
             log.info("unet: %.1f ms/step; %d steps fit max_minutes=%s", 1000 * per_step, total[0], cfg.max_minutes)
@@ -239,7 +240,7 @@ def pretrain(out: Path, cfg: PretrainConfig, device: str = "cpu") -> dict:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from ..embedded import build_tokenizer
-    from ..store import atomic_write_json, stable_hash
+    from ..store import atomic_write_json, file_digest, stable_hash
 
     t0 = time.time()
     dev = torch.device(device)
@@ -274,7 +275,7 @@ def pretrain(out: Path, cfg: PretrainConfig, device: str = "cpu") -> dict:
                                    scheduler=DDIMScheduler.from_config(SPEC["scheduler"]), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out, safe_serialization=True)
-    weights = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*.safetensors"))}
+    weights = {str(p.relative_to(out)): file_digest(p, 64) for p in sorted(out.rglob("*.safetensors"))}
     record = {"spec": SPEC, "config": asdict(cfg), "device": str(dev), "data_sha256": data_hash, "vae_reconstruction_mse": vae_check,
               "spec_hash": stable_hash(SPEC), "seconds": {"render": round(t_render, 1), "vae": round(t_vae, 1),
                                                           "unet": round(t_unet, 1)},

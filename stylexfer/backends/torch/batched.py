@@ -195,10 +195,9 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
         ticks = clock if clock is not None else []
         unet = c.unet
         compile_now = compiled.decide(c, cfg, n)
-        graphs = compile_now and tr.get("compile_mode", "default") in ("reduce-overhead", "max-autotune")
+        graphs = compile_now and tr.compile_mode in ("reduce-overhead", "max-autotune")  # modes with CUDA graphs
         if compile_now:
-            mode = tr.get("compile_mode", "default")
-            unet = torch.compile(c.unet, mode=None if mode == "default" else mode)
+            unet = torch.compile(c.unet, mode=None if tr.compile_mode == "default" else tr.compile_mode)
         # the next step's data is drawn on the worker while the GPU runs this step; leaving the block
         # waits for a draw still under way
         fp8_on = bool(tr.fp8) and fp8.supported(c.device)

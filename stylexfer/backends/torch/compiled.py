@@ -50,7 +50,7 @@ def graph_key(c, cfg, n_styles: int) -> str:
                         "lora": OmegaConf.to_container(cfg.lora, resolve=True, enum_to_str=True),
                         "lora_compute": str(cfg.train.lora_compute), "fp8": bool(cfg.train.fp8),
                         "precision": str(cfg.train.mixed_precision), "dtype": str(c.dtype),
-                        "mode": cfg.train.get("compile_mode", "default"),
+                        "mode": cfg.train.compile_mode,
                         "torch": torch.__version__, "gpu": _gpu(c.device)})
 
 
