@@ -70,7 +70,7 @@ class LoraCompute(str, Enum):
 
 @dataclass
 class BackendConfig:
-    # the framework that trains and samples: stylexfer/backends/<name>/ (torch; see stylexfer.backends)
+    # the framework that trains and samples: stylexfer/backends/<name>/ (torch | jittor; see stylexfer.backends)
     name: str = "torch"
 
 

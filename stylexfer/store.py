@@ -209,3 +209,29 @@ def link_or_copy_tree(src: Path, dst: Path) -> None:
             os.link(item, target)
         except OSError:
             shutil.copy2(item, target)
+
+
+# ------------------------------------------------------------------------------ training checkpoints
+# A training checkpoint is a folder ``step-NNNNNNN/`` holding ``state.safetensors`` (tensors) and ``state.json``
+# (the rest), written under a temporary name and renamed into place when complete; older ones are removed.
+
+def write_checkpoint(folder: Path, step: int, write_tensors: Callable[[Path], None], meta: dict) -> Path:
+    """Write checkpoint ``step`` into ``folder``: ``write_tensors(path)`` writes the safetensors file."""
+    tmp = Path(folder) / f".step-{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_tensors(tmp / "state.safetensors")
+    atomic_write_json(tmp / "state.json", meta)
+    final = Path(folder) / f"step-{step:07d}"
+    os.rename(tmp, final)
+    for old in sorted(Path(folder).glob("step-*"))[:-1]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(folder: Optional[Path]) -> Optional[tuple[Path, dict]]:
+    """(the latest checkpoint's safetensors file, its JSON) in ``folder``, or None."""
+    done = sorted(Path(folder).glob("step-*")) if folder is not None and Path(folder).is_dir() else []
+    if not done:
+        return None
+    return done[-1] / "state.safetensors", json.loads((done[-1] / "state.json").read_text())

@@ -154,6 +154,8 @@ def train_in_batches(backend, todo: list[tuple], cfg, cache: Path, pool_for) -> 
     per_batch = cfg.train.styles_per_batch
     if per_batch == 1 or len(todo) < 2:
         return {}, {}
+    if not backend.trains_together:  # e.g. the Jittor backend: one style per pass
+        return {}, {}
     if cfg.lora.dropout > 0:  # per-style dropout masks cannot be drawn from per-style streams in one pass
         log.info("lora.dropout=%s: training the styles one at a time (no batched pass)", cfg.lora.dropout)
         return {}, {}

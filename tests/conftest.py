@@ -14,6 +14,9 @@ REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# jittor's compiled core and kernels (backend=jittor): one place per machine for the session and its CLI
+# subprocesses (each test's store is its own; jittor's cache need not be), where a user's runs keep it too
+os.environ.setdefault("JITTOR_HOME", str(Path.home() / ".cache" / "stylexfer" / "jittor"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -28,7 +28,8 @@ from PIL import Image
 from ..errors import ConfigError
 
 # name → (module, class, the pip extra that brings its framework)
-BACKENDS = {"torch": ("stylexfer.backends.torch", "TorchBackend", None)}
+BACKENDS = {"torch": ("stylexfer.backends.torch", "TorchBackend", None),
+            "jittor": ("stylexfer.backends.jittor", "JittorBackend", "jittor")}
 
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 
@@ -51,6 +52,8 @@ class Backend(ABC):
     """A loaded base model on a device, and what the pipeline asks of it."""
 
     name: str = "?"
+    # whether :meth:`train` trains several styles in one pass (else the framework hands it one style at a time)
+    trains_together: bool = True
 
     @property
     @abstractmethod
@@ -130,6 +133,10 @@ class LazyBackend(Backend):
     @property
     def device(self) -> str:
         return self._loaded.device if self._loaded is not None else self._device
+
+    @property
+    def trains_together(self) -> bool:
+        return self.loaded.trains_together
 
     @property
     def dtype(self) -> str:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -36,7 +34,9 @@ from ...config import LoraCompute, Precision, PriorMode, value
 from ...data import Style, augment, augment_random, augment_resize, can_cache_latents, crop_at, crop_grid, draw_grid_crop, grid_cached_crops
 from ...errors import TrainingDiverged
 from ...prior import ClassPool
-from ...store import atomic_write_json, stable_hash
+from ...store import latest_checkpoint, write_checkpoint
+from ...streams import Cycler as _Cycler
+from ...streams import Stream as _Stream
 from . import fp8
 from .models import Components, encode_prompts
 from .multilora import MultiAdapters, Router, inject, restore
@@ -61,31 +61,6 @@ def _autocast(components: Components, precision: Precision):
     if components.device.type == "cuda" and precision != Precision.no:
         return torch.autocast("cuda", dtype=torch.bfloat16 if precision == Precision.bf16 else torch.float16)
     return contextlib.nullcontext()
-
-
-class _Stream:
-    """Per-style random streams: numpy for data order and augmentation, torch for latents/noise/timesteps."""
-
-    def __init__(self, seed: int, style_id: str):
-        base = int(stable_hash([seed, style_id], 12), 16)
-        self.np = np.random.default_rng(base)
-        self.torch = torch.Generator("cpu").manual_seed(base % (2**63))
-        self.lora_seed = base % (2**31)
-
-
-class _Cycler:
-    """Epoch-wise shuffled indices over ``n`` items (like a shuffling DataLoader)."""
-
-    def __init__(self, n: int, rng: np.random.Generator):
-        self.n, self.rng, self.order = n, rng, []
-
-    def take(self, k: int) -> list[int]:
-        out = []
-        while len(out) < k:
-            if not self.order:
-                self.order = list(self.rng.permutation(self.n))
-            out.append(int(self.order.pop()))
-        return out
 
 
 def add_adapters(components: Components, cfg, seed: int) -> list[dict]:
@@ -339,25 +314,16 @@ def _save_checkpoint(folder: Path, step: int, params, opt, streams: list["_Strea
         tensors[f"rng.torch.{k}"] = st.torch.get_state()
     meta = {"step": step, "param_groups": osd["param_groups"], "np_state": [st.np.bit_generator.state for st in streams],
             "orders": [None if c is None else c.order for c in cycles], "losses": losses}
-    tmp = folder / f".step-{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "state.safetensors"))
-    atomic_write_json(tmp / "state.json", meta)
-    os.rename(tmp, folder / f"step-{step:07d}")
-    for old in sorted(folder.glob("step-*"))[:-1]:
-        shutil.rmtree(old, ignore_errors=True)
+    write_checkpoint(folder, step, lambda file: save_file(tensors, str(file)), meta)
 
 
 def _load_checkpoint(folder: Path, params, opt, streams: list["_Stream"], cycles):
     from safetensors.torch import load_file
 
-    done = sorted(folder.glob("step-*")) if folder.is_dir() else []
-    if not done:
+    latest = latest_checkpoint(folder)
+    if latest is None:
         return 0, None
-    latest = done[-1]
-    tensors = load_file(str(latest / "state.safetensors"))
-    meta = json.loads((latest / "state.json").read_text())
+    tensors, meta = load_file(str(latest[0])), latest[1]
     with torch.no_grad():
         for i, p in enumerate(params):
             p.copy_(tensors[f"param.{i}"].to(p.device))
