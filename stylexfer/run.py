@@ -84,7 +84,10 @@ def run(cfg: DictConfig) -> dict:
     demo = cfg.model.path is None
     unavailable = preflight(cfg.eval, demo)
     factory = BackendFactory(cfg.backend.name, resolved, OmegaConf.to_container(cfg.model, resolve=True), str(cache))
-    shard_devices = plan_devices(cfg.model, is_multirun())
+    # one worker process per GPU is the PyTorch backend's way; the Jittor backend picks its own device
+    # (CUDA 13 is not one it can use) and runs in the run's process unless model.shards says otherwise
+    auto_shards = cfg.backend.name == "torch" or int(cfg.model.shards) != 0
+    shard_devices = plan_devices(cfg.model, is_multirun()) if auto_shards else []
     work = [s.id for s in styles if not _samples_stored(resolved.identity, styles, s, cfg, cache)] if shard_devices else []
     workers = shard_devices[:len(work)] if len(work) >= 2 else []  # one process per device: pool, training, sampling
     sharded = ShardOutcome()
