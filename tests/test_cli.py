@@ -135,7 +135,7 @@ def test_a_regular_install_carries_its_configs_and_runs_from_any_folder(tmp_path
     out = subprocess.run([sys.executable, "-m", "stylexfer", "--help"], cwd=elsewhere, env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "strategy: aggressive, baseline, safe" in out.stdout and "backend: torch" in out.stdout
+    assert "strategy: aggressive, baseline, safe" in out.stdout and "backend: jittor, torch" in out.stdout
     cfg = subprocess.run([sys.executable, "-m", "stylexfer", "+ablation=unet_lora_rank", "--cfg", "hydra"],
                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert cfg.returncode == 0 and "lora.unet_lora_rank: 4,16,32,64" in cfg.stdout, cfg.stderr[-2000:]

@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import time
 import warnings
@@ -73,6 +74,10 @@ def jittor(cache_dir: Path, device: str = "cpu"):
 
     # jittor's core sets the CPU to flush subnormals to zero; numpy then warns on every finfo() it computes
     warnings.filterwarnings("ignore", message="The value of the smallest subnormal")
+    # jittor installs a SIGCHLD handler that ends the whole process ("quick exit") when any child process dies
+    # of a signal (meant for its data-loader workers): a killed subprocess of a run must not take the run down
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
     jt.flags.use_cuda = int(cuda)
     jt.flags.log_silent = 0  # its kernel-compile progress ("Compiling Operators") shows; its import chatter did not
