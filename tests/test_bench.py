@@ -121,3 +121,26 @@ def test_bench_all_gpus_row_runs_the_sharded_path(tmp_path, capsys):
     assert any(line.strip().startswith("one |") for line in table)  # both rows of the same JSON
     made = sorted(p.name for p in (tmp_path / "w" / "store-gpus" / "samples").iterdir() if not p.name.startswith("."))
     assert len(made) == 2  # both styles' images, in the path's own store
+
+
+@pytest.mark.slow
+def test_bench_backends_times_a_step_of_each_backend_from_the_same_folder(tmp_path, capsys):
+    """``python -m stylexfer.bench_backends --arch``: the architecture written once as a diffusers folder, then a
+    training and a sampling step on each backend (the Jittor row skipped without jittor)."""
+    import importlib.util
+
+    from stylexfer import bench_backends
+
+    backends = "torch,jittor" if importlib.util.find_spec("jittor") is not None else "torch"
+    out = tmp_path / "bb.json"
+    assert bench_backends.main(["--arch", str(tiny_arch(tmp_path)), "--res", "64", "--rank", "4", "--warm", "1",
+                                "--steps", "2", "--backends", backends, "--work", str(tmp_path / "w"),
+                                "--out", str(out)]) == 0
+    assert (tmp_path / "w" / "sd21-random" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    r = json.loads(out.read_text())
+    names = ["torch float32"] + (["jittor float32"] if "jittor" in backends else [])
+    assert sorted(r["rows"]) == sorted(names)
+    for name in names:
+        assert r["rows"][name]["train_step_s"] > 0 and r["rows"][name]["sample_step_s"] > 0, r["rows"][name]
+    table = capsys.readouterr().out
+    assert "| backend | training step" in table and all(f"| {n} |" in table for n in names)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -59,6 +59,8 @@ class Components:
     alphas_cumprod: np.ndarray
     device: str
     model: Optional[ResolvedModel] = None
+    # VAE posteriors of grid crops of class pools, {(pool key, resolution, resize scale): {crop: (mean, std)}}
+    crop_cache: dict = field(default_factory=dict)
 
     @property
     def prediction_type(self) -> str:

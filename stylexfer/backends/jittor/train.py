@@ -57,6 +57,10 @@ class Feed:
         self.grid = grid_cached_crops(cfg.augmentation)
         self.resized: dict = {}
         self.cache: dict = {}  # (tag, image index) or (tag, index, left, top, flip) → (mean, std)
+        # grid crops of a class pool are the same for every style that shares it: encoded once per model
+        # (the PyTorch backend's batched pass shares them the same way)
+        self.shared = c.crop_cache.setdefault((pool.key, cfg.model.resolution, cfg.augmentation.scale), {}) \
+            if pool is not None else {}
 
     def _encode(self, images: list) -> list:
         out = []
@@ -77,27 +81,33 @@ class Feed:
         if not self.grid:
             return 0
         res, flips = self.cfg.model.resolution, (False, True) if self.cfg.augmentation.hflip else (False,)
-        keys, crops = [], []
+        done = 0
+        # the style's crops, then the pool's in their own batches: a crop's posterior does not depend on which
+        # style encoded the shared pool first (batch composition can change float results)
         for tag, images in (("i", self.style.images), ("c", self.pool.images if self.pool is not None else [])):
+            cache = self.shared if tag == "c" else self.cache
+            keys, crops = [], []
             for i in range(len(images)):
                 img = self._resized_image(images, i)
                 lefts, tops = crop_grid(img.size, res)
                 for x in lefts:
                     for y in tops:
                         for f in flips:
-                            keys.append((tag, i, x, y, f))
-                            crops.append(crop_at(img, res, x, y, f))
-        for key, dist in zip(keys, self._encode(crops)):
-            self.cache[key] = dist
-        return len(keys)
+                            if (tag, i, x, y, f) not in cache:
+                                keys.append((tag, i, x, y, f))
+                                crops.append(crop_at(img, res, x, y, f))
+            cache.update(zip(keys, self._encode(crops)))
+            done += len(keys)
+        return done
 
     def _dists(self, images, ids, tag):
         res, aug, rng = self.cfg.model.resolution, self.cfg.augmentation, self.stream.np
         if self.grid:
             keys = [(tag, i, *draw_grid_crop(self._resized_image(images, i).size, res, aug, rng)) for i in ids]
-            if any(k not in self.cache for k in keys):
+            cache = self.shared if tag == "c" else self.cache
+            if any(k not in cache for k in keys):
                 self.prepare()
-            return [self.cache[k] for k in keys]
+            return [cache[k] for k in keys]
         if not self.cacheable:  # the random crop/flip/rotation is encoded every step
             return self._encode([augment_random(self._resized_image(images, i), res, aug, rng) for i in ids])
         missing = [i for i in ids if (tag, i) not in self.cache]
