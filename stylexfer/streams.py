@@ -38,3 +38,16 @@ class Cycler:
                 self.order = list(self.rng.permutation(self.n))
             out.append(int(self.order.pop()))
         return out
+
+
+def draw_noise(gen: torch.Generator, shape: tuple, num_train_timesteps: int, noise_offset: float = 0.0):
+    """One step's random draws for one style, from its CPU generator (device-independent), in this order:
+    the VAE posterior sample's noise, the diffusion noise, the timesteps, and with ``train.noise_offset``
+    > 0 a per-channel offset added to the noise (as diffusers' examples do: ``noise_offset × N(0, 1)`` per
+    sample and channel). Without the offset nothing more is drawn, so the streams stay as they were."""
+    eps = torch.randn(shape, generator=gen)
+    noise = torch.randn(shape, generator=gen)
+    t = torch.randint(0, num_train_timesteps, (shape[0],), generator=gen)
+    if noise_offset > 0:
+        noise = noise + noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=gen)
+    return eps, noise, t

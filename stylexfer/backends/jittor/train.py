@@ -31,7 +31,7 @@ from ...data import (Style, augment, augment_random, augment_resize, can_cache_l
 from ...errors import ConfigError, TrainingDiverged
 from ...prior import ClassPool
 from ...store import latest_checkpoint, write_checkpoint
-from ...streams import Cycler, Stream
+from ...streams import Cycler, Stream, draw_noise
 from . import lora
 from .layers import jt
 from .models import Components, encode_prompts, token_ids
@@ -125,16 +125,6 @@ class Feed:
             dists += self._dists(self.pool.images, cids, "c")
             prompts += [self.pool.prompts[i] for i in cids]
         return np.concatenate([d[0] for d in dists]), np.concatenate([d[1] for d in dists]), prompts
-
-
-def draw_noise(gen: torch.Generator, shape: tuple, num_train_timesteps: int, noise_offset: float = 0.0):
-    """The step's draws from the style's torch stream, in the PyTorch backend's order (its ``draw_noise``)."""
-    eps = torch.randn(shape, generator=gen)
-    noise = torch.randn(shape, generator=gen)
-    t = torch.randint(0, num_train_timesteps, (shape[0],), generator=gen)
-    if noise_offset > 0:
-        noise = noise + noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=gen)
-    return eps.numpy(), noise.numpy(), t.numpy()
 
 
 def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
@@ -294,7 +284,7 @@ def train_style(c: Components, style: Style, pool: Optional[ClassPool], cfg, ckp
                    initial=start, total=tr_cfg.steps)
         for step in bar:
             mean, std, prompts = feed.next()
-            eps, noise, t = draw_noise(feed.stream.torch, mean.shape, n_t, tr_cfg.noise_offset)
+            eps, noise, t = (x.numpy() for x in draw_noise(feed.stream.torch, mean.shape, n_t, tr_cfg.noise_offset))
             latents = (mean + std * eps) * c.scaling_factor
             a = ac[t].reshape(-1, 1, 1, 1)
             noisy = np.sqrt(a) * latents + np.sqrt(1 - a) * noise

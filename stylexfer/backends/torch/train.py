@@ -37,6 +37,7 @@ from ...prior import ClassPool
 from ...store import latest_checkpoint, write_checkpoint
 from ...streams import Cycler as _Cycler
 from ...streams import Stream as _Stream
+from ...streams import draw_noise
 from . import fp8
 from .models import Components, encode_prompts
 from .multilora import MultiAdapters, Router, inject, restore
@@ -212,19 +213,6 @@ def export_adapter(c: Components, cfg, ad: MultiAdapters, slot: int, folder: Pat
         save_adapter(c, folder)
     finally:
         remove_adapters(c)
-
-
-def draw_noise(gen: torch.Generator, shape: tuple, num_train_timesteps: int, noise_offset: float = 0.0):
-    """One step's random draws for one style, from its CPU generator (device-independent), in this order:
-    the VAE posterior sample's noise, the diffusion noise, the timesteps, and with ``train.noise_offset``
-    > 0 a per-channel offset added to the noise (as diffusers' examples do: ``noise_offset × N(0, 1)`` per
-    sample and channel). Without the offset nothing more is drawn, so the streams stay as they were."""
-    eps = torch.randn(shape, generator=gen)
-    noise = torch.randn(shape, generator=gen)
-    t = torch.randint(0, num_train_timesteps, (shape[0],), generator=gen)
-    if noise_offset > 0:
-        noise = noise + noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=gen)
-    return eps, noise, t
 
 
 def snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
