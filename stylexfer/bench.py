@@ -137,7 +137,8 @@ def bench_cfg(args, extra=()):
             f"prior.batch_size={args.sample_batch}",
             "train.checkpoint_every=0",
             f"paths.cache_dir={args.work / 'store'}", f"paths.output_dir={args.work / 'run'}",
-            f"train.compile={str(bool(getattr(args, 'compile', False))).lower()}", *extra])
+            *[f"{k}.compile={str(bool(getattr(args, 'compile', False))).lower()}" for k in ("train", "prior", "sample")],
+            *extra])
     OmegaConf.resolve(cfg)
     return cfg
 
@@ -397,8 +398,9 @@ def breakdown(args, c, styles, cfg) -> dict:
             _timed(encode)
             out["vae_encode_compiled_s"], _ = _timed(encode, 5)
 
-    def run(label, n, **over):
+    def run(label, n, subset=None, **over):
         """Seconds of the whole pass, and per step from step 6 on (the loop's own clock: no set-up or export)."""
+        sub = styles if subset is None else styles[:subset]
         saved = {k: getattr(cfg.augmentation, k) for k in over if hasattr(cfg.augmentation, k)}
         cfg.train.steps = n
         for k, v in over.items():
@@ -406,20 +408,28 @@ def breakdown(args, c, styles, cfg) -> dict:
         clock: list = []
         _sync()
         t = time.time()
-        losses, failed, _ = train_together(c, styles, pools, cfg, None,
-                                           [args.work / f"bd-{label}-{n}" / s.id for s in styles], clock=clock)
+        losses, failed, _ = train_together(c, sub, pools[:len(sub)], cfg, None,
+                                           [args.work / f"bd-{label}-{n}" / s.id for s in sub], clock=clock)
         _sync()
         for k, v in saved.items():
             setattr(cfg.augmentation, k, v)
         cfg.train.compile = cfg.train.fp8 = False
+        cfg.train.cuda_graphs = False
         assert not failed, failed
-        run.losses = np.mean([losses[s.id] for s in styles], axis=0)  # mean over styles, per step
+        run.losses = np.mean([losses[s.id] for s in sub], axis=0)  # mean over styles, per step
         return time.time() - t, steady_step_s(clock, 5)
 
+    cfg.train.cuda_graphs = False  # the eager step is the baseline; --try-graphs adds the recorded one
     run("warm", 3)
     n_loss = args.fp8_steps if args.try_fp8 else 25
     out["step_s"] = run("crop", n_loss)[1]
     bf16_losses = run.losses
+    if c.device.type == "cuda" and args.try_graphs:
+        out["step_graphs_s"] = run("graphs", n_loss, cuda_graphs=True)[1]
+        out["graphs_loss_max_abs_diff"] = float(np.abs(run.losses - bf16_losses).max())
+        half = len(styles) // 2
+        out[f"step_{half}_styles_s"] = run("half", 25, subset=half)[1]
+        out[f"step_{half}_styles_graphs_s"] = run("half-graphs", 25, subset=half, cuda_graphs=True)[1]
     if c.device.type == "cuda" and args.try_fp8:  # the same streams: the loss curves compare step by step
         out["step_fp8_s"] = run("fp8", n_loss, fp8=True)[1]
         d = run.losses - bf16_losses
@@ -430,6 +440,8 @@ def breakdown(args, c, styles, cfg) -> dict:
     if c.device.type == "cuda" and args.try_compile:
         first, out["step_compiled_s"] = run("compiled", 25, compile=True)  # the first steps compile
         out["compile_s"] = first - run("compiled", 25, compile=True)[0]
+        if args.try_graphs:
+            out["step_compiled_graphs_s"] = run("compiled-graphs", 25, compile=True, cuda_graphs=True)[1]
     adapter = args.work / f"bd-crop-{n_loss}" / styles[0].id
     pipe = make_pipeline(c, "ddim", img2img=True)
     init = average_image(styles[0].images, args.res)
@@ -445,6 +457,16 @@ def breakdown(args, c, styles, cfg) -> dict:
     out["generate_style_s"] = gen_s()
     out["lora_fuse_s"], base = _timed(lambda: fuse_exactly(pipe, "bd"))
     out["generate_style_fused_s"] = gen_s()
+    if c.device.type == "cuda" and args.try_compile:  # the UNet compiled for sampling (plain layers: fused)
+        from .backends.torch.sample import plain_layers
+
+        with plain_layers(pipe):
+            pipe.unet = torch.compile(c.unet)
+            try:
+                out["sample_compile_s"] = _timed(lambda: generate(pipe, prompts, seeds, 2, 7.5, args.res, init, 0.9))[0]
+                out["generate_style_fused_compiled_s"] = gen_s()
+            finally:
+                pipe.unet = c.unet
     unfuse_exactly(pipe, base)
     pipe.delete_adapters("bd")
     n = 2 * len(styles) * cfg.train.batch_size
@@ -480,8 +502,12 @@ def main(argv=None) -> int:
     p.add_argument("--sample-steps", type=int, default=40)
     p.add_argument("--sample-batch", type=int, default=25, help="images per pipeline call (sampling and class images)")
     p.add_argument("--naive-steps", type=int, default=20)
-    p.add_argument("--compile", action="store_true", help="train.compile=true for the stylexfer path")
-    p.add_argument("--try-compile", action="store_true", help="breakdown: also time compiled training steps")
+    p.add_argument("--compile", action="store_true",
+                   help="train.compile, prior.compile and sample.compile true for the stylexfer path (else false)")
+    p.add_argument("--try-compile", action="store_true",
+                   help="breakdown: also time compiled training steps and a compiled UNet's sampling")
+    p.add_argument("--try-graphs", action="store_true",
+                   help="breakdown: also time the training step recorded as a CUDA graph (all and half the styles)")
     p.add_argument("--naive-images", type=int, default=2)
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="a Hydra override for the stylexfer path's config (repeatable), e.g. train.lora_compute=float32")

@@ -121,6 +121,9 @@ class PriorConfig:
     guidance_scale: float = 7.5
     batch_size: int = 8
     seed: int = 0
+    # compile the UNet for the class images' pipeline calls (CUDA): null = when the compile cache holds it
+    # (stylexfer/backends/torch/compiled.py), true = compile (and warm the cache), false = never
+    compile: Optional[bool] = None
 
 
 @dataclass
@@ -188,6 +191,10 @@ class TrainConfig:
     # torch.compile's mode for the UNet when it is compiled: default | reduce-overhead (CUDA graphs of the
     # forward and backward: fewer kernel launches per step) | max-autotune | max-autotune-no-cudagraphs
     compile_mode: str = "default"
+    # record the batched training step (forward, backward, clipping, optimizer) as one CUDA graph after its
+    # first steps and replay it (backends/torch/graphed.py): same kernels, one launch per step. null (auto) = on
+    # CUDA; false = launch every kernel from Python. Not with a compile_mode that makes CUDA graphs itself
+    cuda_graphs: Optional[bool] = None
     # torch.compile the VAE encoder for batched training on CUDA (the random crops are encoded every step):
     # on an H100, 28 crops at 512 px in 0.095 s instead of 0.169 s, for 22-26 s of compiling once per run
     compile_vae: bool = True
@@ -217,6 +224,9 @@ class SampleConfig:
     batch_size: int = 8
     # fold each style's LoRA into the weights while sampling it (faster; base weights restored exactly after)
     fuse_lora: bool = True
+    # compile the UNet for the pipeline calls (CUDA, fused LoRA): null = when the compile cache holds its graph
+    # for this batch shape (stylexfer/backends/torch/compiled.py), true = compile (and warm the cache), false = never
+    compile: Optional[bool] = None
 
 
 @dataclass

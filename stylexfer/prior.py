@@ -57,7 +57,7 @@ def _generate(backend, spec: dict, prior_cfg, partial: Path, share: Optional[tup
     prompts = spec["prompts"]
     names = [f"{i:05d}.png" for i in range(len(prompts))]
     with backend.generate(sampler=spec["sampler"], steps=spec["steps"], guidance_scale=spec["guidance_scale"],
-                          resolution=spec["resolution"]) as make:
+                          resolution=spec["resolution"], compile=prior_cfg.compile) as make:
         make_in_chunks(partial, names, prior_cfg.batch_size,
                        lambda i, j: make(prompts[i:j], [image_seed(spec["seed"], "class", k) for k in range(i, j)]),
                        lambda n: f"class:{n}", "class images", share=share)

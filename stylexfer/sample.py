@@ -109,7 +109,8 @@ def ensure_samples(backend, style: Style, adapter_dir: Optional[Path], cfg, spec
         init = average_image(style.images, res) if img2img else None
         with backend.generate(sampler=value(cfg.scheduler.name), steps=cfg.scheduler.steps,
                               guidance_scale=cfg.scheduler.guidance_scale, resolution=res, adapter_dir=adapter_dir,
-                              fuse_lora=cfg.sample.fuse_lora, init_image=init, strength=cfg.init.strength) as make:
+                              fuse_lora=cfg.sample.fuse_lora, init_image=init, strength=cfg.init.strength,
+                              compile=cfg.sample.compile) as make:
             make_in_chunks(partial, names, cfg.sample.batch_size,
                            lambda i, j: make([b.prompt for b in jobs[i:j]], [b.seed for b in jobs[i:j]]),
                            lambda n: f"sample:{style.id}:{n + 1}", f"sample {style.id}")

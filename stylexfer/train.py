@@ -35,7 +35,7 @@ from .store import atomic_write_json, build_once, file_lock, publish, reusable, 
 log = logging.getLogger(__name__)
 
 # training settings that change how the work is scheduled, not what it computes
-SCHEDULING_KEYS = ("checkpoint_every", "styles_per_batch", "compile", "compile_mode", "compile_vae")
+SCHEDULING_KEYS = ("checkpoint_every", "styles_per_batch", "compile", "compile_mode", "compile_vae", "cuda_graphs")
 
 
 @dataclass

@@ -73,3 +73,51 @@ def test_the_compile_mode_is_scheduling_not_arithmetic_and_a_typo_fails(compose_
     assert compiled.graph_key(c, a, 3) != compiled.graph_key(c, b, 3)
     with pytest.raises(ConfigError, match="train.compile_mode"):
         validate(compose_cfg(["train.compile_mode=fastest"], strategy="safe"))
+
+
+def test_the_sampling_unet_compiles_only_once_its_batch_shape_is_in_the_cache(fake_gpu):
+    """sample.compile / prior.compile: auto = compile a pipeline context's UNet when the cache holds the graph
+    of its first call's batch shape (model, resolution, prompts per call, dtype, torch, GPU)."""
+    assert not compiled.decide_sampling(fake_gpu, None, 512, 25)  # cold: eager
+    compiled.mark_sampling_warm(fake_gpu, 512, 25)
+    assert compiled.decide_sampling(fake_gpu, None, 512, 25)  # warm
+    assert not compiled.decide_sampling(fake_gpu, None, 512, 8)  # another batch shape is cold
+    assert not compiled.decide_sampling(fake_gpu, None, 768, 25)  # another resolution too
+    assert not compiled.decide_sampling(fake_gpu, False, 512, 25)  # false: never
+    assert compiled.decide_sampling(fake_gpu, True, 512, 8)  # true: always
+    cpu = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32, model=SimpleNamespace(identity="m1"))
+    assert not compiled.decide_sampling(cpu, True, 512, 25)  # never on CPU
+
+
+def test_cuda_graphs_and_compiled_sampling_are_scheduling_not_arithmetic(compose_cfg, demo_root):
+    """Recording the step as a CUDA graph and compiling the sampling UNet leave the adapter, pool and sample
+    keys alone (the same stored results are reused either way)."""
+    from stylexfer.data import discover_styles
+    from stylexfer.prior import pool_key, pool_objects, pool_spec
+    from stylexfer.sample import sample_spec
+    from stylexfer.train import adapter_spec
+
+    style = discover_styles(demo_root)[0]
+    keys = set()
+    for over in ([], ["train.cuda_graphs=true"], ["train.cuda_graphs=false"], ["sample.compile=true"],
+                 ["prior.compile=false"]):
+        cfg = compose_cfg(over, strategy="safe")
+        pool = pool_key(pool_spec(pool_objects([style], style, cfg.prior.mode), cfg.prior, "m", 512, "torch"))
+        keys.add(str((adapter_spec(style, cfg, "m", pool), sample_spec(style, cfg, "a", "m"), pool)))
+    assert len(keys) == 1
+
+
+def test_the_step_is_recorded_as_a_cuda_graph_on_cuda_unless_told_otherwise(compose_cfg, caplog):
+    from stylexfer.backends.torch import graphed
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    cfg = compose_cfg(strategy="safe")
+    assert cfg.train.cuda_graphs is None and graphed.wanted(cfg, cuda)  # auto: on CUDA
+    assert not graphed.wanted(cfg, cpu)
+    assert not graphed.wanted(compose_cfg(["train.cuda_graphs=false"], strategy="safe"), cuda)
+    assert not graphed.wanted(compose_cfg(["train.cuda_graphs=true"], strategy="safe"), cpu)
+    own = compose_cfg(["train.cuda_graphs=true", "train.compile_mode=reduce-overhead"], strategy="safe")
+    assert not graphed.wanted(own, cuda)  # torch.compile records the UNet's graphs itself
+    assert "train.compile_mode=reduce-overhead" in caplog.text
+    with pytest.raises(Exception, match="cuda_graph"):
+        compose_cfg(["train.cuda_graph=true"], strategy="safe")  # a typo fails at once

@@ -193,3 +193,68 @@ def test_the_world_metrics_on_the_gpu_equal_the_cpu(demo_root):
     for name, fn in {**WORLD_METRICS, "attribution": style_attribution}.items():
         a, b = fn(cpu, gen, refs, objects=objects), fn(gpu, gen, refs, objects=objects)
         assert abs(a - b) <= 1e-3 * max(1.0, abs(a)), (name, a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_batched_step_recorded_as_a_cuda_graph_trains_as_the_eager_step(demo_root, gpu_components, tmp_path, caplog):
+    """``train.cuda_graphs``: after 3 eager steps the whole step (forward, backward, per-slot clipping, the
+    capturable fused AdamW with its LR tensor) is replayed as one graph. Same kernels, so the same losses and
+    weights up to the GPU's run-to-run noise (atomics in attention's backward); a warmup schedule checks that
+    the replayed optimizer reads the LR the schedule fills in."""
+    import logging
+
+    from safetensors.torch import load_file
+
+    from conftest import compose
+    from stylexfer.backends import ADAPTER_FILE
+    from stylexfer.backends.torch.batched import train_together
+    from stylexfer.data import discover_styles
+
+    c = gpu_components
+    styles = discover_styles(demo_root, styles=["00", "01"], max_objects=2)
+    losses, weights = {}, {}
+    for on in (True, False):
+        cfg = compose(["prior=none", "augmentation=none", "train.steps=10", "train.lr=1e-3", "model.device=cuda",
+                       "train.lr_scheduler=linear", "train.lr_warmup_steps=6", f"train.cuda_graphs={str(on).lower()}"])
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            losses[on], failed, _ = train_together(c, styles, [None, None], cfg, None,
+                                                   [tmp_path / f"{on}" / s.id for s in styles])
+        assert not failed
+        assert any("recorded as a CUDA graph" in r.message for r in caplog.records) == on
+        assert not any("graph failed" in r.message for r in caplog.records)
+        weights[on] = {s.id: load_file(str(tmp_path / f"{on}" / s.id / ADAPTER_FILE)) for s in styles}
+    for s in styles:
+        assert len(losses[True][s.id]) == 10
+        assert losses[True][s.id] == pytest.approx(losses[False][s.id], rel=0.01)
+        a, b = weights[True][s.id], weights[False][s.id]
+        assert max(float((a[k] - b[k]).norm() / b[k].norm().clamp_min(1e-12)) for k in b) < 0.05
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sampling_with_the_compiled_unet_matches_eager_and_warms_the_cache(demo_root, gpu_components, gpu_backend,
+                                                                           tmp_path, monkeypatch):
+    """``sample.compile=true``: the fused-LoRA pipeline runs a compiled UNet for its batch shape (a smaller
+    last chunk runs eagerly), the images equal the eager ones up to float rounding, the base weights come
+    back exactly, and the cache marker makes auto compile next time."""
+    import numpy as np
+
+    from stylexfer.backends.torch import compiled
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    c = gpu_components
+    c.extra.pop("sampling_unet", None)
+    before = {k: v.clone() for k, v in c.unet.state_dict().items()}
+    prompts, seeds = ["an image of cat in style_00", "an image of boat in style_00", "an image of cup"], [1, 2, 3]
+    images = {}
+    for on in (False, True):
+        with gpu_backend.generate(sampler="ddim", steps=6, guidance_scale=7.5, resolution=64, compile=on) as make:
+            images[on] = make(prompts[:2], seeds[:2]) + make(prompts[2:], seeds[2:])
+    assert "sampling_unet" in c.extra
+    assert compiled.decide_sampling(c, None, 64, 2) and not compiled.decide_sampling(c, None, 64, 1)
+    for a, b in zip(images[False], images[True]):
+        d = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+        assert d.mean() <= 1.5 and d.max() <= 24  # bf16 rounding of fused kernels, not another image
+    assert all(torch.equal(before[k], v) for k, v in c.unet.state_dict().items())

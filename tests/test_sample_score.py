@@ -44,7 +44,7 @@ def test_fused_lora_sampling_matches_unfused_and_restores_the_base_weights_exact
     import torch
 
     from conftest import compose
-    from stylexfer.backends.torch.sample import fuse_exactly, unfuse_exactly
+    from stylexfer.backends.torch.sample import fuse_exactly, plain_layers, unfuse_exactly
     from stylexfer.backends.torch.train import add_adapters, remove_adapters, save_adapter
 
     c = components
@@ -64,6 +64,12 @@ def test_fused_lora_sampling_matches_unfused_and_restores_the_base_weights_exact
     unfused = generate(pipe, prompts, [1, 2], 6, 7.5, 64)
     base = fuse_exactly(pipe, "s")
     fused = generate(pipe, prompts, [1, 2], 6, 7.5, 64)
+    wrappers = {n for n, m in c.unet.named_modules() if hasattr(m, "lora_A")}
+    with plain_layers(pipe) as n_plain:  # fused wrappers out (what a compiled UNet is traced on): same images
+        assert not any(hasattr(m, "lora_A") for m in c.unet.modules())
+        on_plain = generate(pipe, prompts, [1, 2], 6, 7.5, 64)
+    assert n_plain > len(wrappers) > 0 and {n for n, m in c.unet.named_modules() if hasattr(m, "lora_A")} == wrappers
+    assert all((arr(f) == arr(p)).all() for f, p in zip(fused, on_plain))
     unfuse_exactly(pipe, base)
     again = generate(pipe, prompts, [1, 2], 6, 7.5, 64)
     pipe.delete_adapters("s")

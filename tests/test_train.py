@@ -183,3 +183,35 @@ def test_nan_loss_stops_the_style_with_the_step(components, style, monkeypatch):
     with pytest.raises(TrainingDiverged, match=r"style 00: loss is nan at step 3"):
         _train_loop(components, style, None, compose(FAST + ["train.steps=10"]))
     assert no_lora_left(components)  # the model is left as it was
+
+
+def test_a_checkpoint_keeps_a_tensor_learning_rate_a_tensor(tmp_path):
+    """A CUDA-graph pass reads the LR from a tensor the schedule fills: a checkpoint stores its value as a number
+    (JSON) and resuming fills the same tensor object, so the recorded optimizer step keeps reading it."""
+    from diffusers.optimization import get_scheduler
+
+    from stylexfer.backends.torch.train import _load_checkpoint, _save_checkpoint
+    from stylexfer.streams import Stream
+
+    def setup():
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = torch.optim.AdamW([{"params": [p], "lr": torch.tensor(1e-3)}])
+        sched = get_scheduler("linear", opt, num_warmup_steps=4, num_training_steps=10)
+        return p, opt, sched
+
+    p, opt, sched = setup()
+    for _ in range(3):
+        p.grad = torch.full_like(p, 0.5)
+        opt.step()
+        sched.step()
+    lr_then = float(opt.param_groups[0]["lr"])
+    assert lr_then == pytest.approx(1e-3 * 3 / 4)
+    _save_checkpoint(tmp_path, 3, [p], opt, [Stream(0, "00")], [None], [])
+    q, opt2, sched2 = setup()
+    lr_tensor = opt2.param_groups[0]["lr"]
+    start, _ = _load_checkpoint(tmp_path, [q], opt2, [Stream(0, "00")], [None])
+    assert start == 3 and torch.equal(q, p)
+    assert opt2.param_groups[0]["lr"] is lr_tensor and float(lr_tensor) == pytest.approx(lr_then)
+    for _ in range(start):
+        sched2.step()
+    assert opt2.param_groups[0]["lr"] is lr_tensor and float(lr_tensor) == pytest.approx(lr_then)

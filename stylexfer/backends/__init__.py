@@ -68,10 +68,13 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, *, sampler: str, steps: int, guidance_scale: float, resolution: int,
                  adapter_dir: Optional[Path] = None, fuse_lora: bool = True,
-                 init_image: Optional[Image.Image] = None, strength: float = 1.0) -> AbstractContextManager[MakeImages]:
+                 init_image: Optional[Image.Image] = None, strength: float = 1.0,
+                 compile: Optional[bool] = None) -> AbstractContextManager[MakeImages]:
         """A context in which ``make(prompts, seeds)`` draws one image per prompt, each from its own seed
         (independent of batch mates), with the base model or the adapter in ``adapter_dir`` loaded; from
-        noise, or img2img from ``init_image`` at ``strength``. The model is as it was after the context."""
+        noise, or img2img from ``init_image`` at ``strength``. ``compile``: whether the backend compiles its
+        denoiser for the context (null = its own choice; scheduling only, the images are the same up to
+        float rounding). The model is as it was after the context."""
 
     @abstractmethod
     def train(self, styles: list, pools: list, cfg, ckpt_dir: Optional[Path], export_dirs: list[Path],

@@ -122,8 +122,9 @@ def generate(c: Components, prompts: Sequence[str], seeds: Sequence[int], steps:
 @contextlib.contextmanager
 def sampling(c: Components, *, sampler: str, steps: int, guidance_scale: float, resolution: int,
              adapter_dir: Optional[Path] = None, fuse_lora: bool = True, init_image: Optional[Image.Image] = None,
-             strength: float = 1.0):
-    """:meth:`stylexfer.backends.Backend.generate` on the Jittor backend."""
+             strength: float = 1.0, compile: Optional[bool] = None):
+    """:meth:`stylexfer.backends.Backend.generate` on the Jittor backend (``compile`` does not apply: Jittor
+    compiles its kernels just in time anyway)."""
     from .. import ADAPTER_FILE
 
     if str(sampler) not in ("ddim", "SamplerName.ddim"):

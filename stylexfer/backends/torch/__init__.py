@@ -4,7 +4,6 @@ layers that carry one slot per style so that several styles train in one pass (:
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -13,7 +12,7 @@ import torch
 
 from .. import Backend, TrainOutcome
 from ...errors import DeviceOutOfMemory, TrainingDiverged
-from .compiled import cache_dir as compile_cache_dir
+from .compiled import use_store_cache
 from .models import Components, load_components
 from .sample import sampling
 
@@ -41,6 +40,7 @@ class TorchBackend(Backend):
         return str(self.components.dtype).split(".")[-1]
 
     def generate(self, **kw):
+        use_store_cache(self.cache_dir, self.components.device)
         return sampling(self.components, **kw)
 
     def train(self, styles, pools, cfg, ckpt_dir: Optional[Path], export_dirs: list[Path],
@@ -49,10 +49,7 @@ class TorchBackend(Backend):
         from .train import _train_loop
 
         c = self.components
-        if c.device.type == "cuda":
-            # torch's compile cache in the store, where later runs on this machine reuse compiled kernels
-            # (unless the environment already names one)
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir(self.cache_dir, c.device)))
+        use_store_cache(self.cache_dir, c.device)
         t0 = time.time()
         try:
             if len(styles) > 1:

@@ -30,7 +30,7 @@ from ... import faults
 from ...config import Precision, PriorMode, value
 from ...data import Style
 from ...prior import ClassPool
-from . import compiled, fp8
+from . import compiled, fp8, graphed
 from .models import Components
 from .multilora import restore
 from .tensors import uint8_to_model
@@ -167,10 +167,11 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
     params = [p for g in groups for p in g["params"]]
     train_te = bool(ad.text_encoder)
     text = TextCache(c, train_te)
-    opt = make_optimizer(c, groups, tr)
+    record = graphed.wanted(cfg, c.device)  # the step as a CUDA graph: the LR a tensor, the optimizer capturable
+    opt = make_optimizer(c, graphed.tensor_lr(groups, c.device) if record else groups, tr, capturable=record)
     sched = get_scheduler(value(tr.lr_scheduler), opt, num_warmup_steps=tr.lr_warmup_steps, num_training_steps=tr.steps)
     n = len(feeds)
-    active = torch.ones(n, device=c.device)
+    active = torch.ones(n, device=c.device)  # read by the step on the device
     failed: dict[str, str] = {}
     losses: dict[str, list] = {s.id: [] for s in styles}
     ids = [s.id for s in styles]
@@ -198,6 +199,39 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
         graphs = compile_now and tr.compile_mode in ("reduce-overhead", "max-autotune")  # modes with CUDA graphs
         if compile_now:
             unet = torch.compile(c.unet, mode=None if tr.compile_mode == "default" else tr.compile_mode)
+        alive = [sid not in failed for sid in ids]  # the host's copy of `active` (reading that one waits for the GPU)
+        indices: dict = {}
+
+        def live_index(live: list[int]) -> torch.Tensor:
+            if tuple(live) not in indices:
+                indices[tuple(live)] = torch.tensor(live, device=c.device)
+            return indices[tuple(live)]
+
+        def forward_loss(noisy, ts, targets, text):
+            """Each live style's loss (prompt embeddings, or token ids when the text encoder trains)."""
+            cond = c.text_encoder(text)[0] if train_te else text
+            with _autocast(c, precision):
+                pred = unet(noisy, ts, cond.to(c.dtype)).sample
+            per_sample = F.mse_loss(pred.float(), targets.float(), reduction="none").mean(dim=(1, 2, 3))
+            return style_losses(c, per_sample, ts, cfg, len(ad.router.groups), use_prior)
+
+        def update(style_loss):
+            """Backward, per-slot clipping and the optimizer step; a style whose loss is not finite gets no update."""
+            finite = torch.isfinite(style_loss)
+            total = torch.where(finite, style_loss, torch.zeros_like(style_loss)).sum()
+            total.backward()
+            step_active = active.clone()
+            step_active[ad.router.groups] *= finite.to(active.dtype)
+            ad.clip_per_slot(tr.max_grad_norm, step_active)
+            opt.step()
+            opt.zero_grad(set_to_none=False)
+
+        def whole_step(**inputs):
+            style_loss = forward_loss(**inputs)
+            update(style_loss)
+            return style_loss.detach()  # the recorded autograd graph is not kept alive by the output
+
+        graph = graphed.StepGraph(whole_step) if record else None
         # the next step's data is drawn on the worker while the GPU runs this step; leaving the block
         # waits for a draw still under way
         fp8_on = bool(tr.fp8) and fp8.supported(c.device)
@@ -211,7 +245,7 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
             pending = None
 
             def live_now():
-                return [s for s in range(n) if active[s] > 0]
+                return [s for s in range(n) if alive[s]]
 
             for step in bar:
                 live = live_now()
@@ -223,38 +257,44 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
                 if step + 1 < tr.steps and not checkpoint_now:  # a checkpoint saves the streams first
                     pending = ahead.submit(_draw, c, feeds, live)
                 noisy, ts, targets = noisy_from(c, _posterior(c, d), d.eps, d.noise, d.t)
-                ad.router.groups = torch.tensor(live, device=c.device)
+                ad.router.groups = live_index(live)
                 ad.router.all_slots = len(live) == n
-                cond = text(d.prompts)
+                inputs = dict(noisy=noisy.to(c.dtype), ts=ts, targets=targets, text=text.inputs(d.prompts))
                 if graphs:  # CUDA graphs: a new training step begins (the last step's graph outputs may be reused)
                     torch.compiler.cudagraph_mark_step_begin()
-                with _autocast(c, precision):
-                    pred = unet(noisy.to(c.dtype), ts, cond.to(c.dtype)).sample
-                per_sample = F.mse_loss(pred.float(), targets.float(), reduction="none").mean(dim=(1, 2, 3))
-                style_loss = style_losses(c, per_sample, ts, cfg, len(live), use_prior)
-                finite = torch.isfinite(style_loss)
+                if graph is not None and len(live) < n:
+                    log.info("a style stopped: the remaining steps run without the CUDA graph (the batch changed)")
+                    graph = None
+                if graph is not None and step - start >= graphed.WARMUP_STEPS:
+                    try:
+                        style_loss = graph(**inputs)
+                    except Exception as e:  # noqa: BLE001 - nothing ran: the step goes on eagerly
+                        if not graph.failed:
+                            raise
+                        log.warning("recording the training step as a CUDA graph failed (%s: %s); training "
+                                    "without it", type(e).__name__, (str(e).splitlines() or [""])[0])
+                        graph = None
+                if graph is None or step - start < graphed.WARMUP_STEPS:
+                    style_loss = forward_loss(**inputs)
                 # copy the losses to the host without waiting: the backward and the optimizer step are queued
                 # first, and the host reads the values (ready since the forward) while the GPU works on them
                 host = style_loss.detach().to("cpu", non_blocking=c.device.type == "cuda")
                 ready = torch.cuda.Event() if c.device.type == "cuda" else None
                 if ready is not None:
                     ready.record()
-                total = torch.where(finite, style_loss, torch.zeros_like(style_loss)).sum()
-                total.backward()
-                step_active = active.clone()
-                step_active[torch.tensor(live, device=c.device)] *= finite.to(active.dtype)
-                ad.clip_per_slot(tr.max_grad_norm, step_active)  # a diverged style's slot gets no update
-                opt.step()
+                if graph is None or step - start < graphed.WARMUP_STEPS:
+                    update(style_loss)
                 sched.step()
-                opt.zero_grad(set_to_none=False)
                 if ready is not None:
                     ready.synchronize()
                 values = host.tolist()
+                del style_loss  # its autograd graph too (a CUDA graph is recorded with none alive)
                 ticks.append(time.perf_counter())
                 for k, s in enumerate(live):
                     if not math.isfinite(values[k]):
                         failed[ids[s]] = f"style {ids[s]}: loss is {values[k]} at step {step + 1}"
                         active[s] = 0
+                        alive[s] = False
                         log.error(failed[ids[s]])
                     else:
                         losses[ids[s]].append(values[k])

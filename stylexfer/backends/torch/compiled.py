@@ -77,3 +77,51 @@ def mark_warm(c, cfg, n_styles: int) -> None:
     """Record that this pass's graph is compiled in the cache (after a compiled pass finished)."""
     atomic_write_json(_marker(c, cfg, n_styles), {"model": c.model.identity, "styles": n_styles,
                                                   "torch": torch.__version__, "gpu": _gpu(c.device)})
+
+
+# ------------------------------------------------------------------------------------------ sampling
+# The pipelines' UNet (samples and class images), compiled for one batch shape per pipeline context: the
+# chunk size (prompts per call × 2 for guidance); a smaller last chunk runs eagerly. With the LoRA fused and
+# peft's wrappers swapped for their base layers (sample.plain_layers) every style sees the same module tree,
+# so one compiled graph serves the class pool and every style. Measured on an H100 (SD 2.1 shape, 25 images
+# of 36 img2img steps at 512 px): 5.82 s eager, 4.58 s compiled, after 43.5 s of compiling with an empty
+# cache: the same policy as training (auto = compile when the cache holds the graph).
+
+def sampling_key(c, resolution: int, batch: int) -> str:
+    return stable_hash({"what": "sampling", "model": c.model.identity, "resolution": resolution, "batch": batch,
+                        "dtype": str(c.dtype), "torch": torch.__version__, "gpu": _gpu(c.device)})
+
+
+def decide_sampling(c, want, resolution: int, batch: int) -> bool:
+    """Whether a pipeline context compiles its UNet (``sample.compile`` / ``prior.compile``; null = auto)."""
+    if c.device.type != "cuda":
+        return False
+    if want is not None:
+        return bool(want)
+    marker = _inductor_dir() / "stylexfer-warm" / f"{sampling_key(c, resolution, batch)}.json"
+    if marker.exists():
+        log.info("compiling the sampling UNet (%d prompts per call): its compiled graph is in the cache", batch)
+        return True
+    log.info("not compiling the sampling UNet: nothing compiled for %d prompts per call at %d px in %s yet "
+             "(sample.compile=true compiles and warms the cache)", batch, resolution, _inductor_dir())
+    return False
+
+
+def mark_sampling_warm(c, resolution: int, batch: int) -> None:
+    atomic_write_json(_inductor_dir() / "stylexfer-warm" / f"{sampling_key(c, resolution, batch)}.json",
+                      {"model": c.model.identity, "what": "sampling", "batch": batch, "torch": torch.__version__,
+                       "gpu": _gpu(c.device)})
+
+
+def sampling_unet(c) -> torch.nn.Module:
+    """The UNet compiled for sampling (one per loaded model; graphs per batch shape, no dynamic shapes)."""
+    if "sampling_unet" not in c.extra:
+        c.extra["sampling_unet"] = torch.compile(c.unet, dynamic=False)
+    return c.extra["sampling_unet"]
+
+
+def use_store_cache(store: Path, device: torch.device) -> None:
+    """torch's compile cache in the store, where later runs on this machine reuse compiled kernels (unless
+    the environment already names one)."""
+    if device.type == "cuda":
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir(store, device)))

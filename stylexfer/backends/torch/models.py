@@ -89,9 +89,14 @@ def load_components(resolved: ResolvedModel, model_cfg) -> Components:
                       device=device, dtype=dtype, vae_dtype=vae.dtype, model=resolved)
 
 
-def encode_prompts(components: Components, prompts: list[str], grad: bool = False) -> torch.Tensor:
+def tokenize(components: Components, prompts: list[str]) -> torch.Tensor:
+    """The prompts' token ids (padded to the tokenizer's length) on the model's device."""
     tok = components.tokenizer
-    ids = tok(prompts, padding="max_length", truncation=True, max_length=tok.model_max_length,
-              return_tensors="pt").input_ids.to(components.device)
+    return tok(prompts, padding="max_length", truncation=True, max_length=tok.model_max_length,
+               return_tensors="pt").input_ids.to(components.device)
+
+
+def encode_prompts(components: Components, prompts: list[str], grad: bool = False) -> torch.Tensor:
+    ids = tokenize(components, prompts)
     with torch.set_grad_enabled(grad):
         return components.text_encoder(ids)[0]

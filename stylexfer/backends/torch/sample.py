@@ -84,6 +84,26 @@ def unfuse_exactly(pipe, base: list) -> None:
             layer.weight.copy_(weight)
 
 
+@contextlib.contextmanager
+def plain_layers(pipe):
+    """peft's LoRA wrappers whose adapter is merged (fused) swapped for their base layers for the context:
+    a merged wrapper computes exactly its base layer (peft's forward), and a UNet of plain layers is the same
+    module tree for every style, which a compiled UNet needs to be traced once. Yields how many it swapped."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    swapped = []
+    for part in (pipe.unet, pipe.text_encoder):
+        for name, m in list(part.named_modules()):
+            if isinstance(m, BaseTunerLayer) and m.merged:
+                part.set_submodule(name, m.get_base_layer())
+                swapped.append((part, name, m))
+    try:
+        yield len(swapped)
+    finally:
+        for part, name, m in swapped:
+            part.set_submodule(name, m)
+
+
 def merge_exactly(c: Components) -> list:
     """Merge every peft adapter layer's delta into its base weight (as :func:`fuse_exactly` does for
     diffusers' LoRA) and return the base weights, so :func:`unmerge_exactly` restores them bit for bit."""
@@ -106,10 +126,13 @@ def unmerge_exactly(c: Components, base: list) -> None:
 @contextlib.contextmanager
 def sampling(c: Components, *, sampler: str, steps: int, guidance_scale: float, resolution: int,
              adapter_dir: Optional[Path] = None, fuse_lora: bool = True, init_image: Optional[Image.Image] = None,
-             strength: float = 1.0):
+             strength: float = 1.0, compile: Optional[bool] = None):
     """:meth:`stylexfer.backends.Backend.generate` on the PyTorch backend: one pipeline, the adapter loaded
-    (and fused) for the context's duration; the base weights are exactly as before afterwards."""
+    (and fused) for the context's duration; the base weights are exactly as before afterwards. With the
+    adapter fused (or none), peft's wrappers are swapped for their base layers and the UNet may run compiled
+    for the first call's batch shape (``compile``: null = when the compile cache holds it, :mod:`.compiled`)."""
     from ...backends import ADAPTER_FILE
+    from . import compiled
     from .train import load_peft_adapter, remove_adapters
 
     pipe = make_pipeline(c, sampler, img2img=init_image is not None)
@@ -120,14 +143,35 @@ def sampling(c: Components, *, sampler: str, steps: int, guidance_scale: float, 
     peft_file = adapter_dir is not None and load_peft_adapter(c, Path(adapter_dir) / ADAPTER_FILE)
     if adapter_dir is not None and not peft_file:
         pipe.load_lora_weights(str(adapter_dir), adapter_name=name)
+    stack = contextlib.ExitStack()
     try:
         if peft_file and fuse_lora:
             base = merge_exactly(c)
         elif adapter_dir is not None and fuse_lora:
             base = fuse_exactly(pipe, name)
-        yield lambda prompts, seeds: generate(pipe, prompts, seeds, steps, guidance_scale, resolution, init_image,
-                                              strength)
+        plain = adapter_dir is None or fuse_lora  # no unmerged LoRA branch: plain layers, compilable
+        if plain:
+            stack.enter_context(plain_layers(pipe))
+        chosen: dict = {}
+
+        def make(prompts, seeds):
+            if plain and "batch" not in chosen:
+                chosen["batch"] = len(prompts)
+                chosen["on"] = compiled.decide_sampling(c, compile, resolution, len(prompts))
+            use = plain and chosen["on"] and len(prompts) == chosen["batch"]
+            pipe.unet = compiled.sampling_unet(c) if use else c.unet
+            try:
+                images = generate(pipe, prompts, seeds, steps, guidance_scale, resolution, init_image, strength)
+            finally:
+                pipe.unet = c.unet
+            if use and not chosen.get("marked"):
+                compiled.mark_sampling_warm(c, resolution, len(prompts))
+                chosen["marked"] = True
+            return images
+
+        yield make
     finally:
+        stack.close()
         if peft_file:
             if base is not None:
                 unmerge_exactly(c, base)

@@ -39,7 +39,7 @@ from ...streams import Cycler as _Cycler
 from ...streams import Stream as _Stream
 from ...streams import draw_noise
 from . import fp8
-from .models import Components, encode_prompts
+from .models import Components, encode_prompts, tokenize
 from .multilora import MultiAdapters, Router, inject, restore
 from .tensors import to_tensor, to_uint8_tensor, uint8_to_model
 
@@ -300,7 +300,8 @@ def _save_checkpoint(folder: Path, step: int, params, opt, streams: list["_Strea
             tensors[f"opt.{idx}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
     for k, st in enumerate(streams):
         tensors[f"rng.torch.{k}"] = st.torch.get_state()
-    meta = {"step": step, "param_groups": osd["param_groups"], "np_state": [st.np.bit_generator.state for st in streams],
+    groups = [{k: float(v) if torch.is_tensor(v) else v for k, v in g.items()} for g in osd["param_groups"]]
+    meta = {"step": step, "param_groups": groups, "np_state": [st.np.bit_generator.state for st in streams],
             "orders": [None if c is None else c.order for c in cycles], "losses": losses}
     write_checkpoint(folder, step, lambda file: save_file(tensors, str(file)), meta)
 
@@ -320,7 +321,12 @@ def _load_checkpoint(folder: Path, params, opt, streams: list["_Stream"], cycles
         if k.startswith("opt."):
             _, idx, name = k.split(".", 2)
             state.setdefault(int(idx), {})[name] = v
+    tensors_now = [{k: v for k, v in g.items() if torch.is_tensor(v)} for g in opt.param_groups]
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    for g, kept in zip(opt.param_groups, tensors_now):  # a tensor LR stays the same tensor (a CUDA graph reads it)
+        for k, t in kept.items():
+            t.fill_(float(g[k]))
+            g[k] = t
     for k, st in enumerate(streams):
         st.torch.set_state(tensors[f"rng.torch.{k}"])
         st.np.bit_generator.state = meta["np_state"][k]
@@ -339,6 +345,13 @@ class TextCache:
     def __call__(self, prompts: list[str]) -> torch.Tensor:
         if self.trainable:
             return encode_prompts(self.c, prompts, grad=True)
+        return self.inputs(prompts)
+
+    def inputs(self, prompts: list[str]) -> torch.Tensor:
+        """What a step's text-encoder input is: the cached embeddings while the encoder is frozen, its token
+        ids (the step runs the encoder) while it trains."""
+        if self.trainable:
+            return tokenize(self.c, prompts)
         missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
         if missing:
             for p, e in zip(missing, encode_prompts(self.c, missing)):
@@ -455,9 +468,11 @@ class Feed:
         return px, dist, prompts
 
 
-def make_optimizer(c: Components, groups: list[dict], tr):
+def make_optimizer(c: Components, groups: list[dict], tr, capturable: bool = False):
+    """AdamW, fused on CUDA; ``capturable`` for a step recorded as a CUDA graph (state on the device)."""
     return torch.optim.AdamW(groups, betas=(tr.adam_beta1, tr.adam_beta2), weight_decay=tr.adam_weight_decay,
-                             eps=tr.adam_epsilon, **({"fused": True} if c.device.type == "cuda" else {}))
+                             eps=tr.adam_epsilon, **({"fused": True} if c.device.type == "cuda" else {}),
+                             **({"capturable": True} if capturable else {}))
 
 
 def _train_loop(components: Components, style: Style, pool: Optional[ClassPool], cfg,
