@@ -81,3 +81,39 @@ def test_fused_lora_sampling_matches_unfused_and_restores_the_base_weights_exact
     after = dict(list(c.unet.state_dict().items()) + list(c.text_encoder.state_dict().items()))
     after = {k.replace(".base_layer", ""): v for k, v in after.items() if "lora_" not in k}  # peft's wrappers stay
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_sampling_unet_that_fails_to_compile_falls_back_to_eager_with_one_warning(components, monkeypatch, caplog):
+    """sample.compile on a machine where compiling fails (no compiler, say): the call is made eagerly, the
+    images are the eager ones, the rest of the context stays eager, and the log says so once."""
+    import logging
+
+    import torch
+
+    from stylexfer.backends.torch import compiled
+    from stylexfer.backends.torch.sample import sampling
+
+    calls = []
+
+    class Broken(torch.nn.Module):
+        def __getattr__(self, name):  # the pipeline reads the UNet's config before calling it
+            if name in ("config", "dtype", "device"):
+                return getattr(components.unet, name)
+            return super().__getattr__(name)
+
+        def forward(self, *a, **k):
+            calls.append(1)
+            raise RuntimeError("no C compiler")
+
+    monkeypatch.setattr(compiled, "decide_sampling", lambda c, want, *a: bool(want))
+    monkeypatch.setattr(compiled, "mark_sampling_warm", lambda *a: None)
+    monkeypatch.setattr(compiled, "sampling_unet", lambda c: Broken())
+    prompts = ["an image of cat in style_00", "an image of boat in style_00"]
+    with caplog.at_level(logging.WARNING):
+        with sampling(components, sampler="ddim", steps=4, guidance_scale=7.5, resolution=64, compile=True) as make:
+            got = make(prompts, [1, 2]) + make(prompts, [3, 4])
+    with sampling(components, sampler="ddim", steps=4, guidance_scale=7.5, resolution=64, compile=False) as make:
+        want = make(prompts, [1, 2]) + make(prompts, [3, 4])
+    assert len(calls) == 1 and components.unet is not None
+    assert all((arr(a) == arr(b)).all() for a, b in zip(got, want))
+    assert sum("sampling without compiling" in r.message for r in caplog.records) == 1

@@ -162,6 +162,16 @@ def sampling(c: Components, *, sampler: str, steps: int, guidance_scale: float, 
             pipe.unet = compiled.sampling_unet(c) if use else c.unet
             try:
                 images = generate(pipe, prompts, seeds, steps, guidance_scale, resolution, init_image, strength)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - compiling failed (no compiler, say): the same call eagerly
+                if not use:
+                    raise
+                log.warning("the compiled sampling UNet failed (%s: %s); sampling without compiling",
+                            type(e).__name__, (str(e).splitlines() or [""])[0])
+                chosen["on"] = use = False
+                pipe.unet = c.unet
+                images = generate(pipe, prompts, seeds, steps, guidance_scale, resolution, init_image, strength)
             finally:
                 pipe.unet = c.unet
             if use and not chosen.get("marked"):
