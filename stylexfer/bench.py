@@ -458,10 +458,11 @@ def breakdown(args, c, styles, cfg) -> dict:
     out["lora_fuse_s"], base = _timed(lambda: fuse_exactly(pipe, "bd"))
     out["generate_style_fused_s"] = gen_s()
     if c.device.type == "cuda" and args.try_compile:  # the UNet compiled for sampling (plain layers: fused)
+        from .backends.torch.compiled import sampling_unet
         from .backends.torch.sample import plain_layers
 
         with plain_layers(pipe):
-            pipe.unet = torch.compile(c.unet)
+            pipe.unet = sampling_unet(c)  # what sample.compile runs
             try:
                 out["sample_compile_s"] = _timed(lambda: generate(pipe, prompts, seeds, 2, 7.5, args.res, init, 0.9))[0]
                 out["generate_style_fused_compiled_s"] = gen_s()

@@ -265,16 +265,17 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
                 if graph is not None and len(live) < n:
                     log.info("a style stopped: the remaining steps run without the CUDA graph (the batch changed)")
                     graph = None
+                replayed = False
                 if graph is not None and step - start >= graphed.WARMUP_STEPS:
                     try:
-                        style_loss = graph(**inputs)
-                    except Exception as e:  # noqa: BLE001 - nothing ran: the step goes on eagerly
-                        if not graph.failed:
+                        style_loss, replayed = graph(**inputs), True
+                    except Exception as e:  # noqa: BLE001 - a failed capture ran nothing: the step goes on eagerly
+                        if graph.recorded:
                             raise
                         log.warning("recording the training step as a CUDA graph failed (%s: %s); training "
                                     "without it", type(e).__name__, (str(e).splitlines() or [""])[0])
                         graph = None
-                if graph is None or step - start < graphed.WARMUP_STEPS:
+                if not replayed:
                     style_loss = forward_loss(**inputs)
                 # copy the losses to the host without waiting: the backward and the optimizer step are queued
                 # first, and the host reads the values (ready since the forward) while the GPU works on them
@@ -282,7 +283,7 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
                 ready = torch.cuda.Event() if c.device.type == "cuda" else None
                 if ready is not None:
                     ready.record()
-                if graph is None or step - start < graphed.WARMUP_STEPS:
+                if not replayed:
                     update(style_loss)
                 sched.step()
                 if ready is not None:

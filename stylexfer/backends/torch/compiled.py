@@ -54,8 +54,13 @@ def graph_key(c, cfg, n_styles: int) -> str:
                         "torch": torch.__version__, "gpu": _gpu(c.device)})
 
 
+def _warm_marker(key: str) -> Path:
+    """The file that says the compiled graph ``key`` (training or sampling) is in the cache."""
+    return _inductor_dir() / "stylexfer-warm" / f"{key}.json"
+
+
 def _marker(c, cfg, n_styles: int) -> Path:
-    return _inductor_dir() / "stylexfer-warm" / f"{graph_key(c, cfg, n_styles)}.json"
+    return _warm_marker(graph_key(c, cfg, n_styles))
 
 
 def decide(c, cfg, n_styles: int) -> bool:
@@ -98,8 +103,7 @@ def decide_sampling(c, want, resolution: int, batch: int) -> bool:
         return False
     if want is not None:
         return bool(want)
-    marker = _inductor_dir() / "stylexfer-warm" / f"{sampling_key(c, resolution, batch)}.json"
-    if marker.exists():
+    if _warm_marker(sampling_key(c, resolution, batch)).exists():
         log.info("compiling the sampling UNet (%d prompts per call): its compiled graph is in the cache", batch)
         return True
     log.info("not compiling the sampling UNet: nothing compiled for %d prompts per call at %d px in %s yet "
@@ -108,7 +112,7 @@ def decide_sampling(c, want, resolution: int, batch: int) -> bool:
 
 
 def mark_sampling_warm(c, resolution: int, batch: int) -> None:
-    atomic_write_json(_inductor_dir() / "stylexfer-warm" / f"{sampling_key(c, resolution, batch)}.json",
+    atomic_write_json(_warm_marker(sampling_key(c, resolution, batch)),
                       {"model": c.model.identity, "what": "sampling", "batch": batch, "torch": torch.__version__,
                        "gpu": _gpu(c.device)})
 

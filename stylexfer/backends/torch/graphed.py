@@ -51,7 +51,11 @@ class StepGraph:
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.inputs: dict = {}
         self.output: Optional[torch.Tensor] = None
-        self.failed = False
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the step is recorded (an exception from a call that was not is the capture's own)."""
+        return self.graph is not None
 
     def __call__(self, **inputs: torch.Tensor) -> torch.Tensor:
         if self.graph is None:
@@ -74,7 +78,6 @@ class StepGraph:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self.output = self.step(**self.inputs)
         except Exception:
-            self.failed = True
             self.inputs, self.output = {}, None
             del graph
             torch.cuda.synchronize()
