@@ -347,27 +347,45 @@ def shards_phase(args, styles, cfg) -> dict:
 
 
 def profile(args, c, styles, cfg) -> int:
-    """Where a batched training step spends its time: N steps under torch.profiler, top ops by device time."""
-    from torch.profiler import ProfilerActivity
+    """Where a batched training step spends its time: N eager steps (no CUDA graph, which the profiler sees as
+    one launch) under torch.profiler, after the set-up (crop encoding, adapters) and 3 steps; top kernels."""
+    from torch.profiler import ProfilerActivity, schedule
     from torch.profiler import profile as torch_profile
 
     from .backends.torch.batched import train_together
 
-    cfg.train.steps = 3 + args.profile
+    cfg.train.steps, cfg.train.cuda_graphs = 4 + args.profile, False
     pool = _shared_pool(c, styles, cfg)
     pools = [pool] * len(styles)
-    dirs = [args.work / "prof" / s.id for s in styles]
-    train_together(c, styles, pools, cfg, None, dirs)  # warm-up (cudnn autotune, allocator)
+    train_together(c, styles, pools, cfg, None, [args.work / "prof" / s.id for s in styles])  # cudnn autotune
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with torch_profile(activities=acts) as prof:
-        t0 = time.time()
-        _, failed, _ = train_together(c, styles, pools, cfg, None, [args.work / "prof2" / s.id for s in styles])
+    with torch_profile(activities=acts, schedule=schedule(wait=3, warmup=1, active=args.profile)) as prof:
+
+        class Clock(list):  # the loop appends a tick after each step: the profiler's step
+            def append(self, t):
+                super().append(t)
+                prof.step()
+
+        _, failed, _ = train_together(c, styles, pools, cfg, None, [args.work / "prof2" / s.id for s in styles],
+                                      clock=Clock())
         _sync()
     assert not failed, failed
-    print(f"{cfg.train.steps} steps of {len(styles)} styles in {time.time() - t0:.1f}s (incl. adapter export)")
     key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=key, row_limit=30))
+    print(f"eager steps profiled: {args.profile} ({len(styles)} styles, {2 * len(styles) * cfg.train.batch_size} "
+          f"samples a step; set-up and the first 4 steps left out)")
+    print(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=90))
     return 0
+
+
+def _sdpa_kernels() -> dict:
+    """Each of torch's scaled-dot-product-attention kernels on its own (``torch.nn.attention.sdpa_kernel``)."""
+    from functools import partial
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return {"flash": partial(sdpa_kernel, [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]),
+            "cudnn": partial(sdpa_kernel, [SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]),
+            "efficient": partial(sdpa_kernel, [SDPBackend.EFFICIENT_ATTENTION])}
 
 
 def breakdown(args, c, styles, cfg) -> dict:
@@ -376,6 +394,7 @@ def breakdown(args, c, styles, cfg) -> dict:
     fused LoRA, no LoRA)."""
     from .backends.torch.batched import _draw, _posterior, compiled_vae_encoder, steady_step_s, train_together
     from .backends.torch.sample import fuse_exactly, generate, make_pipeline, unfuse_exactly
+    from .backends.torch.tensors import uint8_to_model
     from .backends.torch.train import Feed
     from .data import average_image
 
@@ -397,6 +416,21 @@ def breakdown(args, c, styles, cfg) -> dict:
             out["vae_compile_s"], _ = _timed(encode)
             _timed(encode)
             out["vae_encode_compiled_s"], _ = _timed(encode, 5)
+
+    if c.device.type == "cuda":  # the class pool's and styles' grid crops: encoded once per run, in batches of 64
+        crops = uint8_to_model(torch.randint(0, 256, (64, 3, args.res, args.res), dtype=torch.uint8,
+                                             device=c.device)).to(c.vae_dtype)
+
+        def encode_crops():
+            with torch.no_grad():
+                return c.vae.encode(crops).latent_dist.mean
+
+        _timed(encode_crops)
+        out["crop_encode_64_s"], _ = _timed(encode_crops, 3)
+        with compiled_vae_encoder(c, True):
+            out["crop_encode_64_compile_s"], _ = _timed(encode_crops)
+            out["crop_encode_64_compiled_s"], _ = _timed(encode_crops, 3)
+        del crops
 
     def run(label, n, subset=None, **over):
         """Seconds of the whole pass, and per step from step 6 on (the loop's own clock: no set-up or export)."""
@@ -430,6 +464,14 @@ def breakdown(args, c, styles, cfg) -> dict:
         half = len(styles) // 2
         out[f"step_{half}_styles_s"] = run("half", 25, subset=half)[1]
         out[f"step_{half}_styles_graphs_s"] = run("half-graphs", 25, subset=half, cuda_graphs=True)[1]
+    if c.device.type == "cuda" and args.try_attention:  # each SDPA kernel alone, the step recorded as a graph
+        for name, kernel in _sdpa_kernels().items():
+            try:
+                with kernel():
+                    out[f"step_graphs_{name}_s"] = run(f"attn-{name}", 25, cuda_graphs=True)[1]
+                out[f"loss_max_abs_diff_{name}"] = float(np.abs(run.losses - bf16_losses[:25]).max())
+            except RuntimeError as e:  # a kernel that does not take these shapes
+                print(f"attention {name}: {str(e).splitlines()[0]}", flush=True)
     if c.device.type == "cuda" and args.try_fp8:  # the same streams: the loss curves compare step by step
         out["step_fp8_s"] = run("fp8", n_loss, fp8=True)[1]
         d = run.losses - bf16_losses
@@ -468,6 +510,14 @@ def breakdown(args, c, styles, cfg) -> dict:
                 out["generate_style_fused_compiled_s"] = gen_s()
             finally:
                 pipe.unet = c.unet
+    if c.device.type == "cuda" and args.try_attention:
+        for name, kernel in _sdpa_kernels().items():
+            try:
+                with kernel():
+                    generate(pipe, prompts, seeds, 2, 7.5, args.res, init, 0.9)
+                    out[f"generate_style_fused_{name}_s"] = gen_s()
+            except RuntimeError as e:
+                print(f"attention {name}: {str(e).splitlines()[0]}", flush=True)
     unfuse_exactly(pipe, base)
     pipe.delete_adapters("bd")
     n = 2 * len(styles) * cfg.train.batch_size
@@ -509,6 +559,9 @@ def main(argv=None) -> int:
                    help="breakdown: also time compiled training steps and a compiled UNet's sampling")
     p.add_argument("--try-graphs", action="store_true",
                    help="breakdown: also time the training step recorded as a CUDA graph (all and half the styles)")
+    p.add_argument("--try-attention", action="store_true",
+                   help="breakdown: also time the (graph-recorded) training step and one style's sampling with each "
+                        "SDPA kernel (flash, cudnn, efficient)")
     p.add_argument("--naive-images", type=int, default=2)
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="a Hydra override for the stylexfer path's config (repeatable), e.g. train.lora_compute=float32")

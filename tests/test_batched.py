@@ -159,3 +159,25 @@ def test_the_loop_clock_times_every_step_and_the_log_gives_the_steady_rate(compo
     line = next(r.getMessage() for r in caplog.records if "s per step over steps" in r.getMessage())
     per_step = (clock[-1] - clock[3]) / 2
     assert line == f"2 styles: {per_step:.3f} s per step over steps 5-6 ({2 / per_step:.1f} samples/s)"
+
+
+def test_the_grid_crops_compiled_encoder_takes_only_its_batch_size():
+    """Preparing a pass's grid crops: batches of CROP_BATCH go through the one static compiled graph, a
+    smaller last batch through the plain encoder (no second compile for one batch)."""
+    from stylexfer.backends.torch.batched import _CompiledOrPlain
+
+    seen = []
+    plain = torch.nn.Linear(3, 2)
+
+    def stand_in(x):  # what torch.compile(plain, dynamic=False) computes, counted
+        seen.append(x.shape[0])
+        return plain(x) + 100.0
+
+    m = _CompiledOrPlain(plain, stand_in, batch=4)
+    full, last = torch.randn(4, 3), torch.randn(3, 3)
+    assert torch.equal(m(full), plain(full) + 100.0)
+    assert torch.equal(m(last), plain(last))
+    assert seen == [4]
+    anyb = _CompiledOrPlain(plain, stand_in)  # per-step encoding: every shape compiled
+    anyb(last)
+    assert seen == [4, 3]

@@ -65,7 +65,10 @@ def test_bench_profile_mode_trains_without_divergence(tmp_path, capsys):
     arch = tiny_arch(tmp_path)
     assert bench.main(["--arch", str(arch), *SMALL, "--prompts", "1", "--profile", "1", "--work", str(tmp_path / "w")]) == 0
     out = capsys.readouterr().out
-    assert "4 steps of 2 styles" in out and "Self CPU" in out
+    assert "eager steps profiled: 1 (2 styles, 4 samples a step" in out and "Self CPU" in out
+    table = out[out.index("eager steps profiled"):]
+    assert "aten::mm" in table or "aten::addmm" in table  # the step's own ops
+    assert "ProfilerStep#4" in table or "ProfilerStep*" in table  # only the profiled step (steps 0-3 left out)
 
 
 @pytest.mark.slow

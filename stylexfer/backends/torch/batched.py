@@ -100,12 +100,12 @@ class _CompiledOrPlain(torch.nn.Module):
     """A module's ``torch.compile`` version that falls back to the module itself, with one warning, if
     compiling fails (no C compiler or Triton on the machine, say): the run goes on at eager speed."""
 
-    def __init__(self, plain: torch.nn.Module, compiled):
+    def __init__(self, plain: torch.nn.Module, compiled, batch: Optional[int] = None):
         super().__init__()
-        self.plain, self.compiled = plain, compiled
+        self.plain, self.compiled, self.batch = plain, compiled, batch
 
     def forward(self, *args, **kwargs):
-        if self.compiled is not None:
+        if self.compiled is not None and (self.batch is None or args[0].shape[0] == self.batch):
             try:
                 return self.compiled(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - a real error (out of memory ...) raises again below
@@ -116,18 +116,23 @@ class _CompiledOrPlain(torch.nn.Module):
 
 
 @contextlib.contextmanager
-def compiled_vae_encoder(c: Components, on: bool):
-    """``c.vae.encoder`` replaced by its ``torch.compile`` version on CUDA while training (put back after).
-    Only for per-step encoding of random crops (on the main thread); cached latents are encoded once, plain."""
+def compiled_vae_encoder(c: Components, on: bool, batch: Optional[int] = None):
+    """``c.vae.encoder`` replaced by its ``torch.compile`` version on CUDA while training (put back after):
+    for per-step encoding of random crops, or, with ``batch``, for the grid crops' batches of that size
+    (one static graph; a smaller last batch is encoded plain)."""
     if not (on and c.device.type == "cuda"):
         yield
         return
     plain = c.vae.encoder
-    c.vae.encoder = _CompiledOrPlain(plain, torch.compile(plain))
+    c.vae.encoder = _CompiledOrPlain(plain, torch.compile(plain, dynamic=False) if batch else torch.compile(plain),
+                                     batch)
     try:
         yield
     finally:
         c.vae.encoder = plain
+
+
+CROP_BATCH = 64  # grid crops per VAE call while preparing a pass (one compiled shape)
 
 
 def steady_step_s(ticks: list, skip: int) -> Optional[float]:
@@ -157,8 +162,12 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
     resized: dict = {}  # shared: a shared class pool is resized once, not once per style
     crops: dict = {}  # shared likewise: a shared class pool's grid crops are encoded once
     feeds = [Feed(c, s, p if use_prior else None, cfg, resized, raw=True, crops=crops) for s, p in zip(styles, pools)]
+    n = len(feeds)
+    compile_now = compiled.decide(c, cfg, n)
     t_enc = time.time()
-    encoded = sum(f.prepare() for f in feeds)
+    # the grid crops go through the compiled VAE encoder when this pass compiles (its graph is in the same cache)
+    with compiled_vae_encoder(c, compile_now and tr.compile_vae, batch=CROP_BATCH):
+        encoded = sum(f.prepare(CROP_BATCH) for f in feeds)
     if encoded:
         log.info("encoded %d grid crops (%d styles and their class images) in %.1fs: no VAE in the training steps",
                  encoded, len(feeds), time.time() - t_enc)
@@ -170,7 +179,6 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
     record = graphed.wanted(cfg, c.device)  # the step as a CUDA graph: the LR a tensor, the optimizer capturable
     opt = make_optimizer(c, graphed.tensor_lr(groups, c.device) if record else groups, tr, capturable=record)
     sched = get_scheduler(value(tr.lr_scheduler), opt, num_warmup_steps=tr.lr_warmup_steps, num_training_steps=tr.steps)
-    n = len(feeds)
     active = torch.ones(n, device=c.device)  # read by the step on the device
     failed: dict[str, str] = {}
     losses: dict[str, list] = {s.id: [] for s in styles}
@@ -195,7 +203,6 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
                    initial=start, total=tr.steps)
         ticks = clock if clock is not None else []
         unet = c.unet
-        compile_now = compiled.decide(c, cfg, n)
         graphs = compile_now and tr.compile_mode in ("reduce-overhead", "max-autotune")  # modes with CUDA graphs
         if compile_now:
             unet = torch.compile(c.unet, mode=None if tr.compile_mode == "default" else tr.compile_mode)
