@@ -36,6 +36,14 @@ def _version(name: str) -> str:
     return version(name)
 
 
+def _device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def _versions() -> dict:
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "diffusers": _version("diffusers")}
+
+
 def _sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -346,19 +354,61 @@ def shards_phase(args, styles, cfg) -> dict:
     return r
 
 
-def profile(args, c, styles, cfg) -> int:
-    """Where a batched training step spends its time: N eager steps (no CUDA graph, which the profiler sees as
-    one launch) under torch.profiler, after the set-up (crop encoding, adapters) and 3 steps; top kernels."""
+# what an op's name says it is, first match wins (the profile's summary by part)
+PROFILE_PARTS = (
+    ("attention (SDPA)", ("attention",)),
+    ("convolutions", ("convolution",)),
+    ("batched matmuls (in training: the LoRA branches)", ("bmm",)),
+    ("linear layers (mm, addmm)", ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul")),
+    ("norms (GroupNorm, LayerNorm)", ("norm",)),
+    ("activations (SiLU, GELU)", ("silu", "gelu")),
+    ("optimizer (AdamW)", ("adam", "_foreach")),
+    ("copies, concatenations", ("copy", "aten::cat", "clone", "contiguous")),
+    ("other (elementwise add, mul, ...)", ("aten::",)),
+)
+
+
+def profile_parts(prof, per: int) -> list[tuple[str, float, float]]:
+    """(part, milliseconds per ``per``, share) of a profile's device time (CPU time on a CPU), each op's own
+    time (its kernels, not its children's) counted once under the first part its name matches."""
+    cuda = torch.cuda.is_available()
+    totals = {name: 0.0 for name, _ in PROFILE_PARTS}
+    for e in prof.key_averages():
+        if not e.key.startswith("aten::"):
+            continue
+        t = e.self_device_time_total if cuda else e.self_cpu_time_total
+        name = next(n for n, keys in PROFILE_PARTS if any(k in e.key for k in keys))
+        totals[name] += t / 1000.0 / per  # µs -> ms
+    whole = sum(totals.values()) or 1.0
+    return [(n, ms, ms / whole) for n, ms in sorted(totals.items(), key=lambda x: -x[1]) if ms > 0]
+
+
+def _print_parts(title: str, rows: list) -> None:
+    print(title)
+    w = max(len(n) for n, _, _ in rows)
+    for n, ms, share in rows:
+        print(f"  {n.ljust(w)}  {ms:9.2f} ms  {share:5.1%}")
+    print(f"  {'total'.ljust(w)}  {sum(ms for _, ms, _ in rows):9.2f} ms", flush=True)
+
+
+def profile(args, c, styles, cfg) -> dict:
+    """Where the time goes, under torch.profiler: N eager training steps (no CUDA graph, which the profiler
+    sees as one launch) after the set-up (crop encoding, adapters) and 3 steps, then one style's sampling
+    (``--prompts`` images, ``--sample-steps`` img2img steps at strength 0.9). Prints the top ops and a summary
+    by part (ms per training step, per sampling UNet call), which it returns."""
     from torch.profiler import ProfilerActivity, schedule
     from torch.profiler import profile as torch_profile
 
     from .backends.torch.batched import train_together
+    from .backends.torch.sample import generate, make_pipeline
+    from .data import average_image
 
     cfg.train.steps, cfg.train.cuda_graphs = 4 + args.profile, False
     pool = _shared_pool(c, styles, cfg)
     pools = [pool] * len(styles)
     train_together(c, styles, pools, cfg, None, [args.work / "prof" / s.id for s in styles])  # cudnn autotune
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     with torch_profile(activities=acts, schedule=schedule(wait=3, warmup=1, active=args.profile)) as prof:
 
         class Clock(list):  # the loop appends a tick after each step: the profiler's step
@@ -370,11 +420,28 @@ def profile(args, c, styles, cfg) -> int:
                                       clock=Clock())
         _sync()
     assert not failed, failed
-    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     print(f"eager steps profiled: {args.profile} ({len(styles)} styles, {2 * len(styles) * cfg.train.batch_size} "
           f"samples a step; set-up and the first 4 steps left out)")
     print(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=90))
-    return 0
+    train = profile_parts(prof, args.profile)
+    _print_parts("training step by part (ms per step):", train)
+
+    pipe = make_pipeline(c, "ddim", img2img=True)
+    init = average_image(styles[0].images, args.res)
+    prompts = [f"an image of thing {i} in style_{styles[0].id}" for i in range(args.prompts)]
+    seeds = list(range(len(prompts)))
+    generate(pipe, prompts, seeds, 2, 7.5, args.res, init, 0.9)  # cudnn autotune at this batch shape
+    calls = int(args.sample_steps * 0.9)  # img2img at strength 0.9 runs that many of the steps
+    with torch_profile(activities=acts) as sprof:
+        generate(pipe, prompts, seeds, args.sample_steps, 7.5, args.res, init, 0.9)
+        _sync()
+    print(f"sampling profiled: {len(prompts)} images, {calls} UNet calls of {2 * len(prompts)} samples "
+          f"(guidance), text encoding and VAE decoding included")
+    print(sprof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=90))
+    sample = profile_parts(sprof, calls)
+    _print_parts("sampling by part (ms per UNet call, the VAE's and text encoder's share spread over them):", sample)
+    return {"train_step_ms": {n: round(ms, 3) for n, ms, _ in train},
+            "sample_call_ms": {n: round(ms, 3) for n, ms, _ in sample}}
 
 
 def _sdpa_kernels() -> dict:
@@ -568,7 +635,8 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="stylexfer-bench-")))
     p.add_argument("--out", type=Path, default=Path("bench.json"))
     p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="instead: profile N batched training steps (torch.profiler) and print the top kernels")
+                   help="instead: profile N eager training steps and one style's sampling (torch.profiler); print "
+                        "the top ops and ms by part (attention, convolutions, LoRA, ...), write them to --out")
     args = p.parse_args(argv)
     import logging
 
@@ -594,13 +662,14 @@ def main(argv=None) -> int:
         print(f"built an SD 2.1-shaped model with RANDOM weights on {device} in {time.time() - t0:.0f}s "
               f"({sum(p.numel() for p in c.unet.parameters()) / 1e6:.0f} M UNet parameters)", flush=True)
     if args.profile:
-        return profile(args, c, styles, cfg)
+        atomic_write_json(args.out, {"profile": profile(args, c, styles, cfg), "device": _device_name(),
+                                     "versions": _versions()})
+        return 0
     if args.part == "breakdown":
         atomic_write_json(args.out, {"breakdown": breakdown(args, c, styles, cfg)})
         return 0
     previous = json.loads(args.out.read_text()) if args.part in ("train", "sample", "naive", "stylexfer", "gpus") and args.out.exists() else {}
-    results = {**previous, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-               "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "diffusers": _version("diffusers")},
+    results = {**previous, "device": _device_name(), "versions": _versions(),
                "args": {k: str(v) for k, v in vars(args).items()}}
     if args.part in ("naive", "both"):
         results["arithmetic"] = arithmetic(args, c, cfg)

@@ -63,12 +63,23 @@ def test_bench_runs_both_paths_and_prints_the_table(tmp_path, capsys):
 @pytest.mark.slow
 def test_bench_profile_mode_trains_without_divergence(tmp_path, capsys):
     arch = tiny_arch(tmp_path)
-    assert bench.main(["--arch", str(arch), *SMALL, "--prompts", "1", "--profile", "1", "--work", str(tmp_path / "w")]) == 0
+    res = tmp_path / "prof.json"
+    assert bench.main(["--arch", str(arch), *SMALL, "--prompts", "1", "--sample-steps", "4", "--profile", "1",
+                       "--work", str(tmp_path / "w"), "--out", str(res)]) == 0
     out = capsys.readouterr().out
     assert "eager steps profiled: 1 (2 styles, 4 samples a step" in out and "Self CPU" in out
-    table = out[out.index("eager steps profiled"):]
-    assert "aten::mm" in table or "aten::addmm" in table  # the step's own ops
-    assert "ProfilerStep#4" in table or "ProfilerStep*" in table  # only the profiled step (steps 0-3 left out)
+    assert "sampling profiled: 1 images, 3 UNet calls of 2 samples" in out
+    prof = json.loads(res.read_text())["profile"]
+    train, sample = prof["train_step_ms"], prof["sample_call_ms"]
+    # the parts a training step has: attention, convolutions, the styles' LoRA branches (batched matmuls);
+    # a sampling call (LoRA fused or none) has no LoRA branch: its batched matmuls are a small rest
+    lora = "batched matmuls (in training: the LoRA branches)"
+    for part in ("attention (SDPA)", "convolutions", "linear layers (mm, addmm)", "norms (GroupNorm, LayerNorm)"):
+        assert train[part] > 0 and sample[part] > 0, part
+    assert train[lora] / sum(train.values()) > 5 * sample.get(lora, 0) / sum(sample.values())
+    summary = out[out.index("training step by part"):]
+    total = float(summary.split("total")[1].split("ms")[0])
+    assert total == pytest.approx(sum(train.values()), abs=0.05)
 
 
 @pytest.mark.slow
