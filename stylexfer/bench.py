@@ -445,7 +445,8 @@ def profile(args, c, styles, cfg) -> dict:
 
 
 def _sdpa_kernels() -> dict:
-    """Each of torch's scaled-dot-product-attention kernels on its own (``torch.nn.attention.sdpa_kernel``)."""
+    """torch's scaled-dot-product-attention kernels, one at a time (``torch.nn.attention.sdpa_kernel``): flash and
+    cuDNN each with the memory-efficient kernel behind it for the shapes they do not take (the VAE's 512-wide head)."""
     from functools import partial
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -531,7 +532,7 @@ def breakdown(args, c, styles, cfg) -> dict:
         half = len(styles) // 2
         out[f"step_{half}_styles_s"] = run("half", 25, subset=half)[1]
         out[f"step_{half}_styles_graphs_s"] = run("half-graphs", 25, subset=half, cuda_graphs=True)[1]
-    if c.device.type == "cuda" and args.try_attention:  # each SDPA kernel alone, the step recorded as a graph
+    if c.device.type == "cuda" and args.try_attention:  # one SDPA kernel at a time, the step recorded as a graph
         for name, kernel in _sdpa_kernels().items():
             try:
                 with kernel():
