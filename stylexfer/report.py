@@ -57,6 +57,11 @@ def fmt(v) -> str:
     return "—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+# what each of a run's stage_seconds covers (summary.md)
+STAGE_NAMES = {"workers": "GPU workers (their class pool, training and sampling)",
+               "train": "class pool and training", "sample": "sampling", "score": "scoring (metric models included)"}
+
+
 def write_reports(run_dir: Path, summary: dict, grid: Image.Image | None) -> None:
     if grid is not None:
         buf = io.BytesIO()
@@ -66,7 +71,10 @@ def write_reports(run_dir: Path, summary: dict, grid: Image.Image | None) -> Non
     if summary.get("notice"):
         lines += [f"> **{summary['notice']}**", ""]
     lines += [f"- model: {summary['model']['source']}", f"- data: {summary['data_root']}",
-              f"- status: {summary['status']}", f"- seconds: {summary['seconds']:.1f}", ""]
+              f"- status: {summary['status']}", f"- seconds: {summary['seconds']:.1f}"]
+    if summary.get("stage_seconds"):
+        lines.append("- stages: " + ", ".join(f"{STAGE_NAMES.get(k, k)} {v:.1f} s" for k, v in summary["stage_seconds"].items()))
+    lines.append("")
     metrics = summary["metric_names"]
     lines += ["| style | adapter | trained | " + " | ".join(metrics) + " |",
               "|---|---|---|" + "---|" * len(metrics)]

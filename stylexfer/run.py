@@ -91,10 +91,12 @@ def run(cfg: DictConfig) -> dict:
     work = [s.id for s in styles if not _samples_stored(resolved.identity, styles, s, cfg, cache)] if shard_devices else []
     workers = shard_devices[:len(work)] if len(work) >= 2 else []  # one process per device: pool, training, sampling
     sharded = ShardOutcome()
+    stages: dict = {}  # wall-clock seconds of each stage of this run (summary.json "stage_seconds")
     if workers:
         sharded = run_shards(ShardJob(make_backend=factory, cfg=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
                                       data_root=str(data_root), style_ids=[s.id for s in styles], work_ids=work,
                                       model_identity=resolved.identity, devices=workers, log_dir=str(run_dir / "logs")))
+        stages["workers"] = round(sharded.seconds.get("wall", 0.0), 2)
         backend = LazyBackend(factory, cfg.backend.name, workers[0])  # loaded only if something is left
         log.info("model: %s (%s backend, %d worker processes on %s, %s prediction)", resolved.source, backend.name,
                  len(workers), ", ".join(workers), resolved.prediction_type)
@@ -121,8 +123,11 @@ def run(cfg: DictConfig) -> dict:
         summary["failed_styles"][sid] = why
     todo = [(style, *style_specs(resolved.identity, styles, style, cfg)) for style in styles]
     todo = [t for t in todo if not adapter_stored(t[2], cache)]
+    t_stage = time.time()
     batch_trained, batch_failed = train_in_batches(backend, todo, cfg, cache,
                                                    lambda spec: ensure_pool(backend, spec, cfg.prior, cache))
+    stages["train"] = time.time() - t_stage
+    stages["sample"] = 0.0
     batch_trained.update(sharded.trained)
     batch_failed.update(sharded.failed)
     for style in styles:
@@ -131,7 +136,7 @@ def run(cfg: DictConfig) -> dict:
             if style.id in batch_failed:
                 raise TrainingDiverged(batch_failed[style.id])
             grid_rows.append(_run_style(backend, resolved, styles, style, cfg, cache, run_dir, st, batch_trained,
-                                         sharded.made))
+                                         sharded.made, stages))
             curves[style.id] = _losses(run_dir / "adapters" / style.id)
         except Exception as e:  # noqa: BLE001 - one style's failure must not cost the others
             line = first_line(e, with_type=not isinstance(e, StylexferError))
@@ -142,6 +147,7 @@ def run(cfg: DictConfig) -> dict:
             continue
         faults.checkpoint(f"style:{style.id}")
 
+    t_stage = time.time()
     sampled = [s for s in styles if "images" in summary["styles"][s.id]]
     if sampled:
         doc = evaluate(run_dir / "images", sampled, cfg.eval, backend.device, unavailable, demo)
@@ -153,7 +159,9 @@ def run(cfg: DictConfig) -> dict:
             log.warning("metrics unavailable (final score not computed): %s", "; ".join(
                 f"{m}: {why}" for m, why in summary["unavailable"].items()))
     summary["status"] = "partial" if summary["failed_styles"] else "finished"
+    stages["score"] = time.time() - t_stage
     summary["seconds"] = round(time.time() - t0, 2)
+    summary["stage_seconds"] = {k: round(v, 2) for k, v in stages.items()}
     grid = image_grid(grid_rows)
     if write_loss_plot(run_dir, curves) is not None:
         summary["loss_plot"] = "loss.png"
@@ -185,11 +193,15 @@ def _samples_stored(identity: str, styles, style, cfg, cache: Path) -> bool:
 
 
 def _run_style(backend, resolved, styles, style, cfg, cache: Path, run_dir: Path, st: dict, batch_trained: dict,
-               made_by_shards: set = frozenset()):
-    """Train (or reuse) → sample (or reuse) one style; fills ``st``; returns its grid row."""
+               made_by_shards: set = frozenset(), stages: dict | None = None):
+    """Train (or reuse) → sample (or reuse) one style; fills ``st``; returns its grid row. Adds the seconds
+    of its training (one style at a time) and sampling to ``stages``."""
+    stages = {} if stages is None else stages
     spec_pool, spec = style_specs(resolved.identity, styles, style, cfg)
     pkey = pool_key(spec_pool) if spec_pool else None
+    t = time.time()
     result = ensure_adapter(backend, style, spec_pool, spec, cfg, cache)
+    stages["train"] = stages.get("train", 0.0) + time.time() - t
     if style.id in batch_trained:  # trained by this run, together with other styles
         result.reused = False
         result.seconds, result.losses = batch_trained[style.id]
@@ -208,7 +220,9 @@ def _run_style(backend, resolved, styles, style, cfg, cache: Path, run_dir: Path
     st.update(adapter_key=result.key, reused=result.reused, train_seconds=round(result.seconds, 2), pool=pkey)
 
     sspec = sample_spec(style, cfg, result.key, resolved.identity)
+    t = time.time()
     sdir, records, sreused = ensure_samples(backend, style, result.dir, cfg, sspec, cache)
+    stages["sample"] = stages.get("sample", 0.0) + time.time() - t
     if sreused and style.id in made_by_shards:
         sreused = False
         log.info("style %s: images %s made by a worker process", style.id, stable_hash(sspec))

@@ -60,6 +60,10 @@ def test_safe_strategy_runs_end_to_end(safe_runs):
     assert s["model"]["random_weights"] and "RANDOM weights" in (run_dir / "summary.md").read_text()
     assert "RANDOM weights" in first.stderr
     assert (run_dir / "grid.png").exists() and (run_dir / "main.log").exists()
+    stages = s["stage_seconds"]  # where the run's time went
+    assert set(stages) == {"train", "sample", "score"} and all(v > 0 for v in stages.values())
+    assert sum(stages.values()) <= s["seconds"]
+    assert f"- stages: class pool and training {stages['train']:.1f} s, sampling" in (run_dir / "summary.md").read_text()
     first_object = json.loads((Path(s["data_root"]) / "00" / "prompt.json").read_text())["0"]
     assert (run_dir / "images" / "00" / f"{first_object}.png").exists()
 
@@ -70,6 +74,7 @@ def test_inference_only_override_trains_nothing_and_changes_images(safe_runs):
     (r1, s1), (r2, s2) = runs[("avg_image", 0.9)], runs[("avg_image", 0.8)]
     assert second.stderr.count("nothing to train") == 3 and "trained adapter" not in second.stderr
     assert "generating" not in second.stderr  # nor class images
+    assert s2["stage_seconds"]["train"] < s1["stage_seconds"]["train"] / 4  # reusing is not training
     for sid in s1["styles"]:
         assert s2["styles"][sid]["reused"] and s2["styles"][sid]["adapter_key"] == s1["styles"][sid]["adapter_key"]
         for f in s1["styles"][sid]["images"]:

@@ -119,5 +119,8 @@ def test_two_worker_processes_make_what_one_process_makes(tmp_path, tiny_dir, de
     for sid in ("00", "01", "02"):  # reported as trained by this run, not as reused
         assert summary["styles"][sid]["reused"] is False and summary["styles"][sid]["train_seconds"] > 0
     assert summary["status"] == "finished" and "hist" in summary["scores"]
+    # the workers did the class pool, training and sampling; the parent only linked their results
+    stages = summary["stage_seconds"]
+    assert stages["workers"] > stages["train"] + stages["sample"]
     run2 = next((tmp_path / "shards2").glob("experiments/*/*"))
     assert (run2 / "logs" / "shard0.log").exists() and (run2 / "logs" / "shard1.log").exists()
