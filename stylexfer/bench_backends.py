@@ -79,10 +79,13 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _per_step(run, warm: int, steps: int) -> float:
+def _per_step(run, warm: int, steps: int, repeat: int = 3) -> float:
+    """Seconds per step: the time of ``warm + steps`` steps less that of ``warm`` steps (the set-up cancels),
+    each the fastest of ``repeat`` runs, as timeit does: a run slowed by the machine (another process, a
+    collection) would otherwise move the difference, on a small model even below zero."""
     run(warm)  # one-time work (compiling, caches) happens here
-    short = _timed(lambda: run(warm))
-    long = _timed(lambda: run(warm + steps))
+    short = min(_timed(lambda: run(warm)) for _ in range(repeat))
+    long = min(_timed(lambda: run(warm + steps)) for _ in range(repeat))
     return (long - short) / steps
 
 
@@ -134,7 +137,7 @@ def _both(train, sample, args) -> dict:
         if key.split("_")[0] not in args.parts.split(","):
             continue
         try:
-            out[key] = _per_step(run, args.warm, args.steps)
+            out[key] = _per_step(run, args.warm, args.steps, args.repeat)
         except Exception as e:  # noqa: BLE001 - a part that cannot run says why in the table
             out[key[:-2] + "_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
             log.exception("%s failed", key)
@@ -150,6 +153,7 @@ def main(argv=None) -> int:
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--warm", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=3, help="runs of each length; the fastest counts (timeit's rule)")
     p.add_argument("--backends", default="torch,jittor")
     p.add_argument("--parts", default="sample,train", help="which steps to time: sample, train or both")
     p.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="stylexfer-bench-backends-")))

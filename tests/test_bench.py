@@ -158,3 +158,22 @@ def test_bench_backends_times_a_step_of_each_backend_from_the_same_folder(tmp_pa
         assert r["rows"][name]["train_step_s"] > 0 and r["rows"][name]["sample_step_s"] > 0, r["rows"][name]
     table = capsys.readouterr().out
     assert "| backend | training step" in table and all(f"| {n} |" in table for n in names)
+
+
+def test_backend_step_times_take_the_fastest_run_of_each_length():
+    """A run slowed once (another process, a collection) must not move the per-step time: the difference of
+    the fastest long and the fastest short run (timeit's rule). The first short run here is 0.5 s late; the
+    difference of single runs would come out negative."""
+    import time
+
+    from stylexfer.bench_backends import _per_step
+
+    calls = []
+
+    def run(n):
+        calls.append(n)
+        time.sleep(0.05 * n + (0.5 if len(calls) == 2 else 0.0))
+
+    per = _per_step(run, warm=1, steps=2, repeat=3)
+    assert calls == [1, 1, 1, 1, 3, 3, 3]
+    assert 0.04 <= per < 0.08
