@@ -227,11 +227,24 @@ def naive(args, c, styles, cfg) -> dict:
             "total_s": train_s + image_s * n_images}
 
 
+def crop_count(args, cfg) -> int:
+    """How many grid crops the workload encodes once (every style image's and class image's offsets on the latent
+    grid, flipped and not if flips are on); 0 when crops are encoded every step (random 1-px crops, rotation)."""
+    from .data import crop_grid, grid_cached_crops
+
+    if not grid_cached_crops(cfg.augmentation):
+        return 0
+    side = max(args.res, round(args.res * cfg.augmentation.scale))  # the bench's images are square
+    lefts, tops = crop_grid((side, side), args.res)
+    return (args.styles * args.images + args.class_images) * len(lefts) * len(tops) * (2 if cfg.augmentation.hflip else 1)
+
+
 def arithmetic(args, c, cfg) -> dict:
     """The workload's floating-point operations (counted by torch's FlopCounterMode on one sample of each
     model call) and the time they take at this device's measured bf16/fp32 matrix-product rate: the floor
     no implementation beats by much. Frozen weights need no weight gradients, so a training sample costs
-    a UNet forward, the backward to its inputs (about one more forward) and a VAE encoding."""
+    a UNet forward and the backward to its inputs (about one more forward); the VAE encodes each grid crop once
+    (:func:`crop_count`), or every sample of every step when crops are not grid-cached."""
     from torch.utils.flop_counter import FlopCounterMode
 
     r = args.res
@@ -250,13 +263,16 @@ def arithmetic(args, c, cfg) -> dict:
     tflops = 2 * n**3 / _timed(lambda: a @ a, 10)[0] / 1e12
     steps_per_image = int(args.sample_steps * cfg.init.strength)
     pool = args.class_images * (cfg.prior.steps * 2 * gf["unet_forward"] + gf["vae_decode"])
-    train = args.styles * args.steps * 2 * (2 * gf["unet_forward"] + gf["vae_encode"])
+    crops = crop_count(args, cfg)
+    # with grid-cached crops (the default) every crop is encoded once, before the steps; else every step encodes
+    train = args.styles * args.steps * 2 * 2 * gf["unet_forward"] + (
+        crops * gf["vae_encode"] if crops else args.styles * args.steps * 2 * gf["vae_encode"])
     sample = args.styles * args.prompts * (steps_per_image * 2 * gf["unet_forward"] + gf["vae_encode"] + gf["vae_decode"])
     out = {"gflop_per_sample": gf, "matmul_tflops": tflops, "class_pool_pflop": pool / 1e6, "train_pflop": train / 1e6,
-           "sample_pflop": sample / 1e6}
+           "sample_pflop": sample / 1e6, "grid_crops": crops}
     out["floor_s"] = (pool + train + sample) / 1e3 / tflops
     print(f"arithmetic: UNet forward {gf['unet_forward']:.0f} GFLOP, VAE encode {gf['vae_encode']:.0f}, decode "
-          f"{gf['vae_decode']:.0f} per sample; workload {out['class_pool_pflop']:.1f} (class pool) + "
+          f"{gf['vae_decode']:.0f} per sample; {crops} grid crops; workload {out['class_pool_pflop']:.1f} (class pool) + "
           f"{out['train_pflop']:.1f} (train) + {out['sample_pflop']:.1f} (sample) PFLOP; matrix products at "
           f"{tflops:.0f} TFLOP/s here -> floor {out['floor_s']:.0f} s", flush=True)
     return out
@@ -400,8 +416,7 @@ def profile(args, c, styles, cfg) -> dict:
     from torch.profiler import profile as torch_profile
 
     from .backends.torch.batched import train_together
-    from .backends.torch.sample import generate, make_pipeline
-    from .data import average_image
+    from .backends.torch.sample import generate
 
     cfg.train.steps, cfg.train.cuda_graphs = 4 + args.profile, False
     pool = _shared_pool(c, styles, cfg)
@@ -426,11 +441,7 @@ def profile(args, c, styles, cfg) -> dict:
     train = profile_parts(prof, args.profile)
     _print_parts("training step by part (ms per step):", train)
 
-    pipe = make_pipeline(c, "ddim", img2img=True)
-    init = average_image(styles[0].images, args.res)
-    prompts = [f"an image of thing {i} in style_{styles[0].id}" for i in range(args.prompts)]
-    seeds = list(range(len(prompts)))
-    generate(pipe, prompts, seeds, 2, 7.5, args.res, init, 0.9)  # cudnn autotune at this batch shape
+    pipe, init, prompts, seeds = _one_style_sampling(args, c, styles)
     calls = int(args.sample_steps * 0.9)  # img2img at strength 0.9 runs that many of the steps
     with torch_profile(activities=acts) as sprof:
         generate(pipe, prompts, seeds, args.sample_steps, 7.5, args.res, init, 0.9)
@@ -442,6 +453,20 @@ def profile(args, c, styles, cfg) -> dict:
     _print_parts("sampling by part (ms per UNet call, the VAE's and text encoder's share spread over them):", sample)
     return {"train_step_ms": {n: round(ms, 3) for n, ms, _ in train},
             "sample_call_ms": {n: round(ms, 3) for n, ms, _ in sample}}
+
+
+def _one_style_sampling(args, c, styles):
+    """The first style's img2img sampling as the bench times it: (pipeline, average image, ``--prompts`` prompts,
+    their seeds), after one short call at the measured batch shape (cuDNN picks its algorithms there)."""
+    from .backends.torch.sample import generate, make_pipeline
+    from .data import average_image
+
+    pipe = make_pipeline(c, "ddim", img2img=True)
+    init = average_image(styles[0].images, args.res)
+    prompts = [f"an image of thing {i} in style_{styles[0].id}" for i in range(args.prompts)]
+    seeds = list(range(len(prompts)))
+    generate(pipe, prompts, seeds, 2, 7.5, args.res, init, 0.9)
+    return pipe, init, prompts, seeds
 
 
 def _sdpa_kernels() -> dict:
@@ -461,10 +486,9 @@ def breakdown(args, c, styles, cfg) -> dict:
     eager and compiled), and one style's sampling (stock LoRA layers,
     fused LoRA, no LoRA)."""
     from .backends.torch.batched import _draw, _posterior, compiled_vae_encoder, steady_step_s, train_together
-    from .backends.torch.sample import fuse_exactly, generate, make_pipeline, unfuse_exactly
+    from .backends.torch.sample import fuse_exactly, generate, unfuse_exactly
     from .backends.torch.tensors import uint8_to_model
     from .backends.torch.train import Feed
-    from .data import average_image
 
     out = {}
     pool = _shared_pool(c, styles, cfg)
@@ -553,15 +577,11 @@ def breakdown(args, c, styles, cfg) -> dict:
         if args.try_graphs:
             out["step_compiled_graphs_s"] = run("compiled-graphs", 25, compile=True, cuda_graphs=True)[1]
     adapter = args.work / f"bd-crop-{n_loss}" / styles[0].id
-    pipe = make_pipeline(c, "ddim", img2img=True)
-    init = average_image(styles[0].images, args.res)
-    prompts = [f"an image of thing {i} in style_{styles[0].id}" for i in range(args.prompts)]
-    seeds = list(range(len(prompts)))
+    pipe, init, prompts, seeds = _one_style_sampling(args, c, styles)
 
     def gen_s():
         return _timed(lambda: generate(pipe, prompts, seeds, args.sample_steps, 7.5, args.res, init, 0.9))[0]
 
-    generate(pipe, prompts, seeds, 2, 7.5, args.res, init, 0.9)  # warm-up at the measured batch shape (cudnn autotune)
     out["generate_style_no_lora_s"] = gen_s()
     out["lora_load_s"], _ = _timed(lambda: pipe.load_lora_weights(str(adapter), adapter_name="bd"))
     out["generate_style_s"] = gen_s()
@@ -596,19 +616,78 @@ def breakdown(args, c, styles, cfg) -> dict:
     return out
 
 
+# Inductor settings tried for the sampling UNet (``--part inductor``): torch.compile's default; the settings
+# PyTorch's "Accelerating Generative AI III: Diffusion, Fast" post used for SDXL (1×1 convolutions as matrix
+# products, coordinate-descent tuning of the generated kernels' block sizes, no epilogue fusion); the same with
+# autotuned matrix-product and convolution templates (max-autotune, without CUDA graphs: a 50-sample call is
+# 130-160 ms of device work).
+DIFFUSION_FAST = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False,
+                  "coordinate_descent_check_all_directions": True}
+INDUCTOR_VARIANTS = {"default": (None, {}), "tuned": (None, DIFFUSION_FAST),
+                     "max-autotune": ("max-autotune-no-cudagraphs", DIFFUSION_FAST)}
+
+
+def inductor_trial(args, c, styles) -> dict:
+    """One style's sampling (``--prompts`` images, ``--sample-steps`` img2img steps at strength 0.9, 50-sample UNet
+    calls) eager, then with the UNet compiled under each of ``--variants`` (:data:`INDUCTOR_VARIANTS`; the
+    settings are part of the compile cache's keys, so each compiles afresh unless --compile-cache already holds
+    it): seconds to compile (the first short call), seconds per style, and how far its images are from the eager
+    ones (mean absolute difference, 0-255). Written to --out after every variant, so a command that runs out of
+    time keeps what it measured."""
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    from .backends.torch.sample import generate
+
+    pipe, init, prompts, seeds = _one_style_sampling(args, c, styles)
+
+    def pixels(images):
+        return np.stack([np.asarray(im, dtype=np.float32) for im in images])
+
+    def gen():
+        return _timed(lambda: generate(pipe, prompts, seeds, args.sample_steps, 7.5, args.res, init, 0.9))
+
+    eager_s, eager = gen()
+    out = {"device": _device_name(), "versions": _versions(), "images": len(prompts), "steps": args.sample_steps,
+           "eager_s": eager_s, "variants": {}}
+    print(f"inductor trial: one style's sampling eager {eager_s:.2f}s", flush=True)
+    for name in args.variants.split(","):
+        mode, flags = INDUCTOR_VARIANTS[name]
+        torch._dynamo.reset()
+        with inductor_config.patch(flags):
+            pipe.unet = torch.compile(c.unet, dynamic=False, mode=mode)
+            try:
+                compile_s = _timed(lambda: generate(pipe, prompts, seeds, 2, 7.5, args.res, init, 0.9))[0]
+                style_s, images = gen()
+            finally:
+                pipe.unet = c.unet
+        r = {"mode": mode or "default", "flags": flags, "compile_s": compile_s, "style_s": style_s,
+             "vs_eager": eager_s / style_s,
+             "mean_abs_diff_vs_eager": float(np.abs(pixels(images) - pixels(eager)).mean())}
+        out["variants"][name] = r
+        print(f"  {name}: compile {compile_s:.0f}s, {style_s:.2f}s a style ({r['vs_eager']:.2f}x eager), images "
+              f"{r['mean_abs_diff_vs_eager']:.2f}/255 from eager", flush=True)
+        atomic_write_json(args.out, {"inductor": out})
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m stylexfer.bench", description=__doc__.splitlines()[0])
     p.add_argument("--arch", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "sd21_architecture.json")
-    p.add_argument("--part", choices=["naive", "stylexfer", "both", "breakdown", "train", "sample", "gpus"], default="both",
+    p.add_argument("--part", choices=["naive", "stylexfer", "both", "breakdown", "train", "sample", "gpus", "inductor"],
+                   default="both",
                    help="breakdown: where the stylexfer path's time goes (a few steps, no full workload); "
                         "train, then sample: the stylexfer path in two commands sharing --work and --out "
                         "(for machines with a per-command time limit); gpus: the stylexfer path sharded over "
-                        "every visible GPU, one worker process each")
+                        "every visible GPU, one worker process each; inductor: one style's sampling eager and "
+                        "compiled under each of --variants (GPU only)")
     p.add_argument("--label", default="stylexfer",
                    help="the row (JSON key) the stylexfer path's result goes to: e.g. cold, warm (same --out)")
     p.add_argument("--compile-cache", type=Path, default=None, metavar="DIR",
                    help="torch's compile cache (TORCHINDUCTOR_CACHE_DIR): the same DIR in a second run = warm")
     p.add_argument("--gpus", type=int, default=0, help="--part gpus: how many GPUs (0 = every visible one)")
+    p.add_argument("--variants", default=",".join(INDUCTOR_VARIANTS),
+                   help=f"--part inductor: which compile settings, comma-separated ({', '.join(INDUCTOR_VARIANTS)})")
     p.add_argument("--try-fp8", action="store_true", help="breakdown: also time training steps with train.fp8=true")
     p.add_argument("--fp8-steps", type=int, default=200, help="--try-fp8: steps of each loss curve (bf16 and fp8)")
     p.add_argument("--styles", type=int, default=14)
@@ -646,6 +725,11 @@ def main(argv=None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not args.arch.exists():
         raise SystemExit(f"error: --arch {args.arch}: no such file (SD 2.1's published configs, shared/reference/)")
+    unknown = sorted(set(args.variants.split(",")) - set(INDUCTOR_VARIANTS))
+    if unknown:
+        raise SystemExit(f"error: --variants: unknown {', '.join(unknown)} (known: {', '.join(INDUCTOR_VARIANTS)})")
+    if args.part == "inductor" and not torch.cuda.is_available():
+        raise SystemExit("error: --part inductor: compiles and times the sampling UNet on a GPU; no CUDA device here")
     if args.compile_cache is not None:
         import os
 
@@ -668,6 +752,9 @@ def main(argv=None) -> int:
         return 0
     if args.part == "breakdown":
         atomic_write_json(args.out, {"breakdown": breakdown(args, c, styles, cfg)})
+        return 0
+    if args.part == "inductor":
+        inductor_trial(args, c, styles)
         return 0
     previous = json.loads(args.out.read_text()) if args.part in ("train", "sample", "naive", "stylexfer", "gpus") and args.out.exists() else {}
     results = {**previous, "device": _device_name(), "versions": _versions(),

@@ -193,15 +193,14 @@ def _samples_stored(identity: str, styles, style, cfg, cache: Path) -> bool:
 
 
 def _run_style(backend, resolved, styles, style, cfg, cache: Path, run_dir: Path, st: dict, batch_trained: dict,
-               made_by_shards: set = frozenset(), stages: dict | None = None):
+               made_by_shards: set, stages: dict):
     """Train (or reuse) → sample (or reuse) one style; fills ``st``; returns its grid row. Adds the seconds
-    of its training (one style at a time) and sampling to ``stages``."""
-    stages = {} if stages is None else stages
+    of its training (one style at a time) and sampling to ``stages["train"]`` and ``stages["sample"]``."""
     spec_pool, spec = style_specs(resolved.identity, styles, style, cfg)
     pkey = pool_key(spec_pool) if spec_pool else None
     t = time.time()
     result = ensure_adapter(backend, style, spec_pool, spec, cfg, cache)
-    stages["train"] = stages.get("train", 0.0) + time.time() - t
+    stages["train"] += time.time() - t
     if style.id in batch_trained:  # trained by this run, together with other styles
         result.reused = False
         result.seconds, result.losses = batch_trained[style.id]
@@ -222,7 +221,7 @@ def _run_style(backend, resolved, styles, style, cfg, cache: Path, run_dir: Path
     sspec = sample_spec(style, cfg, result.key, resolved.identity)
     t = time.time()
     sdir, records, sreused = ensure_samples(backend, style, result.dir, cfg, sspec, cache)
-    stages["sample"] = stages.get("sample", 0.0) + time.time() - t
+    stages["sample"] += time.time() - t
     if sreused and style.id in made_by_shards:
         sreused = False
         log.info("style %s: images %s made by a worker process", style.id, stable_hash(sspec))

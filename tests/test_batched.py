@@ -181,3 +181,47 @@ def test_the_grid_crops_compiled_encoder_takes_only_its_batch_size():
     anyb = _CompiledOrPlain(plain, stand_in)  # per-step encoding: every shape compiled
     anyb(last)
     assert seen == [4, 3]
+
+
+def test_a_pass_encodes_every_styles_crops_and_the_shared_pools_once_in_full_batches(setup, components, tmp_path,
+                                                                                   monkeypatch):
+    """The grid crops of all the pass's styles and of their shared class pool are one stream of batches: every
+    batch but the last is full (one compiled shape on CUDA), and a shared class image is encoded once."""
+    cfg, styles, pools = setup
+    monkeypatch.setattr(batched_mod, "CROP_BATCH", 64)
+    calls = []
+    real = components.vae.encode
+    monkeypatch.setattr(components.vae, "encode", lambda x, *a, **k: calls.append(len(x)) or real(x, *a, **k))
+    cfg = compose(OVERRIDES + ["train.steps=1"])
+    shared = [pools[0]] * len(styles)  # as a run passes it: one pool object, loaded once
+    train_together(components, styles, shared, cfg, None, [tmp_path / s.id for s in styles])
+    from stylexfer.data import crop_grid
+
+    per_image = 2 * len(crop_grid((67, 67), 64)[0]) ** 2  # 64 px at 1.04: the centre only; flipped or not
+    n = per_image * (sum(len(s.images) for s in styles) + len(pools[0].images))
+    assert sum(calls) == n and all(b == 64 for b in calls[:-1]) and len(calls) == -(-n // 64)
+
+
+def test_exporting_several_slots_through_one_peft_adapter_writes_what_one_at_a_time_would(setup, components,
+                                                                                              tmp_path):
+    from stylexfer.backends.torch.multilora import restore
+    from stylexfer.backends.torch.train import export_adapter, export_adapters, inject_adapters
+
+    cfg, styles, _ = setup
+    ad = inject_adapters(components, cfg, [11, 12, 13])
+    restore(components.unet, ad.unet)
+    restore(components.text_encoder, ad.text_encoder)
+    with torch.no_grad():
+        for layer in ad.all_layers():
+            layer.B.normal_()  # trained-looking slots: B is zero at the start
+    together = {s: tmp_path / "together" / str(s) for s in (0, 2)}
+    export_adapters(components, cfg, ad, together)
+    for s, folder in together.items():
+        export_adapter(components, cfg, ad, s, tmp_path / "alone" / str(s))
+        (ta, ma), (tb, mb) = tensors(folder), tensors(tmp_path / "alone" / str(s))
+        # the same tensors, bit for bit, and the same metadata (safetensors writes its metadata's keys in a
+        # random order, so the files' bytes differ even between two saves of one state dict)
+        assert ta.keys() == tb.keys() and ma == mb and all(torch.equal(ta[k], tb[k]) for k in ta)
+    a0, a2 = tensors(together[0])[0], tensors(together[2])[0]
+    assert any(not torch.equal(a0[k], a2[k]) for k in a0)  # each file has its own slot
+    assert not any("Lora" in type(m).__name__ for m in components.unet.modules())  # peft's layers taken out again

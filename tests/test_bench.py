@@ -50,8 +50,11 @@ def test_bench_runs_both_paths_and_prints_the_table(tmp_path, capsys):
     a = r["arithmetic"]
     gf = a["gflop_per_sample"]
     assert 0 < gf["unet_forward"] < gf["vae_decode"] and gf["vae_encode"] > 0  # the tiny models, counted by torch
-    # 2 styles × 3 steps × 2 samples × (forward + backward to the inputs + VAE encoding)
-    assert a["train_pflop"] == pytest.approx(2 * 3 * 2 * (2 * gf["unet_forward"] + gf["vae_encode"]) / 1e6)
+    # the safe strategy's grid-cached crops: 64 px at 1.04 leaves 3 px of room, the centre crop only, no flips:
+    # (2 styles × 2 images + 2 class images) crops, each encoded once
+    assert a["grid_crops"] == 6
+    # 2 styles × 3 steps × 2 samples × (forward + backward to the inputs), + the crops' encodings
+    assert a["train_pflop"] == pytest.approx((2 * 3 * 2 * 2 * gf["unet_forward"] + 6 * gf["vae_encode"]) / 1e6)
     # 2 class images × 25 steps × CFG; 2 styles × 2 prompts × int(3 steps × 0.9) = 2 steps × CFG, + init encode and decode
     assert a["class_pool_pflop"] == pytest.approx(2 * (25 * 2 * gf["unet_forward"] + gf["vae_decode"]) / 1e6)
     assert a["sample_pflop"] == pytest.approx(4 * (2 * 2 * gf["unet_forward"] + gf["vae_encode"] + gf["vae_decode"]) / 1e6)
@@ -177,3 +180,34 @@ def test_backend_step_times_take_the_fastest_run_of_each_length():
     per = _per_step(run, warm=1, steps=2, repeat=3)
     assert calls == [1, 1, 1, 1, 3, 3, 3]
     assert 0.04 <= per < 0.08
+
+
+def test_the_floor_counts_each_grid_crop_once_or_every_steps_encoding(tmp_path):
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(res=512, styles=14, images=10, class_images=200, work=tmp_path, rank=32, steps=800,
+                           sample_batch=25)
+    cfg = bench.bench_cfg(args)
+    assert bench.crop_count(args, cfg) == (14 * 10 + 200) * 3 * 3  # 532 px: offsets 2, 10, 18 each way
+    cfg.augmentation.hflip = True
+    assert bench.crop_count(args, cfg) == 3060 * 2
+    cfg.augmentation.cached_crops = False  # random 1-px crops: encoded every step, none up front
+    assert bench.crop_count(args, cfg) == 0
+
+
+def test_the_inductor_variants_name_real_settings_and_the_part_needs_a_gpu(tmp_path):
+    import torch
+    import torch._inductor.config as inductor_config
+
+    for name, (mode, flags) in bench.INDUCTOR_VARIANTS.items():
+        assert mode in (None, "max-autotune-no-cudagraphs")
+        with inductor_config.patch(flags):  # a misspelt setting raises here, not after a GPU has started
+            assert all(getattr(inductor_config, k) == v for k, v in flags.items())
+    assert bench.INDUCTOR_VARIANTS["tuned"][1]["coordinate_descent_tuning"] is True
+    arch = tiny_arch(tmp_path)
+    with pytest.raises(SystemExit, match="--variants: unknown fast"):
+        bench.main(["--arch", str(arch), "--part", "inductor", "--variants", "default,fast"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--part inductor: .* no CUDA device here"):
+            bench.main(["--arch", str(arch), "--part", "inductor", "--work", str(tmp_path / "w")])
+        assert not (tmp_path / "w").exists()  # refused before anything was written

@@ -34,8 +34,8 @@ from . import compiled, fp8, graphed
 from .models import Components
 from .multilora import restore
 from .tensors import uint8_to_model
-from .train import (Feed, TextCache, _autocast, _Dist, _load_checkpoint, _save_checkpoint, draw_noise, export_adapter,
-                    inject_adapters, make_optimizer, noisy_from, style_losses)
+from .train import (Feed, TextCache, _autocast, _Dist, _load_checkpoint, _save_checkpoint, draw_noise, encode_crops,
+                    export_adapters, inject_adapters, make_optimizer, noisy_from, style_losses)
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,10 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
     t_enc = time.time()
     # the grid crops go through the compiled VAE encoder when this pass compiles (its graph is in the same cache)
     with compiled_vae_encoder(c, compile_now and tr.compile_vae, batch=CROP_BATCH):
-        encoded = sum(f.prepare(CROP_BATCH) for f in feeds)
+        # every style's crops and the class pool's in one stream of full batches (the feeds share ``crops``)
+        seen: set = set()
+        encoded = encode_crops(c, [t for f in feeds for t in f.crop_todo(seen)], crops, cfg.model.resolution,
+                               CROP_BATCH)
     if encoded:
         log.info("encoded %d grid crops (%d styles and their class images) in %.1fs: no VAE in the training steps",
                  encoded, len(feeds), time.time() - t_enc)
@@ -327,9 +330,7 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
         c.text_encoder.eval()
         restore(c.unet, ad.unet)
         restore(c.text_encoder, ad.text_encoder)
-        for s, sid in enumerate(ids):
-            if sid not in failed:
-                export_adapter(c, cfg, ad, s, export_dirs[s])
+        export_adapters(c, cfg, ad, {s: export_dirs[s] for s, sid in enumerate(ids) if sid not in failed})
     finally:
         ad.router.index = ad.router.groups = None
         restore(c.unet, ad.unet)

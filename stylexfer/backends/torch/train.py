@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -199,20 +200,31 @@ def inject_adapters(c: Components, cfg, seeds: list[int]) -> MultiAdapters:
     return ad
 
 
-def export_adapter(c: Components, cfg, ad: MultiAdapters, slot: int, folder: Path) -> None:
-    """Write slot ``slot`` as a stock diffusers LoRA file (through peft's layers and ``save_lora_weights``).
-    The injected layers must be taken out first (:func:`stylexfer.multilora.restore`)."""
+def export_adapters(c: Components, cfg, ad: MultiAdapters, folders: dict[int, Path]) -> None:
+    """Write each slot ``s`` of ``folders`` ({slot: folder}) as a stock diffusers LoRA file, through peft's layers
+    and ``save_lora_weights``: one peft adapter is added, filled with each slot's weights in turn and saved (not
+    one adapter per slot: adding and removing peft's layers on an SD 2.1 UNet takes ~0.3 s each time). The
+    injected layers must be taken out first (:func:`stylexfer.multilora.restore`)."""
+    if not folders:
+        return
     add_adapters(c, cfg, 0)
     try:
-        with torch.no_grad():
-            for model, layers in ((c.unet, ad.unet), (c.text_encoder, ad.text_encoder)):
-                for name, layer in layers.items():
-                    m = model.get_submodule(name)
+        pairs = [(model.get_submodule(name), layer)
+                 for model, layers in ((c.unet, ad.unet), (c.text_encoder, ad.text_encoder))
+                 for name, layer in layers.items()]
+        for slot, folder in folders.items():
+            with torch.no_grad():
+                for m, layer in pairs:
                     m.lora_A["default"].weight.copy_(layer.A[slot])
                     m.lora_B["default"].weight.copy_(layer.B[slot])
-        save_adapter(c, folder)
+            save_adapter(c, folder)
     finally:
         remove_adapters(c)
+
+
+def export_adapter(c: Components, cfg, ad: MultiAdapters, slot: int, folder: Path) -> None:
+    """Write slot ``slot`` as a stock diffusers LoRA file (:func:`export_adapters` for one slot)."""
+    export_adapters(c, cfg, ad, {slot: folder})
 
 
 def snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -359,6 +371,35 @@ class TextCache:
         return torch.stack([self.cache[p] for p in prompts])
 
 
+def encode_crops(c: Components, todo: list, crops: dict, resolution: int, batch: int = 64) -> int:
+    """Encode ``todo``'s ``resolution``-px grid crops ((resized image, (image id, left, top, flip)) pairs) with the
+    VAE in batches of ``batch`` into ``crops`` (key → posterior mean, std); returns how many. The next batches
+    are cut and converted to uint8 tensors on worker threads (a few ahead) while the VAE encodes this one."""
+    if not todo:
+        return 0
+    cuda = c.device.type == "cuda"
+
+    def pixels(chunk):
+        px = torch.stack([to_uint8_tensor(crop_at(img, resolution, *key[1:])) for img, key in chunk])
+        return px.pin_memory() if cuda else px
+
+    chunks = [todo[k:k + batch] for k in range(0, len(todo), batch)]
+    ahead = 4
+    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="stylexfer-crops") as pool:
+        pending = [pool.submit(pixels, ch) for ch in chunks[:ahead]]
+        for k, chunk in enumerate(chunks):
+            px = pending[k].result()
+            if k + ahead < len(chunks):
+                pending.append(pool.submit(pixels, chunks[k + ahead]))
+            with torch.no_grad():
+                x = uint8_to_model(px.to(c.device, non_blocking=cuda)).to(c.vae_dtype)
+                d = c.vae.encode(x).latent_dist
+            for j, (_, key) in enumerate(chunk):
+                crops[key] = (d.mean[j:j + 1], d.std[j:j + 1])
+            pending[k] = None  # the batch's pinned pixels go back to the allocator
+    return len(todo)
+
+
 class Feed:
     """One style's training data: its random streams, image order, augmentation and latent cache.
 
@@ -390,15 +431,19 @@ class Feed:
 
     def prepare(self, batch: int = 64) -> int:
         """Encode every grid crop of the style's images and its class pool that is not cached yet (all of
-        them, up front, in batches), so that no training step runs the VAE. Returns how many it encoded.
-        The crops are cut and converted to uint8 tensors on worker threads while the VAE encodes."""
-        if not self.grid:
-            return 0
-        from concurrent.futures import ThreadPoolExecutor
+        them, up front, in batches), so that no training step runs the VAE. Returns how many it encoded."""
+        return encode_crops(self.c, self.crop_todo(), self.crops, self.cfg.model.resolution, batch)
 
+    def crop_todo(self, seen: Optional[set] = None) -> list:
+        """The (resized image, crop key) pairs of the style's images and its class pool that are not cached yet
+        nor in ``seen`` (which it extends: several feeds listing into one batch of work share a class pool)."""
+        if not self.grid:
+            return []
+        seen = set() if seen is None else seen
         res, flips = self.cfg.model.resolution, (False, True) if self.cfg.augmentation.hflip else (False,)
-        todo, seen = [], set()
+        todo = []
         for images in (self.style.images, self.pool.images if self.pool is not None else []):
+            self.resize_all(images)
             for i in range(len(images)):
                 img = self._resized(images, i)
                 lefts, tops = crop_grid(img.size, res)
@@ -406,21 +451,17 @@ class Feed:
                     if key not in self.crops and key not in seen:
                         seen.add(key)
                         todo.append((img, key))
-        cuda = self.c.device.type == "cuda"
+        return todo
 
-        def pixels(chunk):
-            px = torch.stack([to_uint8_tensor(crop_at(img, res, *key[1:])) for img, key in chunk])
-            return px.pin_memory() if cuda else px
-
-        chunks = [todo[k:k + batch] for k in range(0, len(todo), batch)]
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="stylexfer-crops") as pool:
-            for chunk, px in zip(chunks, pool.map(pixels, chunks)):
-                with torch.no_grad():
-                    x = uint8_to_model(px.to(self.c.device, non_blocking=cuda)).to(self.c.vae_dtype)
-                    d = self.c.vae.encode(x).latent_dist
-                for j, (_, key) in enumerate(chunk):
-                    self.crops[key] = (d.mean[j:j + 1], d.std[j:j + 1])
-        return len(todo)
+    def resize_all(self, images) -> None:
+        """The resize of every image not resized yet, on worker threads (PIL's resampling releases the GIL)."""
+        todo = list({id(img): img for img in images if id(img) not in self.resized}.values())
+        if len(todo) < 2:
+            return
+        res, aug = self.cfg.model.resolution, self.cfg.augmentation
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="stylexfer-resize") as pool:
+            for img, out in zip(todo, pool.map(lambda im: augment_resize(im, res, aug), todo)):
+                self.resized[id(img)] = out  # set here, on one thread: a crop key holds the resized image's id
 
     def cycles(self):
         return (self.inst, self.cls)
