@@ -230,11 +230,11 @@ def naive(args, c, styles, cfg) -> dict:
 def crop_count(args, cfg) -> int:
     """How many grid crops the workload encodes once (every style image's and class image's offsets on the latent
     grid, flipped and not if flips are on); 0 when crops are encoded every step (random 1-px crops, rotation)."""
-    from .data import crop_grid, grid_cached_crops
+    from .data import crop_grid, grid_cached_crops, resized_side
 
     if not grid_cached_crops(cfg.augmentation):
         return 0
-    side = max(args.res, round(args.res * cfg.augmentation.scale))  # the bench's images are square
+    side = resized_side(args.res, cfg.augmentation)  # the bench's images are square
     lefts, tops = crop_grid((side, side), args.res)
     return (args.styles * args.images + args.class_images) * len(lefts) * len(tops) * (2 if cfg.augmentation.hflip else 1)
 

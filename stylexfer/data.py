@@ -218,10 +218,15 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def resized_side(resolution: int, aug) -> int:
+    """The shorter side :func:`augment_resize` gives an image: ``aug.scale × resolution``, never below it."""
+    return max(resolution, round(resolution * aug.scale))
+
+
 def augment_resize(img: Image.Image, resolution: int, aug) -> Image.Image:
     """The deterministic part of :func:`augment` (resize the shorter side to ``aug.scale × resolution``):
     the same for every step, so a training loop computes it once per image."""
-    return resize_shorter(img, max(resolution, round(resolution * aug.scale)))
+    return resize_shorter(img, resized_side(resolution, aug))
 
 
 def augment_random(img: Image.Image, resolution: int, aug, rng: np.random.Generator) -> Image.Image:

@@ -458,18 +458,20 @@ class Feed:
         todo = list({id(img): img for img in images if id(img) not in self.resized}.values())
         if len(todo) < 2:
             return
-        res, aug = self.cfg.model.resolution, self.cfg.augmentation
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="stylexfer-resize") as pool:
-            for img, out in zip(todo, pool.map(lambda im: augment_resize(im, res, aug), todo)):
+            for img, out in zip(todo, pool.map(self._resize, todo)):
                 self.resized[id(img)] = out  # set here, on one thread: a crop key holds the resized image's id
 
     def cycles(self):
         return (self.inst, self.cls)
 
+    def _resize(self, img):
+        return augment_resize(img, self.cfg.model.resolution, self.cfg.augmentation)
+
     def _resized(self, images, i):
         key = id(images[i])  # a shared pool's images are resized once for every style that uses them
         if key not in self.resized:
-            self.resized[key] = augment_resize(images[i], self.cfg.model.resolution, self.cfg.augmentation)
+            self.resized[key] = self._resize(images[i])
         return self.resized[key]
 
     def _pixels(self, images, ids, tag):
