@@ -25,8 +25,10 @@ def _first_existing(*candidates: Path) -> Path:
     for c in candidates:
         if c.is_dir():
             return c
-    raise SystemExit(f"error: stylexfer's configs are missing (looked in {', '.join(map(str, candidates))}); "
-                     "reinstall with `pip install -e .` from a checkout, or `pip install .`")
+    raise SystemExit(
+        f"error: stylexfer's configs are missing (looked in {', '.join(map(str, candidates))}); "
+        "reinstall with `pip install -e .` from a checkout, or `pip install .`"
+    )
 
 
 def config_dir() -> str:

@@ -92,8 +92,10 @@ def latest_sweep(root: Path = Path("multirun")) -> Path:
     """The newest sweep folder ``multirun/<date>/<time>`` (by name: Hydra's folders sort by time)."""
     found = sorted(p for p in root.glob("*/*") if p.is_dir() and any((q / ".hydra").is_dir() for q in p.iterdir()))
     if not found:
-        raise SystemExit(f"error: no sweep under {root.resolve()}/ (run one with `python -m stylexfer -m ...`) "
-                         "— or name sweep folders: python -m stylexfer.compare multirun/<date>/<time>")
+        raise SystemExit(
+            f"error: no sweep under {root.resolve()}/ (run one with `python -m stylexfer -m ...`) "
+            "— or name sweep folders: python -m stylexfer.compare multirun/<date>/<time>"
+        )
     return found[-1]
 
 
@@ -147,8 +149,10 @@ class Comparison:
 def compare_jobs(jobs: list[Job]) -> Comparison:
     keys = sorted({k for j in jobs for k in j.overrides})
     differing = [k for k in keys if len({j.overrides.get(k, "") for j in jobs}) > 1]
-    metrics = sorted({k for j in jobs for k, v in j.scores.items() if v is None or isinstance(v, (int, float))},
-                     key=lambda m: (m not in RANK_METRICS, RANK_METRICS.index(m) if m in RANK_METRICS else 0, m))
+    metrics = sorted(
+        {k for j in jobs for k, v in j.scores.items() if v is None or isinstance(v, (int, float))},
+        key=lambda m: (m not in RANK_METRICS, RANK_METRICS.index(m) if m in RANK_METRICS else 0, m),
+    )
     rank = rank_metric(jobs)
 
     def order(j: Job):
@@ -167,8 +171,16 @@ def table(jobs: list[Job]) -> tuple[list[str], list[list[str]], list[Job]]:
     rows = []
     for j in c.jobs:
         vals = [f"{v:.4f}" if (v := _number(j.scores.get(m))) is not None else "—" for m in c.metrics]
-        rows.append(["★" if j is c.best else "", j.name, j.status, *[j.overrides.get(k, "") for k in c.differing], *vals,
-                     j.error])
+        rows.append(
+            [
+                "★" if j is c.best else "",
+                j.name,
+                j.status,
+                *[j.overrides.get(k, "") for k in c.differing],
+                *vals,
+                j.error,
+            ]
+        )
     return header, rows, c.jobs
 
 
@@ -176,9 +188,18 @@ def records(jobs: list[Job]) -> tuple[list[str], list[list]]:
     """The comparison for machines (CSV): typed values, None where missing, a boolean ``best`` column."""
     c = compare_jobs(jobs)
     header = ["job", "sweep", "status", "best", *c.differing, *c.metrics, "error"]
-    rows = [[j.name, j.sweep, j.status, j is c.best, *[_parsed(j.overrides[k]) if k in j.overrides else None
-                                                          for k in c.differing],
-             *[_number(j.scores.get(m)) for m in c.metrics], j.error or None] for j in c.jobs]
+    rows = [
+        [
+            j.name,
+            j.sweep,
+            j.status,
+            j is c.best,
+            *[_parsed(j.overrides[k]) if k in j.overrides else None for k in c.differing],
+            *[_number(j.scores.get(m)) for m in c.metrics],
+            j.error or None,
+        ]
+        for j in c.jobs
+    ]
     return header, rows
 
 
@@ -230,15 +251,20 @@ def plot_sweep(jobs: list[Job], skip: tuple = ()) -> dict[str, bytes]:
     (thick, with markers) and each style's (thin) — one line per sweep and per value of the other swept keys."""
     c = compare_jobs(jobs)
     done = [j for j in jobs if j.summary and j.scores]
-    numeric = [k for k in c.differing if k not in skip
-               and all(isinstance(_parsed(j.overrides.get(k, "")), (int, float)) for j in done)]
+    numeric = [
+        k
+        for k in c.differing
+        if k not in skip and all(isinstance(_parsed(j.overrides.get(k, "")), (int, float)) for j in done)
+    ]
     out = {}
     for key in numeric:
         others = [k for k in c.differing if k != key]
         for metric in c.metrics:
             lines: dict[str, list] = {}
             for j in done:
-                label = " ".join([j.sweep] * (len({x.sweep for x in done}) > 1) + [f"{k}={j.overrides.get(k, '')}" for k in others])
+                label = " ".join(
+                    [j.sweep] * (len({x.sweep for x in done}) > 1) + [f"{k}={j.overrides.get(k, '')}" for k in others]
+                )
                 lines.setdefault(label, []).append(j)
             if not any(_number(j.scores.get(metric)) is not None for j in done):
                 continue
@@ -248,17 +274,27 @@ def plot_sweep(jobs: list[Job], skip: tuple = ()) -> dict[str, bytes]:
                 group = sorted(group, key=lambda j: _parsed(j.overrides[key]))
                 xs = [_parsed(j.overrides[key]) for j in group]
                 ys = [_number(j.scores.get(metric)) for j in group]
-                ax.plot(xs, [float("nan") if y is None else y for y in ys], "o-", color=color, lw=2.2,
-                        label=(label + " " if label else "") + "overall")
+                ax.plot(
+                    xs,
+                    [float("nan") if y is None else y for y in ys],
+                    "o-",
+                    color=color,
+                    lw=2.2,
+                    label=(label + " " if label else "") + "overall",
+                )
                 styles = sorted({sid for j in group for sid in (j.summary.get("styles") or {})})
                 for sid in styles:
                     ys = [_number((j.summary["styles"].get(sid) or {}).get("scores", {}).get(metric)) for j in group]
                     if any(y is not None for y in ys):
-                        ax.plot(xs, [float("nan") if y is None else y for y in ys], "-", color=color, lw=0.8, alpha=0.5)
-                        ax.annotate(sid, (xs[-1], ys[-1] if ys[-1] is not None else 0), fontsize=7, color=color,
-                                    alpha=0.7)
-            out[f"plot_{_safe(key)}_{_safe(metric)}.png"] = axes_png(fig, ax, key, metric,
-                                                                    f"{metric} vs {key} (thin: per style)", 7)
+                        ax.plot(
+                            xs, [float("nan") if y is None else y for y in ys], "-", color=color, lw=0.8, alpha=0.5
+                        )
+                        ax.annotate(
+                            sid, (xs[-1], ys[-1] if ys[-1] is not None else 0), fontsize=7, color=color, alpha=0.7
+                        )
+            out[f"plot_{_safe(key)}_{_safe(metric)}.png"] = axes_png(
+                fig, ax, key, metric, f"{metric} vs {key} (thin: per style)", 7
+            )
     return out
 
 
@@ -285,7 +321,9 @@ def grid(jobs: list[Job], max_images: int = 8) -> Optional[Image.Image]:
     common = (common or [])[:max_images]
     rows = []
     for j in finished:
-        items = [(f.split("/", 1)[-1].rsplit(".", 1)[0], Image.open(j.dir / f)) for f in common if (j.dir / f).exists()]
+        items = [
+            (f.split("/", 1)[-1].rsplit(".", 1)[0], Image.open(j.dir / f)) for f in common if (j.dir / f).exists()
+        ]
         rows.append((j.name[-6:], items))
     return image_grid(rows, cell=96) if common else None
 
@@ -293,22 +331,32 @@ def grid(jobs: list[Job], max_images: int = 8) -> Optional[Image.Image]:
 def write_outputs(out: Path, jobs: list[Job], img: Optional[Image.Image], over: tuple = ()) -> list[Path]:
     header, rows, _ = table(jobs)
     md = markdown(header, rows)
-    written = [atomic_write_text(out / "compare.md", md), atomic_write_text(out / "compare.csv", csv_text(*records(jobs)))]
+    written = [
+        atomic_write_text(out / "compare.md", md),
+        atomic_write_text(out / "compare.csv", csv_text(*records(jobs))),
+    ]
     agg = aggregate(jobs, list(over)) if over else None
     if agg:
-        written += [atomic_write_text(out / "compare_seeds.md", seeds_markdown(agg, over)),
-                    atomic_write_text(out / "compare_seeds.csv", csv_text(agg[2], agg[3]))]
+        written += [
+            atomic_write_text(out / "compare_seeds.md", seeds_markdown(agg, over)),
+            atomic_write_text(out / "compare_seeds.csv", csv_text(agg[2], agg[3])),
+        ]
     plots = plot_sweep(jobs, skip=tuple(over))
     for name, png in plots.items():
         written.append(atomic_write_bytes(out / name, png))
-    page = ["<!doctype html><meta charset='utf-8'><title>stylexfer compare</title>",
-            "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ddd}</style>",
-            "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    page = [
+        "<!doctype html><meta charset='utf-8'><title>stylexfer compare</title>",
+        "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ddd}</style>",
+        "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>",
+    ]
     page += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows]
     page.append("</table>")
     if agg:
-        page += [f"<h3>mean ± sd over {html.escape(', '.join(over))}</h3><table><tr>"
-                 + "".join(f"<th>{html.escape(h)}</th>" for h in agg[0]) + "</tr>"]
+        page += [
+            f"<h3>mean ± sd over {html.escape(', '.join(over))}</h3><table><tr>"
+            + "".join(f"<th>{html.escape(h)}</th>" for h in agg[0])
+            + "</tr>"
+        ]
         page += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in agg[1]]
         page.append("</table>")
     page += [f"<img src='{html.escape(name)}'>" for name in plots]
@@ -327,12 +375,25 @@ def seeds_markdown(agg, over) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m stylexfer.compare", description=__doc__.splitlines()[0])
-    p.add_argument("sweeps", nargs="*", type=Path,
-                   help="sweep folders (multirun/<date>/<time>) or run folders; none: the latest sweep under multirun/")
-    p.add_argument("--out", type=Path, default=None,
-                   help="where to write compare.{md,csv,png,html} and the plots (default: the first sweep folder)")
-    p.add_argument("--over", action="append", default=None, metavar="KEY",
-                   help="average over this swept key (repeatable; default: every swept *.seed; 'none': no averaging)")
+    p.add_argument(
+        "sweeps",
+        nargs="*",
+        type=Path,
+        help="sweep folders (multirun/<date>/<time>) or run folders; none: the latest sweep under multirun/",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write compare.{md,csv,png,html} and the plots (default: the first sweep folder)",
+    )
+    p.add_argument(
+        "--over",
+        action="append",
+        default=None,
+        metavar="KEY",
+        help="average over this swept key (repeatable; default: every swept *.seed; 'none': no averaging)",
+    )
     args = p.parse_args(argv)
     sweeps = args.sweeps or [latest_sweep()]
     jobs = find_jobs(sweeps)

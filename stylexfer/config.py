@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from .errors import ConfigError
+from .scoring import FID_BLOCKS, METRIC_NAMES, prompt_list_file
 
 
 class PriorMode(str, Enum):
@@ -103,9 +104,7 @@ class LoraConfig:
     dropout: float = 0.0
     text_encoder_lora_rank: int = 0  # 0 = text encoder frozen
     text_encoder_alpha: Optional[float] = None
-    text_encoder_target_modules: List[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"]
-    )
+    text_encoder_target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
     text_encoder_lr_scale: float = 0.1  # text-encoder LR = train.lr × this
 
 
@@ -235,9 +234,13 @@ class MetricModels:
     """Where each model-backed metric's weights come from: a hub id or a local path (README: metric table)."""
 
     dino: str = "facebook/dinov2-base"  # transformers Dinov2Model (the checker's)
-    lpips: str = "${paths.cache_dir}/metric-weights/lpips-squeeze-v0.1.safetensors"  # stylexfer.convert_weights lpips
+    lpips: str = (
+        "${paths.cache_dir}/metric-weights/lpips-squeeze-v0.1.safetensors"  # stylexfer.tools.convert_weights lpips
+    )
     clip_r: str = "openai/clip-vit-large-patch14"  # transformers CLIPModel (the checker's)
-    fid: str = "${paths.cache_dir}/metric-weights/fid-inception-2015-12-05.safetensors"  # stylexfer.convert_weights fid
+    fid: str = (
+        "${paths.cache_dir}/metric-weights/fid-inception-2015-12-05.safetensors"  # stylexfer.tools.convert_weights fid
+    )
     clip_iqa: str = "openai/clip-vit-base-patch16"  # transformers CLIPModel
 
 
@@ -246,7 +249,9 @@ class EvalConfig:
     # which models compute the metrics: reference = the checker's (eval.models); world = the pocket judge
     # (stylexfer/world; its scores do not compare with the report's)
     suite: EvalSuite = EvalSuite.reference
-    judge: Optional[str] = None  # eval.suite=world: a folder with judge.safetensors + judge.json; null = the shipped one
+    judge: Optional[str] = (
+        None  # eval.suite=world: a folder with judge.safetensors + judge.json; null = the shipped one
+    )
     # any of dino, hist, lpips, clip_r, fid, clip_iqa; the final score needs all six
     metrics: List[str] = field(default_factory=lambda: ["dino", "hist", "lpips", "clip_r", "fid", "clip_iqa"])
     # Missing metric weights: false = fail before training, naming every missing model; true = compute
@@ -275,7 +280,9 @@ class TensorboardLoggerConfig:
 @dataclass
 class MlflowLoggerConfig:
     dir: Optional[str] = None  # under the run folder; null = logs/mlflow (SQLite store + artifacts)
-    tracking_uri: Optional[str] = None  # null = sqlite:///<run>/logs/mlflow/mlflow.db; e.g. a sweep-wide store or a server
+    tracking_uri: Optional[str] = (
+        None  # null = sqlite:///<run>/logs/mlflow/mlflow.db; e.g. a sweep-wide store or a server
+    )
     experiment: Optional[str] = None  # null = the run's name
 
 
@@ -356,15 +363,11 @@ def _check(ok: bool, key: str, value, rule: str) -> None:
 
 
 def validate_eval(ev) -> None:
-    from .metrics import FID_BLOCKS, METRIC_NAMES
-
     unknown = [m for m in ev.metrics if m not in METRIC_NAMES]
     _check(not unknown, "eval.metrics", list(ev.metrics), f"unknown metric(s) {unknown}; known: {list(METRIC_NAMES)}")
     _check(ev.fid_dims in FID_BLOCKS, "eval.fid_dims", ev.fid_dims, f"must be one of {sorted(FID_BLOCKS)}")
     _check(ev.clip_r_top_k >= 1, "eval.clip_r_top_k", ev.clip_r_top_k, "must be >= 1")
     if ev.clip_r_prompts is not None:
-        from .metrics import prompt_list_file
-
         prompt_list_file(ev)  # a missing file or named list fails here, naming where to put it
 
 
@@ -375,8 +378,18 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.backend.name in backend_names(), "backend.name", cfg.backend.name, f"unknown; known: {backend_names()}")
     lo, tr, pr, it, sc, au, da = cfg.lora, cfg.train, cfg.prior, cfg.init, cfg.scheduler, cfg.augmentation, cfg.data
     _check(lo.unet_lora_rank >= 1, "lora.unet_lora_rank", lo.unet_lora_rank, "must be >= 1")
-    _check(lo.text_encoder_lora_rank >= 0, "lora.text_encoder_lora_rank", lo.text_encoder_lora_rank, "must be >= 0 (0 = frozen)")
-    _check(len(lo.unet_target_modules) > 0, "lora.unet_target_modules", list(lo.unet_target_modules), "must name at least one module")
+    _check(
+        lo.text_encoder_lora_rank >= 0,
+        "lora.text_encoder_lora_rank",
+        lo.text_encoder_lora_rank,
+        "must be >= 0 (0 = frozen)",
+    )
+    _check(
+        len(lo.unet_target_modules) > 0,
+        "lora.unet_target_modules",
+        list(lo.unet_target_modules),
+        "must name at least one module",
+    )
     _check(lo.text_encoder_lr_scale > 0, "lora.text_encoder_lr_scale", lo.text_encoder_lr_scale, "must be > 0")
     _check(0.0 <= lo.dropout < 1.0, "lora.dropout", lo.dropout, "must be in [0, 1)")
     for k in ("unet_alpha", "text_encoder_alpha"):
@@ -385,21 +398,45 @@ def validate(cfg: DictConfig) -> None:
     _check(0.0 < it.strength <= 1.0, "init.strength", it.strength, "must be in (0, 1]")
     _check(sc.steps >= 1, "scheduler.steps", sc.steps, "must be >= 1")
     _check(sc.guidance_scale >= 0, "scheduler.guidance_scale", sc.guidance_scale, "must be >= 0")
-    _check(it.mode == InitMode.noise or int(sc.steps * it.strength) >= 1, "init.strength", it.strength,
-           f"leaves no denoising step at scheduler.steps={sc.steps}")
-    _check(tr.compile_mode in COMPILE_MODES, "train.compile_mode", tr.compile_mode, f"must be one of {', '.join(COMPILE_MODES)}")
-    _check(tr.steps >= 0, "train.steps", tr.steps, "must be >= 0 (0 = untrained: the base model behind an all-zero adapter)")
+    _check(
+        it.mode == InitMode.noise or int(sc.steps * it.strength) >= 1,
+        "init.strength",
+        it.strength,
+        f"leaves no denoising step at scheduler.steps={sc.steps}",
+    )
+    _check(
+        tr.compile_mode in COMPILE_MODES,
+        "train.compile_mode",
+        tr.compile_mode,
+        f"must be one of {', '.join(COMPILE_MODES)}",
+    )
+    _check(
+        tr.steps >= 0,
+        "train.steps",
+        tr.steps,
+        "must be >= 0 (0 = untrained: the base model behind an all-zero adapter)",
+    )
     _check(tr.lr > 0, "train.lr", tr.lr, "must be > 0")
     _check(tr.batch_size >= 1, "train.batch_size", tr.batch_size, "must be >= 1")
     _check(tr.lr_warmup_steps >= 0, "train.lr_warmup_steps", tr.lr_warmup_steps, "must be >= 0")
     _check(tr.checkpoint_every >= 0, "train.checkpoint_every", tr.checkpoint_every, "must be >= 0 (0 = none)")
-    _check(cfg.model.shards >= 0, "model.shards", cfg.model.shards, "must be >= 0 (0 = one worker per visible GPU, 1 = none)")
+    _check(
+        cfg.model.shards >= 0,
+        "model.shards",
+        cfg.model.shards,
+        "must be >= 0 (0 = one worker per visible GPU, 1 = none)",
+    )
     _check(tr.styles_per_batch >= 0, "train.styles_per_batch", tr.styles_per_batch, "must be >= 0 (0 = auto)")
     _check(tr.max_grad_norm > 0, "train.max_grad_norm", tr.max_grad_norm, "must be > 0")
     _check(tr.snr_gamma is None or tr.snr_gamma > 0, "train.snr_gamma", tr.snr_gamma, "must be > 0 or null (off)")
     _check(tr.noise_offset >= 0, "train.noise_offset", tr.noise_offset, "must be >= 0 (0 = off)")
     _check(pr.weight >= 0, "prior.weight", pr.weight, "must be >= 0")
-    _check(pr.mode == PriorMode.none or pr.num_class_images >= 1, "prior.num_class_images", pr.num_class_images, "must be >= 1")
+    _check(
+        pr.mode == PriorMode.none or pr.num_class_images >= 1,
+        "prior.num_class_images",
+        pr.num_class_images,
+        "must be >= 1",
+    )
     _check(pr.steps >= 1, "prior.steps", pr.steps, "must be >= 1")
     _check(pr.batch_size >= 1, "prior.batch_size", pr.batch_size, "must be >= 1")
     _check("{object}" in pr.class_prompt, "prior.class_prompt", pr.class_prompt, "must contain {object}")
@@ -411,10 +448,16 @@ def validate(cfg: DictConfig) -> None:
         try:
             da[k].format(object="x", style="00")
         except (KeyError, IndexError, ValueError) as e:
-            raise ConfigError(f"data.{k}={da[k]!r}: bad template ({e!r}); fields are {{object}} and {{style}}") from None
+            raise ConfigError(
+                f"data.{k}={da[k]!r}: bad template ({e!r}); fields are {{object}} and {{style}}"
+            ) from None
     _check(da.max_objects is None or da.max_objects >= 1, "data.max_objects", da.max_objects, "must be >= 1 or null")
     _check(cfg.sample.images_per_prompt >= 1, "sample.images_per_prompt", cfg.sample.images_per_prompt, "must be >= 1")
     _check(cfg.sample.batch_size >= 1, "sample.batch_size", cfg.sample.batch_size, "must be >= 1")
     validate_eval(cfg.eval)
-    _check(cfg.model.dtype in ("auto", "float32", "float16", "bfloat16"), "model.dtype", cfg.model.dtype,
-           "must be one of auto, float32, float16, bfloat16")
+    _check(
+        cfg.model.dtype in ("auto", "float32", "float16", "bfloat16"),
+        "model.dtype",
+        cfg.model.dtype,
+        "must be one of auto, float32, float16, bfloat16",
+    )

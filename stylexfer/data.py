@@ -114,6 +114,7 @@ def read_prompt_file(path: Path) -> list[str]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
     if isinstance(raw, dict):
+
         def order(k: str):
             return (0, int(k), "") if str(k).isdigit() else (1, 0, str(k))
 
@@ -121,7 +122,7 @@ def read_prompt_file(path: Path) -> list[str]:
     elif isinstance(raw, list):
         values = raw
     else:
-        raise DataError(f"{path}: expected a JSON object {{\"0\": \"name\", ...}} or a list of names")
+        raise DataError(f'{path}: expected a JSON object {{"0": "name", ...}} or a list of names')
     if not values:
         raise DataError(f"{path}: lists no objects to generate")
     names = []
@@ -174,8 +175,13 @@ def load_style(style_dir: Path, objects: Sequence[str] = (), max_objects: Option
     )
 
 
-def discover_styles(root: str | Path, styles: Optional[Iterable[str]] = None, objects: Sequence[str] = (),
-                    max_objects: Optional[int] = None, collect_errors: bool = False):
+def discover_styles(
+    root: str | Path,
+    styles: Optional[Iterable[str]] = None,
+    objects: Sequence[str] = (),
+    max_objects: Optional[int] = None,
+    collect_errors: bool = False,
+):
     """Read every style under ``root``. A bad style raises DataError; with ``collect_errors`` it is left
     out and reported instead (``(styles, {id: error})``), unless every style is bad."""
     root = Path(root).expanduser()
@@ -199,11 +205,14 @@ def discover_styles(root: str | Path, styles: Optional[Iterable[str]] = None, ob
                 raise
             errors[s] = str(e)
     if collect_errors and not loaded:
-        raise DataError(next(iter(errors.values())) + (f" (and {len(errors) - 1} more style(s) failed)" if len(errors) > 1 else ""))
+        raise DataError(
+            next(iter(errors.values())) + (f" (and {len(errors) - 1} more style(s) failed)" if len(errors) > 1 else "")
+        )
     return (loaded, errors) if collect_errors else loaded
 
 
 # ---------------------------------------------------------------------------------------- transforms
+
 
 def resize_shorter(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
@@ -255,6 +264,7 @@ def augment(img: Image.Image, resolution: int, aug, rng: np.random.Generator) ->
 def crop_grid(size: tuple[int, int], resolution: int, step: int = 8) -> tuple[list[int], list[int]]:
     """The crop offsets (left, top) a grid-cached random crop draws from: every ``step`` pixels (the VAE's
     latent grid), centred in the room the resize leaves (e.g. 20 px of room at 512 px → 2, 10, 18)."""
+
     def axis(room: int) -> list[int]:
         first = (room // 2) % step
         return list(range(first, room + 1, step))
@@ -299,3 +309,16 @@ def average_image(images: Sequence[Image.Image], resolution: int) -> Image.Image
     for img in images:
         acc += np.asarray(fit_square(img, resolution), dtype=np.float64)
     return Image.fromarray(np.clip(np.round(acc / len(images)), 0, 255).astype(np.uint8), mode="RGB")
+
+
+def generated_images(folder: Path, style: Style) -> tuple[list, list[str]]:
+    """(images, object names) of one style's folder; files starting with "_" are not outputs."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("_"))
+    by_stem = dict(zip(style.object_files, style.objects))
+    images, objects = [], []
+    for p in files:
+        images.append(load_image(p))
+        stem = p.stem
+        base = stem.rsplit("_", 1)[0] if stem not in by_stem and stem.rsplit("_", 1)[-1].isdigit() else stem
+        objects.append(by_stem.get(base, object_name_from_file(base)))
+    return images, objects

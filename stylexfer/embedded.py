@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .store import atomic_save_image, atomic_write_json, atomic_write_text, build_once, file_digest, stable_hash
+from . import registry
+from .store import atomic_write_json, atomic_write_text, build_once, file_digest, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,12 @@ def tiny_model_spec() -> dict:
 
 # ------------------------------------------------------------------------------------------ tokenizer
 
+
 def _bytes_to_unicode() -> list[str]:
     """CLIP's byte → printable-unicode table (same construction as the CLIP tokenizer)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -79,7 +83,9 @@ def build_tokenizer(folder: Path):
     src.mkdir(parents=True)
     (src / "vocab.json").write_text(json.dumps(vocab))
     (src / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(src / "vocab.json"), str(src / "merges.txt"), pad_token="<|endoftext|>", model_max_length=77)
+    tok = CLIPTokenizer(
+        str(src / "vocab.json"), str(src / "merges.txt"), pad_token="<|endoftext|>", model_max_length=77
+    )
     for p in src.iterdir():
         p.unlink()
     src.rmdir()
@@ -87,6 +93,7 @@ def build_tokenizer(folder: Path):
 
 
 # ------------------------------------------------------------------------------------- procedural art
+
 
 def _rng(*parts) -> np.random.Generator:
     return np.random.default_rng(int(stable_hash(parts, 8), 16))
@@ -102,8 +109,13 @@ def _shape(draw: ImageDraw.ImageDraw, kind: int, box: tuple, fill, outline=None,
         draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill, outline=outline)
     else:
         cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
-        pts = [(cx + (r if i % 2 == 0 else r / 2.2) * math.cos(math.pi * i / 5 - math.pi / 2),
-                cy + (r if i % 2 == 0 else r / 2.2) * math.sin(math.pi * i / 5 - math.pi / 2)) for i in range(10)]
+        pts = [
+            (
+                cx + (r if i % 2 == 0 else r / 2.2) * math.cos(math.pi * i / 5 - math.pi / 2),
+                cy + (r if i % 2 == 0 else r / 2.2) * math.sin(math.pi * i / 5 - math.pi / 2),
+            )
+            for i in range(10)
+        ]
         draw.polygon(pts, fill=fill, outline=outline)
 
 
@@ -117,24 +129,28 @@ def random_shapes_image(rng: np.random.Generator, size: int) -> Image.Image:
     for _ in range(int(rng.integers(1, 6))):
         x0, y0 = rng.integers(-size // 4, size, 2)
         w, h = rng.integers(size // 8, size // 2, 2)
-        _shape(draw, int(rng.integers(0, 4)), (int(x0), int(y0), int(x0 + w), int(y0 + h)), tuple(int(v) for v in rng.integers(0, 256, 3)))
+        _shape(
+            draw,
+            int(rng.integers(0, 4)),
+            (int(x0), int(y0), int(x0 + w), int(y0 + h)),
+            tuple(int(v) for v in rng.integers(0, 256, 3)),
+        )
     return img
 
 
-def _build_demo(folder: Path) -> None:
-    from .world.dataset import DEMO_HELD_OUT, write_styles
-
-    write_styles(folder, DEMO_HELD_OUT, ids=DEMO_IDS)
-
-
 def ensure_demo_data(cache_dir: str | Path) -> Path:
-    path, built = build_once(Path(cache_dir) / "data" / f"demo-v{DEMO_VERSION}", _build_demo)
+    """The embedded demo's styles, written once into the store by the demo data source (:mod:`stylexfer.registry`)."""
+    write_demo = registry.load(registry.DEMO_DATA)
+    path, built = build_once(
+        Path(cache_dir) / "data" / f"demo-v{DEMO_VERSION}", lambda folder: write_demo(folder, DEMO_IDS)
+    )
     if built:
         log.info("built the embedded demo data set at %s", path)
     return path
 
 
 # ---------------------------------------------------------------------------------------- tiny model
+
 
 def _fit_vae(vae, spec: dict, resolution: int, seed: int) -> float:
     """A short reconstruction fit (MSE + tiny KL) on procedural shapes; returns the latent scaling factor."""
@@ -144,11 +160,15 @@ def _fit_vae(vae, spec: dict, resolution: int, seed: int) -> float:
     torch.manual_seed(seed)
     opt = torch.optim.Adam(vae.parameters(), lr=spec["vae_fit_lr"])
     vae.train()
-    for step in range(spec["vae_fit_steps"]):
-        batch = torch.stack([
-            torch.from_numpy(np.asarray(random_shapes_image(rng, resolution), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
-            for _ in range(spec["vae_fit_batch"])
-        ])
+    for _step in range(spec["vae_fit_steps"]):
+        batch = torch.stack(
+            [
+                torch.from_numpy(
+                    np.asarray(random_shapes_image(rng, resolution), dtype=np.float32) / 127.5 - 1
+                ).permute(2, 0, 1)
+                for _ in range(spec["vae_fit_batch"])
+            ]
+        )
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = torch.nn.functional.mse_loss(recon, batch) + spec["vae_kl_weight"] * posterior.kl().mean()
@@ -157,10 +177,14 @@ def _fit_vae(vae, spec: dict, resolution: int, seed: int) -> float:
         opt.step()
     vae.eval()
     with torch.no_grad():
-        batch = torch.stack([
-            torch.from_numpy(np.asarray(random_shapes_image(rng, resolution), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
-            for _ in range(64)
-        ])
+        batch = torch.stack(
+            [
+                torch.from_numpy(
+                    np.asarray(random_shapes_image(rng, resolution), dtype=np.float32) / 127.5 - 1
+                ).permute(2, 0, 1)
+                for _ in range(64)
+            ]
+        )
         std = vae.encode(batch).latent_dist.mode().std().item()
     log.info("tiny VAE fitted: reconstruction MSE %.4f, latent std %.3f", loss.item(), std)
     return 1.0 / std
@@ -175,9 +199,15 @@ def _build_tiny_model(folder: Path) -> None:
     seed = spec["build"]["seed"]
     tokenizer = build_tokenizer(folder / "tokenizer")
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        **spec["text_encoder"], vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            **spec["text_encoder"],
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(**spec["unet"])
     torch.manual_seed(seed + 2)
@@ -185,16 +215,29 @@ def _build_tiny_model(folder: Path) -> None:
     scaling = _fit_vae(vae, spec["build"], spec["build"]["vae_fit_resolution"], seed + 3)
     vae.register_to_config(scaling_factor=round(scaling, 5))
     scheduler = DDIMScheduler.from_config(spec["scheduler"])
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(folder, safe_serialization=True)
-    atomic_write_text(folder / "README.md", (
-        "# stylexfer embedded tiny model\n\n" + RANDOM_WEIGHTS_NOTICE + ".\n\n"
-        "Built by `stylexfer.embedded` from the configs in `stylexfer/assets/tiny_sd/` and saved in the "
-        "diffusers folder layout (safetensors), so it loads through the same `from_pretrained` path as "
-        "Stable Diffusion 2.1. The VAE was fitted briefly on procedural shapes so decoded colours survive.\n"))
-    atomic_write_json(folder / "stylexfer_model.json", {"random_weights": True, "notice": RANDOM_WEIGHTS_NOTICE, "spec": spec})
+    atomic_write_text(
+        folder / "README.md",
+        (
+            "# stylexfer embedded tiny model\n\n" + RANDOM_WEIGHTS_NOTICE + ".\n\n"
+            "Built by `stylexfer.embedded` from the configs in `stylexfer/assets/tiny_sd/` and saved in the "
+            "diffusers folder layout (safetensors), so it loads through the same `from_pretrained` path as "
+            "Stable Diffusion 2.1. The VAE was fitted briefly on procedural shapes so decoded colours survive.\n"
+        ),
+    )
+    atomic_write_json(
+        folder / "stylexfer_model.json", {"random_weights": True, "notice": RANDOM_WEIGHTS_NOTICE, "spec": spec}
+    )
 
 
 def tiny_model_dir(cache_dir: str | Path) -> Path:
@@ -225,7 +268,13 @@ def pocket_model_dir(folder: Path = POCKET_DIR) -> Path:
         raise ModelNotFoundError(f"model=pocket: {record_file} is missing (a damaged install? reinstall stylexfer)")
     for name, digest in json.loads(record_file.read_text())["weights_sha256"].items():
         f = folder / name
-        why = "missing" if not f.exists() else "sha256 differs from pocket.json" if file_digest(f, 64) != digest else None
+        why = (
+            "missing"
+            if not f.exists()
+            else "sha256 differs from pocket.json"
+            if file_digest(f, 64) != digest
+            else None
+        )
         if why:
             raise ModelNotFoundError(f"model=pocket: {f}: {why} (a damaged install? reinstall stylexfer)")
     return folder

@@ -20,67 +20,35 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .config import EvalSuite, value
-from .data import Style, load_image, object_name_from_file
-from .errors import DataError, ModelNotFoundError
-from .metrics import HIGHER_IS_BETTER, METRIC_NAMES, Scorer, check_weights, score_components
+from .data import Style, generated_images
+from .errors import DataError
 from .models import hub_offline
+from .registry import suite
 from .report import fmt
+from .scoring import HIGHER_IS_BETTER, METRIC_NAMES, prompt_list_file, score_components
 from .store import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-
-
-def skip_missing(ev, demo: bool) -> bool:
-    """``eval.skip_missing``, with null meaning: skip for the embedded demo, fail for real work."""
-    return demo if ev.skip_missing is None else bool(ev.skip_missing)
 
 
 def preflight(ev, demo: bool) -> dict[str, str]:
-    """Check every configured metric's weights before any work starts.
-
-    Returns {metric: why} for the metrics that will be unavailable (``eval.skip_missing``); raises
-    ModelNotFoundError naming every missing model otherwise. For the demo model nothing is downloaded:
-    only local files and the local hub cache count."""
-    if value(ev.suite) == EvalSuite.world.value:  # the pocket judge: shipped, or the folder eval.judge names
-        from .world.judge import ASSETS, judge_record
-
-        judge_record(Path(ev.judge).expanduser() if ev.judge else ASSETS)  # a missing or damaged judge fails here
-        return {}
-    missing = check_weights(list(ev.metrics), ev.models, offline=hub_offline() or demo)
-    if missing and not skip_missing(ev, demo):
-        raise ModelNotFoundError(
-            f"metric weights missing for {', '.join(missing)}: " + "; ".join(f"{m}: {why}" for m, why in missing.items())
-            + " — or set eval.skip_missing=true to score without them")
-    return missing
+    """Check every configured metric's weights before any work starts: {metric: why} for the metrics that
+    will be unavailable (``eval.skip_missing``); raises ModelNotFoundError naming what is missing otherwise
+    (the suite's :meth:`preflight`, :mod:`stylexfer.registry`)."""
+    return suite(ev.suite).preflight(ev, demo)
 
 
 def candidate_prompts(ev, styles: Sequence[Style]) -> list[str]:
     """CLIP-R's candidate texts: the lines of ``eval.clip_r_prompts``, or every object of the data set."""
     if ev.clip_r_prompts:
-        from .metrics import prompt_list_file
-
         lines = prompt_list_file(ev).read_text(encoding="utf-8").splitlines()
         return sorted({l.strip().lower() for l in lines if l.strip()})
     return sorted({o.lower() for s in styles for o in s.objects})
 
 
-def generated_images(folder: Path, style: Style) -> tuple[list, list[str]]:
-    """(images, object names) of one style's folder; files starting with "_" are not outputs."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("_"))
-    by_stem = dict(zip(style.object_files, style.objects))
-    images, objects = [], []
-    for p in files:
-        images.append(load_image(p))
-        stem = p.stem
-        base = stem.rsplit("_", 1)[0] if stem not in by_stem and stem.rsplit("_", 1)[-1].isdigit() else stem
-        objects.append(by_stem.get(base, object_name_from_file(base)))
-    return images, objects
-
-
-def evaluate(images_root: Path, styles: Sequence[Style], ev, device: str, unavailable: Optional[dict] = None,
-             demo: bool = False) -> dict:
+def evaluate(
+    images_root: Path, styles: Sequence[Style], ev, device: str, unavailable: Optional[dict] = None, demo: bool = False
+) -> dict:
     """Score every style that has a folder under ``images_root``; returns the scores document.
     ``unavailable``: what :func:`preflight` found missing; ``demo``: look up nothing on the hub."""
     images_root = Path(images_root)
@@ -89,7 +57,9 @@ def evaluate(images_root: Path, styles: Sequence[Style], ev, device: str, unavai
     present = [s for s in styles if (images_root / s.id).is_dir()]
     if not present:
         raise DataError(f"images={images_root}: no folder named after a style ({', '.join(s.id for s in styles)})")
-    scorer = Scorer.load(ev, device, candidate_prompts(ev, styles), offline=hub_offline() or demo, skip=list(unavailable or {}))
+    scorer = suite(ev.suite).scorer(
+        ev, device, candidate_prompts(ev, styles), offline=hub_offline() or demo, skip=list(unavailable or {})
+    )
     per_style, retrieved, no_fid = {}, [], []
     for s in present:
         images, objects = generated_images(images_root / s.id, s)
@@ -106,8 +76,11 @@ def evaluate(images_root: Path, styles: Sequence[Style], ev, device: str, unavai
         per_style[s.id] = {**scores, **_final(scores), "images": len(images)}
         log.info("scores %s: %s", s.id, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
     ok = [v for v in per_style.values() if "error" not in v]
-    overall = {m: float(np.mean([v[m] for v in ok])) for m in [*scorer.metrics, *scorer.diagnostics]
-               if ok and all(m in v for v in ok)}
+    overall = {
+        m: float(np.mean([v[m] for v in ok]))
+        for m in [*scorer.metrics, *scorer.diagnostics]
+        if ok and all(m in v for v in ok)
+    }
     if retrieved:  # the checker's CLIP-R: the fraction of all images, not the mean of styles' fractions
         overall["clip_r"] = float(sum(r * n for r, n in retrieved) / sum(n for _, n in retrieved))
     overall.update(_final(overall))
@@ -115,10 +88,16 @@ def evaluate(images_root: Path, styles: Sequence[Style], ev, device: str, unavai
     why.update(scorer.unavailable)
     if no_fid:
         why["fid"] = f"needs at least 2 images per style ({', '.join(no_fid)}: fewer)"
-    return {"metrics": list(ev.metrics), "diagnostics": list(scorer.diagnostics), "models": scorer.models,
-            "fid_dims": ev.fid_dims,
-            "clip_r_top_k": ev.clip_r_top_k, "styles": per_style, "overall": overall,
-            "unavailable": {m: why[m] for m in ev.metrics if m in why}}
+    return {
+        "metrics": list(ev.metrics),
+        "diagnostics": list(scorer.diagnostics),
+        "models": scorer.models,
+        "fid_dims": ev.fid_dims,
+        "clip_r_top_k": ev.clip_r_top_k,
+        "styles": per_style,
+        "overall": overall,
+        "unavailable": {m: why[m] for m in ev.metrics if m in why},
+    }
 
 
 def _final(scores: dict) -> dict:
@@ -130,19 +109,33 @@ def _final(scores: dict) -> dict:
 def markdown(doc: dict, title: str) -> str:
     cols = [m for m in METRIC_NAMES if m in doc["metrics"]] + ["final"]
     arrow = {m: " ↑" if HIGHER_IS_BETTER[m] else " ↓" for m in cols}
-    lines = [f"# {title}", "", "| style | " + " | ".join(c + arrow[c] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    lines = [
+        f"# {title}",
+        "",
+        "| style | " + " | ".join(c + arrow[c] for c in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
     for sid, st in doc["styles"].items():
         lines.append(f"| {sid} | " + " | ".join(fmt(st.get(c)) for c in cols) + " |")
     ov = doc["overall"]
     lines.append("| **overall** | " + " | ".join(f"**{fmt(ov.get(c))}**" for c in cols) + " |")
     if ov.get("final") is not None:
-        lines += ["", f"Style component {ov['style']:.4f} · text component {ov['text']:.4f} · "
-                      f"quality component {ov['quality']:.4f} · **final {ov['final']:.6f}**"]
+        lines += [
+            "",
+            f"Style component {ov['style']:.4f} · text component {ov['text']:.4f} · "
+            f"quality component {ov['quality']:.4f} · **final {ov['final']:.6f}**",
+        ]
     for d in doc.get("diagnostics", []):
-        lines += ["", f"Diagnostic (not in the final score): {d} " + ", ".join(
-            f"{sid} {fmt(st.get(d))}" for sid, st in doc["styles"].items()) + f", overall {fmt(ov.get(d))}"]
+        lines += [
+            "",
+            f"Diagnostic (not in the final score): {d} "
+            + ", ".join(f"{sid} {fmt(st.get(d))}" for sid, st in doc["styles"].items())
+            + f", overall {fmt(ov.get(d))}",
+        ]
     if doc["unavailable"]:
-        lines += ["", "Unavailable (the final score needs all six):"] + [f"- `{m}`: {why}" for m, why in doc["unavailable"].items()]
+        lines += ["", "Unavailable (the final score needs all six):"] + [
+            f"- `{m}`: {why}" for m, why in doc["unavailable"].items()
+        ]
     lines += ["", "Models: " + "; ".join(f"{m}: `{v}`" for m, v in doc["models"].items())]
     return "\n".join(lines) + "\n"
 
@@ -182,8 +175,8 @@ def cli() -> None:
     import hydra
     from omegaconf import DictConfig
 
-    from .errors import StylexferError
     from .app import CONFIG_DIR, discard_if_empty
+    from .errors import StylexferError
 
     @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
     def app(cfg: DictConfig) -> None:

@@ -55,7 +55,7 @@ def check(cfg) -> None:
     for name in enabled(cfg):
         missing = [m for m in NEEDS[name] if importlib.util.find_spec(m) is None]
         if missing:
-            raise ConfigError(f"logger={name}: {', '.join(missing)} not installed; pip install -e \".[loggers]\"")
+            raise ConfigError(f'logger={name}: {", ".join(missing)} not installed; pip install -e ".[loggers]"')
 
 
 def _flat(d, prefix: str = "") -> dict:
@@ -79,20 +79,36 @@ def log_run(cfg, run_dir: Path, summary: dict, curves: dict, grid, images: dict)
     """Send the run to every configured logger. ``curves``: {style: losses}; ``images``: {style: [(object,
     PIL image)]}. Returns {logger: where it wrote}. A logger that fails warns and leaves the run as it is."""
     tr = cfg.train
-    hparams = {k: ("" if v is None else v) for k, v in _flat(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)).items()
-               if not k.startswith("paths.")}
+    hparams = {
+        k: ("" if v is None else v)
+        for k, v in _flat(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)).items()
+        if not k.startswith("paths.")
+    }
     te = cfg.lora.text_encoder_lora_rank > 0
-    steps = {sid: [(i, loss, lr_at(tr.lr_scheduler, tr.lr, tr.lr_warmup_steps, tr.steps, i)) for i, loss in enumerate(ls)]
-             for sid, ls in curves.items()}
+    steps = {
+        sid: [(i, loss, lr_at(tr.lr_scheduler, tr.lr, tr.lr_warmup_steps, tr.steps, i)) for i, loss in enumerate(ls)]
+        for sid, ls in curves.items()
+    }
     te_scale = cfg.lora.text_encoder_lr_scale
-    metrics = {f"{sid}/{m}": v for sid, st in summary["styles"].items() for m, v in (st.get("scores") or {}).items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    metrics.update({f"overall/{m}": v for m, v in summary["scores"].items()
-                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    metrics = {
+        f"{sid}/{m}": v
+        for sid, st in summary["styles"].items()
+        for m, v in (st.get("scores") or {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    metrics.update(
+        {
+            f"overall/{m}": v
+            for m, v in summary["scores"].items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+    )
     where = {}
     for name in enabled(cfg):
         try:
-            where[name] = _LOGGERS[name](cfg.logger[name], run_dir, cfg, hparams, steps, te, te_scale, metrics, grid, images)
+            where[name] = _LOGGERS[name](
+                cfg.logger[name], run_dir, cfg, hparams, steps, te, te_scale, metrics, grid, images
+            )
         except Exception as e:  # noqa: BLE001 - a logger must not cost the run its results
             log.warning("logger %s failed: %s: %s", name, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
     return where
@@ -138,8 +154,11 @@ def _tensorboard(lc, run_dir: Path, cfg, hparams, steps, te, te_scale, metrics, 
                 w.add_image(f"samples/{sid}/{obj}", np.asarray(img.convert("RGB")), 0, dataformats="HWC")
         for key, v in metrics.items():
             w.add_scalar(f"metrics/{key}", v, 0)
-        w.add_hparams({k: v for k, v in hparams.items()}, {f"hparam/{k}": v for k, v in metrics.items()
-                                                           if k.startswith("overall/")}, run_name=".")
+        w.add_hparams(
+            {k: v for k, v in hparams.items()},
+            {f"hparam/{k}": v for k, v in metrics.items() if k.startswith("overall/")},
+            run_name=".",
+        )
     return str(out)
 
 
@@ -152,13 +171,18 @@ def _mlflow(lc, run_dir: Path, cfg, hparams, steps, te, te_scale, metrics, grid,
     uri = lc.tracking_uri or f"sqlite:///{(base / 'mlflow.db').resolve()}"
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(lc.experiment or cfg.name)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(
-        lc.experiment or cfg.name, artifact_location=(base / "artifacts").resolve().as_uri())
+    exp_id = (
+        exp.experiment_id
+        if exp is not None
+        else client.create_experiment(
+            lc.experiment or cfg.name, artifact_location=(base / "artifacts").resolve().as_uri()
+        )
+    )
     run = client.create_run(exp_id, run_name=f"{cfg.name}/{run_dir.name}")
     rid = run.info.run_id
     params = [Param(k, str(v)[:6000]) for k, v in hparams.items()]
     for i in range(0, len(params), 100):
-        client.log_batch(rid, params=params[i:i + 100])
+        client.log_batch(rid, params=params[i : i + 100])
     batch = []
     for sid, rows in steps.items():
         for i, loss, lr in rows:
@@ -167,7 +191,7 @@ def _mlflow(lc, run_dir: Path, cfg, hparams, steps, te, te_scale, metrics, grid,
                 batch.append(Metric(f"train/text_encoder_lr/{sid}", lr * te_scale, 0, i + 1))
     batch += [Metric(f"metrics/{k}", v, 0, 0) for k, v in metrics.items()]
     for i in range(0, len(batch), 1000):
-        client.log_batch(rid, metrics=batch[i:i + 1000])
+        client.log_batch(rid, metrics=batch[i : i + 1000])
     if grid is not None:
         client.log_image(rid, grid, "samples/grid.png")
     for sid, items in images.items():
@@ -197,9 +221,14 @@ def loss_plot(curves: dict, window: Optional[int] = None) -> Optional[bytes]:
         smooth = np.convolve(y, np.ones(k) / k, mode="valid") if len(y) >= k else y
         color = f"C{n % 10}"
         ax.plot(x, y, color=color, lw=0.6, alpha=0.3)
-        ax.plot(x[len(x) - len(smooth):], smooth, color=color, lw=2, label=f"style {sid}")
-    return axes_png(fig, ax, "step", "training loss",
-                    f"training loss per style (thin: raw; thick: mean of {window or 'steps/20'} steps)")
+        ax.plot(x[len(x) - len(smooth) :], smooth, color=color, lw=2, label=f"style {sid}")
+    return axes_png(
+        fig,
+        ax,
+        "step",
+        "training loss",
+        f"training loss per style (thin: raw; thick: mean of {window or 'steps/20'} steps)",
+    )
 
 
 def write_loss_plot(run_dir: Path, curves: dict) -> Optional[Path]:

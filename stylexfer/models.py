@@ -57,8 +57,11 @@ def _check_folder(folder: Path, key: str = "model.path") -> None:
     for comp in ("unet", "vae", "text_encoder"):
         if not any((folder / comp).glob("*.safetensors")):
             has_pickle = any((folder / comp).glob(p) for p in PICKLE_SUFFIXES)
-            why = ("only pickle weights (.bin/.ckpt); stylexfer loads safetensors only" if has_pickle
-                   else "no .safetensors weights")
+            why = (
+                "only pickle weights (.bin/.ckpt); stylexfer loads safetensors only"
+                if has_pickle
+                else "no .safetensors weights"
+            )
             raise ModelNotFoundError(f"{key}={folder}: {comp}/ has {why}")
 
 
@@ -83,19 +86,33 @@ def resolve_model(model_cfg, cache_dir: str | Path) -> ResolvedModel:
         elif model_cfg.name == "tiny":
             folder, source = ensure_tiny_model(cache_dir), "embedded tiny model"
         else:
-            raise ModelNotFoundError(f"model.path=null: only the embedded models (model.name=pocket|tiny) need no path; "
-                                     f"set model.path for model.name={model_cfg.name}")
+            raise ModelNotFoundError(
+                f"model.path=null: only the embedded models (model.name=pocket|tiny) need no path; "
+                f"set model.path for model.name={model_cfg.name}"
+            )
     elif looks_like_hub_id(path):
         from huggingface_hub import snapshot_download
 
         offline = hub_offline(model_cfg.local_files_only)
         try:
-            folder = Path(snapshot_download(
-                path, revision=model_cfg.revision, allow_patterns=HUB_PATTERNS,
-                ignore_patterns=list(PICKLE_SUFFIXES), local_files_only=offline))
+            folder = Path(
+                snapshot_download(
+                    path,
+                    revision=model_cfg.revision,
+                    allow_patterns=HUB_PATTERNS,
+                    ignore_patterns=list(PICKLE_SUFFIXES),
+                    local_files_only=offline,
+                )
+            )
         except Exception as e:  # noqa: BLE001 - every hub failure becomes one actionable line
-            why = ("not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1 or "
-                   "model.local_files_only=true)") if offline else f"could not be downloaded ({type(e).__name__})"
+            why = (
+                (
+                    "not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1 or "
+                    "model.local_files_only=true)"
+                )
+                if offline
+                else f"could not be downloaded ({type(e).__name__})"
+            )
             raise ModelNotFoundError(
                 f"model.path={path}: weights {why}; download them or set model.path=/path/to/a/diffusers/folder"
             ) from None
@@ -108,6 +125,11 @@ def resolve_model(model_cfg, cache_dir: str | Path) -> ResolvedModel:
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     random_weights = bool(meta.get("random_weights"))
     sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    return ResolvedModel(folder=folder, source=source, identity=_identity(folder, extra),
-                         random_weights=random_weights, prediction_type=sched.get("prediction_type", "epsilon"),
-                         notice=meta.get("notice"))
+    return ResolvedModel(
+        folder=folder,
+        source=source,
+        identity=_identity(folder, extra),
+        random_weights=random_weights,
+        prediction_type=sched.get("prediction_type", "epsilon"),
+        notice=meta.get("notice"),
+    )

@@ -41,10 +41,19 @@ def pool_objects(styles: list[Style], style: Style, mode: PriorMode) -> list[str
 
 
 def pool_spec(objects: list[str], prior_cfg, model_identity: str, resolution: int, backend: str) -> dict:
-    prompts = [prior_cfg.class_prompt.format(object=objects[i % len(objects)]) for i in range(prior_cfg.num_class_images)]
-    return {"backend": backend, "model": model_identity, "prompts": prompts, "sampler": value(prior_cfg.sampler),
-            "steps": prior_cfg.steps, "guidance_scale": prior_cfg.guidance_scale, "seed": prior_cfg.seed,
-            "resolution": resolution}
+    prompts = [
+        prior_cfg.class_prompt.format(object=objects[i % len(objects)]) for i in range(prior_cfg.num_class_images)
+    ]
+    return {
+        "backend": backend,
+        "model": model_identity,
+        "prompts": prompts,
+        "sampler": value(prior_cfg.sampler),
+        "steps": prior_cfg.steps,
+        "guidance_scale": prior_cfg.guidance_scale,
+        "seed": prior_cfg.seed,
+        "resolution": resolution,
+    }
 
 
 def pool_key(spec: dict) -> str:
@@ -56,11 +65,22 @@ def _generate(backend, spec: dict, prior_cfg, partial: Path, share: Optional[tup
     = (k, n) makes only chunks k, k+n, k+2n, ... (one of n processes). Returns the file names."""
     prompts = spec["prompts"]
     names = [f"{i:05d}.png" for i in range(len(prompts))]
-    with backend.generate(sampler=spec["sampler"], steps=spec["steps"], guidance_scale=spec["guidance_scale"],
-                          resolution=spec["resolution"], compile=prior_cfg.compile) as make:
-        make_in_chunks(partial, names, prior_cfg.batch_size,
-                       lambda i, j: make(prompts[i:j], [image_seed(spec["seed"], "class", k) for k in range(i, j)]),
-                       lambda n: f"class:{n}", "class images", share=share)
+    with backend.generate(
+        sampler=spec["sampler"],
+        steps=spec["steps"],
+        guidance_scale=spec["guidance_scale"],
+        resolution=spec["resolution"],
+        compile=prior_cfg.compile,
+    ) as make:
+        make_in_chunks(
+            partial,
+            names,
+            prior_cfg.batch_size,
+            lambda i, j: make(prompts[i:j], [image_seed(spec["seed"], "class", k) for k in range(i, j)]),
+            lambda n: f"class:{n}",
+            "class images",
+            share=share,
+        )
     return names
 
 
@@ -84,17 +104,27 @@ def ensure_pool(backend, spec: dict, prior_cfg, cache_dir: Path) -> ClassPool:
     def build(tmp: Path) -> None:
         prompts = spec["prompts"]
         have = sum((partial / f"{i:05d}.png").exists() for i in range(len(prompts)))
-        log.info("generating %d class images with the base model (pool %s)%s", len(prompts), key,
-                 f", {have} already made" if have else "")
+        log.info(
+            "generating %d class images with the base model (pool %s)%s",
+            len(prompts),
+            key,
+            f", {have} already made" if have else "",
+        )
         names = _generate(backend, spec, prior_cfg, partial)
         for n in names:
             os.replace(partial / n, tmp / n)
-        atomic_write_json(tmp / "manifest.json", {"spec": spec, "images": [{"file": n, "prompt": p} for n, p in zip(names, prompts)]})
+        atomic_write_json(
+            tmp / "manifest.json", {"spec": spec, "images": [{"file": n, "prompt": p} for n, p in zip(names, prompts)]}
+        )
 
     path, built = build_once(target, build)
     shutil.rmtree(partial, ignore_errors=True)
     if not built:
         log.info("class images: reusing pool %s (%d images)", key, len(spec["prompts"]))
     manifest = json.loads((path / "manifest.json").read_text())
-    return ClassPool(key=key, dir=path, prompts=[r["prompt"] for r in manifest["images"]],
-                     images=[load_image(path / r["file"]) for r in manifest["images"]])
+    return ClassPool(
+        key=key,
+        dir=path,
+        prompts=[r["prompt"] for r in manifest["images"]],
+        images=[load_image(path / r["file"]) for r in manifest["images"]],
+    )

@@ -58,8 +58,12 @@ def fmt(v) -> str:
 
 
 # what each of a run's stage_seconds covers (summary.md)
-STAGE_NAMES = {"workers": "GPU workers (their class pool, training and sampling)",
-               "train": "class pool and training", "sample": "sampling", "score": "scoring (metric models included)"}
+STAGE_NAMES = {
+    "workers": "GPU workers (their class pool, training and sampling)",
+    "train": "class pool and training",
+    "sample": "sampling",
+    "score": "scoring (metric models included)",
+}
 
 
 def write_reports(run_dir: Path, summary: dict, grid: Image.Image | None) -> None:
@@ -70,21 +74,28 @@ def write_reports(run_dir: Path, summary: dict, grid: Image.Image | None) -> Non
     lines = [f"# stylexfer run `{summary['name']}`", ""]
     if summary.get("notice"):
         lines += [f"> **{summary['notice']}**", ""]
-    lines += [f"- model: {summary['model']['source']}", f"- data: {summary['data_root']}",
-              f"- status: {summary['status']}", f"- seconds: {summary['seconds']:.1f}"]
+    lines += [
+        f"- model: {summary['model']['source']}",
+        f"- data: {summary['data_root']}",
+        f"- status: {summary['status']}",
+        f"- seconds: {summary['seconds']:.1f}",
+    ]
     if summary.get("stage_seconds"):
-        lines.append("- stages: " + ", ".join(f"{STAGE_NAMES.get(k, k)} {v:.1f} s" for k, v in summary["stage_seconds"].items()))
+        lines.append(
+            "- stages: " + ", ".join(f"{STAGE_NAMES.get(k, k)} {v:.1f} s" for k, v in summary["stage_seconds"].items())
+        )
     lines.append("")
     metrics = summary["metric_names"]
-    lines += ["| style | adapter | trained | " + " | ".join(metrics) + " |",
-              "|---|---|---|" + "---|" * len(metrics)]
+    lines += ["| style | adapter | trained | " + " | ".join(metrics) + " |", "|---|---|---|" + "---|" * len(metrics)]
     for sid, st in summary["styles"].items():
         trained = "reused" if st.get("reused") else f"{st.get('train_seconds', 0):.0f}s"
         vals = [fmt(st.get("scores", {}).get(m, "—")) for m in metrics]
         lines.append(f"| {sid} | `{st.get('adapter_key', '—')}` | {trained} | " + " | ".join(vals) + " |")
     lines.append("| **overall** | | | " + " | ".join(fmt(summary["scores"].get(m, "—")) for m in metrics) + " |")
     if summary.get("unavailable"):
-        lines += ["", "Unavailable metrics (so no final score):"] + [f"- `{k}`: {v}" for k, v in summary["unavailable"].items()]
+        lines += ["", "Unavailable metrics (so no final score):"] + [
+            f"- `{k}`: {v}" for k, v in summary["unavailable"].items()
+        ]
     lines += ["", "![grid](grid.png)", ""]
     if summary.get("loss_plot"):
         lines += [f"![training loss]({summary['loss_plot']})", ""]

@@ -22,12 +22,12 @@ from .backends import BackendFactory, LazyBackend
 from .config import validate
 from .data import discover_styles, load_image
 from .embedded import RANDOM_WEIGHTS_NOTICE, ensure_demo_data
-from .evaluate import evaluate, preflight, write_scores
 from .errors import PartialFailure, StylexferError, TrainingDiverged, first_line
-from .models import resolve_model
-from .prior import ensure_pool, pool_key
+from .evaluate import evaluate, preflight, write_scores
 from .loggers import check as check_loggers
 from .loggers import log_run, write_loss_plot
+from .models import resolve_model
+from .prior import ensure_pool, pool_key
 from .report import image_grid, write_reports
 from .sample import ensure_samples, sample_spec
 from .shard import ShardJob, ShardOutcome, plan_devices, run_shards
@@ -69,13 +69,16 @@ def run(cfg: DictConfig) -> dict:
     if done.exists():  # a re-run of a sweep (same hydra.sweep.dir): finished jobs are skipped, never redone
         previous = json.loads(done.read_text())
         if previous.get("config_hash") != config_hash:
-            raise StylexferError(f"{run_dir}: already holds a finished run of another config; refusing to overwrite it")
+            raise StylexferError(
+                f"{run_dir}: already holds a finished run of another config; refusing to overwrite it"
+            )
         log.info("%s: already finished with the same config: skipping", run_dir)
         return previous
 
     data_root = Path(cfg.data.root).expanduser() if cfg.data.root else ensure_demo_data(cache)
-    styles, data_errors = discover_styles(data_root, cfg.data.styles, list(cfg.data.objects), cfg.data.max_objects,
-                                          collect_errors=True)
+    styles, data_errors = discover_styles(
+        data_root, cfg.data.styles, list(cfg.data.objects), cfg.data.max_objects, collect_errors=True
+    )
     for sid, why in data_errors.items():
         log.error("style %s skipped: %s", sid, why)
     log.info("data: %d style(s) from %s: %s", len(styles), data_root, ", ".join(s.id for s in styles))
@@ -88,35 +91,80 @@ def run(cfg: DictConfig) -> dict:
     # (CUDA 13 is not one it can use) and runs in the run's process unless model.shards says otherwise
     auto_shards = cfg.backend.name == "torch" or int(cfg.model.shards) != 0
     shard_devices = plan_devices(cfg.model, is_multirun()) if auto_shards else []
-    work = [s.id for s in styles if not _samples_stored(resolved.identity, styles, s, cfg, cache)] if shard_devices else []
-    workers = shard_devices[:len(work)] if len(work) >= 2 else []  # one process per device: pool, training, sampling
+    work = (
+        [s.id for s in styles if not _samples_stored(resolved.identity, styles, s, cfg, cache)]
+        if shard_devices
+        else []
+    )
+    workers = shard_devices[: len(work)] if len(work) >= 2 else []  # one process per device: pool, training, sampling
     sharded = ShardOutcome()
     stages: dict = {}  # wall-clock seconds of each stage of this run (summary.json "stage_seconds")
     if workers:
-        sharded = run_shards(ShardJob(make_backend=factory, cfg=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-                                      data_root=str(data_root), style_ids=[s.id for s in styles], work_ids=work,
-                                      model_identity=resolved.identity, devices=workers, log_dir=str(run_dir / "logs")))
+        sharded = run_shards(
+            ShardJob(
+                make_backend=factory,
+                cfg=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                data_root=str(data_root),
+                style_ids=[s.id for s in styles],
+                work_ids=work,
+                model_identity=resolved.identity,
+                devices=workers,
+                log_dir=str(run_dir / "logs"),
+            )
+        )
         stages["workers"] = round(sharded.seconds.get("wall", 0.0), 2)
         backend = LazyBackend(factory, cfg.backend.name, workers[0])  # loaded only if something is left
-        log.info("model: %s (%s backend, %d worker processes on %s, %s prediction)", resolved.source, backend.name,
-                 len(workers), ", ".join(workers), resolved.prediction_type)
+        log.info(
+            "model: %s (%s backend, %d worker processes on %s, %s prediction)",
+            resolved.source,
+            backend.name,
+            len(workers),
+            ", ".join(workers),
+            resolved.prediction_type,
+        )
     else:
         backend = factory()
-        log.info("model: %s (%s backend, %s, %s, %s prediction)", resolved.source, backend.name, backend.device,
-                 backend.dtype, resolved.prediction_type)
+        log.info(
+            "model: %s (%s backend, %s, %s, %s prediction)",
+            resolved.source,
+            backend.name,
+            backend.device,
+            backend.dtype,
+            resolved.prediction_type,
+        )
 
-    atomic_write_json(run_dir / "status.json", {"pid": os.getpid(), "host": socket.gethostname(),
-                                                "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                "device": backend.device, "backend": backend.name})
-    summary = {"name": cfg.name, "status": "running", "config_hash": config_hash, "run_dir": str(run_dir), "data_root": str(data_root),
-               "model": {"source": resolved.source, "folder": str(resolved.folder), "identity": resolved.identity,
-                         "random_weights": resolved.random_weights, "prediction_type": resolved.prediction_type},
-               "notice": resolved.notice or (RANDOM_WEIGHTS_NOTICE if resolved.random_weights else None),
-               "metric_names": list(cfg.eval.metrics) + ["final"], "styles": {}, "scores": {},
-               "unavailable": dict(unavailable),
-               "failed_styles": {},
-               "workers": workers,
-               "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
+    atomic_write_json(
+        run_dir / "status.json",
+        {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "device": backend.device,
+            "backend": backend.name,
+        },
+    )
+    summary = {
+        "name": cfg.name,
+        "status": "running",
+        "config_hash": config_hash,
+        "run_dir": str(run_dir),
+        "data_root": str(data_root),
+        "model": {
+            "source": resolved.source,
+            "folder": str(resolved.folder),
+            "identity": resolved.identity,
+            "random_weights": resolved.random_weights,
+            "prediction_type": resolved.prediction_type,
+        },
+        "notice": resolved.notice or (RANDOM_WEIGHTS_NOTICE if resolved.random_weights else None),
+        "metric_names": list(cfg.eval.metrics) + ["final"],
+        "styles": {},
+        "scores": {},
+        "unavailable": dict(unavailable),
+        "failed_styles": {},
+        "workers": workers,
+        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+    }
     grid_rows, curves = [], {}
     for sid, why in data_errors.items():
         summary["styles"][sid] = {"error": why}
@@ -124,8 +172,9 @@ def run(cfg: DictConfig) -> dict:
     todo = [(style, *style_specs(resolved.identity, styles, style, cfg)) for style in styles]
     todo = [t for t in todo if not adapter_stored(t[2], cache)]
     t_stage = time.time()
-    batch_trained, batch_failed = train_in_batches(backend, todo, cfg, cache,
-                                                   lambda spec: ensure_pool(backend, spec, cfg.prior, cache))
+    batch_trained, batch_failed = train_in_batches(
+        backend, todo, cfg, cache, lambda spec: ensure_pool(backend, spec, cfg.prior, cache)
+    )
     stages["train"] = time.time() - t_stage
     stages["sample"] = 0.0
     batch_trained.update(sharded.trained)
@@ -135,8 +184,11 @@ def run(cfg: DictConfig) -> dict:
         try:
             if style.id in batch_failed:
                 raise TrainingDiverged(batch_failed[style.id])
-            grid_rows.append(_run_style(backend, resolved, styles, style, cfg, cache, run_dir, st, batch_trained,
-                                         sharded.made, stages))
+            grid_rows.append(
+                _run_style(
+                    backend, resolved, styles, style, cfg, cache, run_dir, st, batch_trained, sharded.made, stages
+                )
+            )
             curves[style.id] = _losses(run_dir / "adapters" / style.id)
         except Exception as e:  # noqa: BLE001 - one style's failure must not cost the others
             line = first_line(e, with_type=not isinstance(e, StylexferError))
@@ -154,10 +206,16 @@ def run(cfg: DictConfig) -> dict:
         write_scores(run_dir, doc, f"stylexfer run `{cfg.name}`: scores")
         for sid, sc in doc["styles"].items():
             summary["styles"][sid]["scores"] = sc
-        summary["scores"], summary["unavailable"], summary["metric_models"] = doc["overall"], doc["unavailable"], doc["models"]
+        summary["scores"], summary["unavailable"], summary["metric_models"] = (
+            doc["overall"],
+            doc["unavailable"],
+            doc["models"],
+        )
         if summary["unavailable"]:
-            log.warning("metrics unavailable (final score not computed): %s", "; ".join(
-                f"{m}: {why}" for m, why in summary["unavailable"].items()))
+            log.warning(
+                "metrics unavailable (final score not computed): %s",
+                "; ".join(f"{m}: {why}" for m, why in summary["unavailable"].items()),
+            )
     summary["status"] = "partial" if summary["failed_styles"] else "finished"
     stages["score"] = time.time() - t_stage
     summary["seconds"] = round(time.time() - t0, 2)
@@ -165,8 +223,14 @@ def run(cfg: DictConfig) -> dict:
     grid = image_grid(grid_rows)
     if write_loss_plot(run_dir, curves) is not None:
         summary["loss_plot"] = "loss.png"
-    summary["loggers"] = log_run(cfg, run_dir, summary, curves, grid,
-                                 {sid: [it for it in items if it[0] != "average"] for sid, items in grid_rows})
+    summary["loggers"] = log_run(
+        cfg,
+        run_dir,
+        summary,
+        curves,
+        grid,
+        {sid: [it for it in items if it[0] != "average"] for sid, items in grid_rows},
+    )
     write_reports(run_dir, summary, grid)
     log.info("run %s in %.1fs: %s", summary["status"], summary["seconds"], run_dir / "summary.md")
     if resolved.random_weights:
@@ -175,8 +239,11 @@ def run(cfg: DictConfig) -> dict:
         log.info("note: %s", resolved.notice)
     if summary["failed_styles"]:
         failed = summary["failed_styles"]
-        raise PartialFailure(f"{len(failed)} of {len(summary['styles'])} style(s) failed ("
-                             + "; ".join(f"{k}: {v}" for k, v in failed.items()) + f"); see {run_dir / 'summary.md'}")
+        raise PartialFailure(
+            f"{len(failed)} of {len(summary['styles'])} style(s) failed ("
+            + "; ".join(f"{k}: {v}" for k, v in failed.items())
+            + f"); see {run_dir / 'summary.md'}"
+        )
     return summary
 
 
@@ -192,8 +259,19 @@ def _samples_stored(identity: str, styles, style, cfg, cache: Path) -> bool:
     return reusable(cache / "samples" / stable_hash(sample_spec(style, cfg, key, identity)))
 
 
-def _run_style(backend, resolved, styles, style, cfg, cache: Path, run_dir: Path, st: dict, batch_trained: dict,
-               made_by_shards: set, stages: dict):
+def _run_style(
+    backend,
+    resolved,
+    styles,
+    style,
+    cfg,
+    cache: Path,
+    run_dir: Path,
+    st: dict,
+    batch_trained: dict,
+    made_by_shards: set,
+    stages: dict,
+):
     """Train (or reuse) → sample (or reuse) one style; fills ``st``; returns its grid row. Adds the seconds
     of its training (one style at a time) and sampling to ``stages["train"]`` and ``stages["sample"]``."""
     spec_pool, spec = style_specs(resolved.identity, styles, style, cfg)
@@ -205,16 +283,30 @@ def _run_style(backend, resolved, styles, style, cfg, cache: Path, run_dir: Path
         result.reused = False
         result.seconds, result.losses = batch_trained[style.id]
     if not cfg.train.steps:
-        log.info("style %s: untrained adapter %s (train.steps=0: the base model behind an all-zero adapter)", style.id,
-                 result.key)
+        log.info(
+            "style %s: untrained adapter %s (train.steps=0: the base model behind an all-zero adapter)",
+            style.id,
+            result.key,
+        )
     elif style.id in batch_trained:
-        log.info("style %s: trained adapter %s in a batched pass (loss %.4f → %.4f)", style.id, result.key,
-                 float(np.mean(result.losses[:20])), float(np.mean(result.losses[-20:])))
+        log.info(
+            "style %s: trained adapter %s in a batched pass (loss %.4f → %.4f)",
+            style.id,
+            result.key,
+            float(np.mean(result.losses[:20])),
+            float(np.mean(result.losses[-20:])),
+        )
     elif result.reused:
         log.info("style %s: adapter %s found in the store: reusing it, nothing to train", style.id, result.key)
     else:
-        log.info("style %s: trained adapter %s in %.1fs (loss %.4f → %.4f)", style.id, result.key, result.seconds,
-                 float(np.mean(result.losses[:20])), float(np.mean(result.losses[-20:])))
+        log.info(
+            "style %s: trained adapter %s in %.1fs (loss %.4f → %.4f)",
+            style.id,
+            result.key,
+            result.seconds,
+            float(np.mean(result.losses[:20])),
+            float(np.mean(result.losses[-20:])),
+        )
     link_or_copy_tree(result.dir, run_dir / "adapters" / style.id)
     st.update(adapter_key=result.key, reused=result.reused, train_seconds=round(result.seconds, 2), pool=pkey)
 

@@ -32,14 +32,22 @@ def image_seed(*parts) -> int:
     return int(stable_hash(parts, 8), 16) % (2**31)
 
 
-def make_in_chunks(partial: Path, names: Sequence[str], chunk: int, make: Callable[[int, int], list],
-                   point: Callable[[int], str], desc: str, share: Optional[tuple[int, int]] = None) -> None:
+def make_in_chunks(
+    partial: Path,
+    names: Sequence[str],
+    chunk: int,
+    make: Callable[[int, int], list],
+    point: Callable[[int], str],
+    desc: str,
+    share: Optional[tuple[int, int]] = None,
+) -> None:
     """Images ``names`` made ``chunk`` at a time by ``make(i, j)`` (images ``i..j-1``) into ``partial``.
 
     The chunks are the same fixed slices every time and a chunk whose files all exist is skipped, so a
     killed run resumes where it stopped and ends with the same files. A chunk's PNGs are encoded on worker
     threads (zlib releases the GIL) while the next chunk is generated; ``faults.checkpoint(point(n))``
     runs once image ``n`` is on disk. ``share`` = (k, n): only chunks k, k+n, ... (one of n processes)."""
+
     def written(pending):
         for n, fut in pending:
             fut.result()
@@ -49,13 +57,15 @@ def make_in_chunks(partial: Path, names: Sequence[str], chunk: int, make: Callab
         pending: list = []
         starts = list(range(0, len(names), chunk))
         if share is not None:
-            starts = starts[share[0]::share[1]]
+            starts = starts[share[0] :: share[1]]
         for i in tqdm(starts, desc=desc, unit="batch", leave=False):
-            if all((partial / n).exists() for n in names[i:i + chunk]):
+            if all((partial / n).exists() for n in names[i : i + chunk]):
                 continue
             images = make(i, min(i + chunk, len(names)))
             written(pending)
-            pending = [(i + k, pool.submit(atomic_save_image, img, partial / names[i + k])) for k, img in enumerate(images)]
+            pending = [
+                (i + k, pool.submit(atomic_save_image, img, partial / names[i + k])) for k, img in enumerate(images)
+            ]
         written(pending)
 
 
@@ -74,24 +84,42 @@ def sample_jobs(style: Style, cfg) -> list[SampleRecord]:
     for obj, stem in zip(style.objects, style.object_files):
         for k in range(cfg.sample.images_per_prompt):
             name = f"{stem}.png" if k == 0 else f"{stem}_{k}.png"
-            jobs.append(SampleRecord(style=style.id, object=obj, prompt=cfg.data.prompt.format(object=obj, style=style.id),
-                                     file=f"images/{style.id}/{name}", seed=image_seed(cfg.sample.seed, style.id, obj, k)))
+            jobs.append(
+                SampleRecord(
+                    style=style.id,
+                    object=obj,
+                    prompt=cfg.data.prompt.format(object=obj, style=style.id),
+                    file=f"images/{style.id}/{name}",
+                    seed=image_seed(cfg.sample.seed, style.id, obj, k),
+                )
+            )
     return jobs
 
 
 def sample_spec(style: Style, cfg, adapter_key: Optional[str], model_identity: str) -> dict:
     """Everything that determines a style's images (their key in the stage store)."""
     img2img = InitMode(value(cfg.init.mode)) == InitMode.avg_image
-    return {"version": 3 if cfg.sample.fuse_lora else 1, "backend": cfg.backend.name, "model": model_identity, "adapter": adapter_key, "style": style.fingerprint(),
-            "jobs": [[j.prompt, j.file, j.seed] for j in sample_jobs(style, cfg)],
-            "sampler": value(cfg.scheduler.name), "steps": cfg.scheduler.steps,
-            "guidance_scale": cfg.scheduler.guidance_scale, "init": value(cfg.init.mode),
-            "strength": cfg.init.strength if img2img else None, "resolution": cfg.model.resolution,
-            "batch_size": cfg.sample.batch_size, "dtype": str(cfg.model.dtype)}
+    return {
+        "version": 3 if cfg.sample.fuse_lora else 1,
+        "backend": cfg.backend.name,
+        "model": model_identity,
+        "adapter": adapter_key,
+        "style": style.fingerprint(),
+        "jobs": [[j.prompt, j.file, j.seed] for j in sample_jobs(style, cfg)],
+        "sampler": value(cfg.scheduler.name),
+        "steps": cfg.scheduler.steps,
+        "guidance_scale": cfg.scheduler.guidance_scale,
+        "init": value(cfg.init.mode),
+        "strength": cfg.init.strength if img2img else None,
+        "resolution": cfg.model.resolution,
+        "batch_size": cfg.sample.batch_size,
+        "dtype": str(cfg.model.dtype),
+    }
 
 
-def ensure_samples(backend, style: Style, adapter_dir: Optional[Path], cfg, spec: dict,
-                   cache_dir: Path) -> tuple[Path, list[SampleRecord], bool]:
+def ensure_samples(
+    backend, style: Style, adapter_dir: Optional[Path], cfg, spec: dict, cache_dir: Path
+) -> tuple[Path, list[SampleRecord], bool]:
     """Generate (or reuse) the style's images under ``<cache>/samples/<key>/`` with the style's adapter.
 
     Batches are fixed chunks of the job list and each finished image is kept in a partial folder, so a
@@ -107,13 +135,25 @@ def ensure_samples(backend, style: Style, adapter_dir: Optional[Path], cfg, spec
 
     def build(tmp: Path) -> None:
         init = average_image(style.images, res) if img2img else None
-        with backend.generate(sampler=value(cfg.scheduler.name), steps=cfg.scheduler.steps,
-                              guidance_scale=cfg.scheduler.guidance_scale, resolution=res, adapter_dir=adapter_dir,
-                              fuse_lora=cfg.sample.fuse_lora, init_image=init, strength=cfg.init.strength,
-                              compile=cfg.sample.compile) as make:
-            make_in_chunks(partial, names, cfg.sample.batch_size,
-                           lambda i, j: make([b.prompt for b in jobs[i:j]], [b.seed for b in jobs[i:j]]),
-                           lambda n: f"sample:{style.id}:{n + 1}", f"sample {style.id}")
+        with backend.generate(
+            sampler=value(cfg.scheduler.name),
+            steps=cfg.scheduler.steps,
+            guidance_scale=cfg.scheduler.guidance_scale,
+            resolution=res,
+            adapter_dir=adapter_dir,
+            fuse_lora=cfg.sample.fuse_lora,
+            init_image=init,
+            strength=cfg.init.strength,
+            compile=cfg.sample.compile,
+        ) as make:
+            make_in_chunks(
+                partial,
+                names,
+                cfg.sample.batch_size,
+                lambda i, j: make([b.prompt for b in jobs[i:j]], [b.seed for b in jobs[i:j]]),
+                lambda n: f"sample:{style.id}:{n + 1}",
+                f"sample {style.id}",
+            )
         (tmp / "images").mkdir()
         for n in names:
             os.replace(partial / n, tmp / "images" / n)

@@ -80,7 +80,9 @@ class ShardOutcome:
     failed: dict = field(default_factory=dict)  # style id → one line: training diverged
     errors: dict = field(default_factory=dict)  # style id → one line: anything else (the parent retries)
     made: set = field(default_factory=set)  # style ids whose images a worker made
-    seconds: dict = field(default_factory=dict)  # wall-clock parts: start, pool, train, sample, total (max over workers)
+    seconds: dict = field(
+        default_factory=dict
+    )  # wall-clock parts: start, pool, train, sample, total (max over workers)
 
 
 def shares(ids: list[str], n: int) -> list[list[str]]:
@@ -131,7 +133,12 @@ def _worker(job: ShardJob, rank: int, barrier, results) -> None:
         specs = {s.id: style_specs(job.model_identity, styles, s, cfg) for s in styles}
         mine_ids = shares(job.work_ids, n)[rank]
         mine = [s for s in styles if s.id in mine_ids]
-        log.info("model loaded on %s in %.1fs; styles of this shard: %s", device, time.time() - t0, ", ".join(mine_ids) or "none")
+        log.info(
+            "model loaded on %s in %.1fs; styles of this shard: %s",
+            device,
+            time.time() - t0,
+            ", ".join(mine_ids) or "none",
+        )
         out["seconds"]["start"] = time.time() - t0
         pools = {}
         for sid in job.work_ids:
@@ -149,7 +156,9 @@ def _worker(job: ShardJob, rank: int, barrier, results) -> None:
         log.warning("another shard failed before the class pool was complete; this one makes what is missing")
     out["seconds"]["pool"] = time.time() - t0
     todo = [(s, *specs[s.id]) for s in mine if not adapter_stored(specs[s.id][1], cache)]
-    trained, failed = train_in_batches(backend, todo, cfg, cache, lambda sp: ensure_pool(backend, sp, cfg.prior, cache))
+    trained, failed = train_in_batches(
+        backend, todo, cfg, cache, lambda sp: ensure_pool(backend, sp, cfg.prior, cache)
+    )
     out["trained"].update(trained)
     out["failed"].update(failed)
     for s in mine:  # what the batched pass left (one style, a failed pass), then the images
@@ -171,7 +180,9 @@ def _worker(job: ShardJob, rank: int, barrier, results) -> None:
             continue
         try:
             key = stable_hash(specs[s.id][1])
-            ensure_samples(backend, s, cache / "adapters" / key, cfg, sample_spec(s, cfg, key, job.model_identity), cache)
+            ensure_samples(
+                backend, s, cache / "adapters" / key, cfg, sample_spec(s, cfg, key, job.model_identity), cache
+            )
             out["made"].append(s.id)
         except Exception as e:  # noqa: BLE001
             out["errors"][s.id] = first_line(e, with_type=not isinstance(e, StylexferError))
@@ -203,8 +214,10 @@ def run_shards(job: ShardJob) -> ShardOutcome:
     outcome = ShardOutcome()
     with ctx.Manager() as manager:
         barrier, results = manager.Barrier(n), manager.dict()
-        procs = [ctx.Process(target=_entry, args=(job, rank, barrier, results), name=f"stylexfer-shard{rank}")
-                 for rank in range(n)]
+        procs = [
+            ctx.Process(target=_entry, args=(job, rank, barrier, results), name=f"stylexfer-shard{rank}")
+            for rank in range(n)
+        ]
         procs[0].start()
         quiet = os.environ.get("TQDM_DISABLE")
         os.environ["TQDM_DISABLE"] = "1"  # one set of progress bars on the terminal: shard 0's (a child
@@ -221,7 +234,9 @@ def run_shards(job: ShardJob) -> ShardOutcome:
             while any(p.is_alive() for p in procs):
                 for p in procs:
                     p.join(timeout=0.5)
-                    if p.exitcode not in (None, 0) and not aborted:  # a dead worker must not hold the others at the barrier
+                    if (
+                        p.exitcode not in (None, 0) and not aborted
+                    ):  # a dead worker must not hold the others at the barrier
                         barrier.abort()
                         aborted = True
         except BaseException:
@@ -244,6 +259,10 @@ def run_shards(job: ShardJob) -> ShardOutcome:
         for k, v in r["seconds"].items():
             outcome.seconds[k] = max(outcome.seconds.get(k, 0.0), v)
     outcome.seconds["wall"] = time.time() - t0
-    log.info("shards done in %.1fs: %d style(s) trained, %d sampled", outcome.seconds["wall"], len(outcome.trained),
-             len(outcome.made))
+    log.info(
+        "shards done in %.1fs: %d style(s) trained, %d sampled",
+        outcome.seconds["wall"],
+        len(outcome.trained),
+        len(outcome.made),
+    )
     return outcome

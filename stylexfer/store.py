@@ -112,7 +112,9 @@ def _files(folder: Path) -> list[Path]:
 def seal(folder: str | os.PathLike) -> None:
     """Record the sha256 of every file of a store entry being built (call it last, before the rename)."""
     folder = Path(folder)
-    atomic_write_json(folder / MANIFEST, {p.relative_to(folder).as_posix(): file_digest(p, 64) for p in _files(folder)})
+    atomic_write_json(
+        folder / MANIFEST, {p.relative_to(folder).as_posix(): file_digest(p, 64) for p in _files(folder)}
+    )
 
 
 def damage(folder: str | os.PathLike) -> Optional[str]:
@@ -214,6 +216,7 @@ def link_or_copy_tree(src: Path, dst: Path) -> None:
 # ------------------------------------------------------------------------------ training checkpoints
 # A training checkpoint is a folder ``step-NNNNNNN/`` holding ``state.safetensors`` (tensors) and ``state.json``
 # (the rest), written under a temporary name and renamed into place when complete; older ones are removed.
+
 
 def write_checkpoint(folder: Path, step: int, write_tensors: Callable[[Path], None], meta: dict) -> Path:
     """Write checkpoint ``step`` into ``folder``: ``write_tensors(path)`` writes the safetensors file."""

@@ -62,9 +62,14 @@ def adapter_spec(style: Style, cfg, model_identity: str, pool_key: Optional[str]
         "resolution": cfg.model.resolution,
         "lora": OmegaConf.to_container(cfg.lora, resolve=True, enum_to_str=True),
         "prior": prior,
-        "augmentation": {k: v for k, v in OmegaConf.to_container(cfg.augmentation, resolve=True).items() if k != "name"},
-        "train": {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True, enum_to_str=True).items()
-                  if k not in SCHEDULING_KEYS},
+        "augmentation": {
+            k: v for k, v in OmegaConf.to_container(cfg.augmentation, resolve=True).items() if k != "name"
+        },
+        "train": {
+            k: v
+            for k, v in OmegaConf.to_container(cfg.train, resolve=True, enum_to_str=True).items()
+            if k not in SCHEDULING_KEYS
+        },
         "dtype": str(cfg.model.dtype),
     }
 
@@ -72,8 +77,17 @@ def adapter_spec(style: Style, cfg, model_identity: str, pool_key: Optional[str]
 def style_specs(model_identity: str, styles: list[Style], style: Style, cfg) -> tuple[Optional[dict], dict]:
     """(class-pool spec or None without prior preservation, adapter spec) of ``style`` among ``styles``."""
     prior_on = value(cfg.prior.mode) != PriorMode.none.value
-    spec_pool = (pool_spec(pool_objects(styles, style, cfg.prior.mode), cfg.prior, model_identity, cfg.model.resolution,
-                           cfg.backend.name) if prior_on else None)
+    spec_pool = (
+        pool_spec(
+            pool_objects(styles, style, cfg.prior.mode),
+            cfg.prior,
+            model_identity,
+            cfg.model.resolution,
+            cfg.backend.name,
+        )
+        if prior_on
+        else None
+    )
     return spec_pool, adapter_spec(style, cfg, model_identity, pool_key(spec_pool) if spec_pool else None)
 
 
@@ -113,12 +127,17 @@ def train_style(backend, style: Style, pool: Optional[ClassPool], cfg, spec: dic
 
 def ensure_adapter(backend, style: Style, spec_pool: Optional[dict], spec: dict, cfg, cache_dir: Path) -> TrainResult:
     """The style's adapter from the store, or trained now (its class pool made or found first, only then)."""
-    pool = ensure_pool(backend, spec_pool, cfg.prior, cache_dir) if spec_pool and not adapter_stored(spec, cache_dir) else None
+    pool = (
+        ensure_pool(backend, spec_pool, cfg.prior, cache_dir)
+        if spec_pool and not adapter_stored(spec, cache_dir)
+        else None
+    )
     return train_style(backend, style, pool, cfg, spec, cache_dir)
 
 
-def train_group(backend, styles: list[Style], pools: list[Optional[ClassPool]], cfg, specs: list[dict],
-                cache_dir: Path) -> tuple[dict, dict]:
+def train_group(
+    backend, styles: list[Style], pools: list[Optional[ClassPool]], cfg, specs: list[dict], cache_dir: Path
+) -> tuple[dict, dict]:
     """Train ``styles`` together and publish each adapter in the stage store under its own key (the same
     key and files as the one-style path). Returns ({id: (seconds, losses)}, {id: error})."""
     root = Path(cache_dir) / "adapters"
@@ -134,8 +153,9 @@ def train_group(backend, styles: list[Style], pools: list[Optional[ClassPool]], 
         for style, spec, key, tmp in zip(styles, specs, keys, tmps):
             if style.id in out.failed:
                 continue
-            atomic_write_json(tmp / "train.json", _train_record(style, spec, share, out.losses[style.id],
-                                                                [s.id for s in styles]))
+            atomic_write_json(
+                tmp / "train.json", _train_record(style, spec, share, out.losses[style.id], [s.id for s in styles])
+            )
             publish(tmp, root / key)
             trained[style.id] = (share, out.losses[style.id])
     finally:
@@ -160,8 +180,11 @@ def train_in_batches(backend, todo: list[tuple], cfg, cache: Path, pool_for) -> 
         log.info("lora.dropout=%s: training the styles one at a time (no batched pass)", cfg.lora.dropout)
         return {}, {}
     if value(cfg.lora.kind) != "lora":  # the batched pass's multi-style layer is plain LoRA
-        log.info("lora.kind=%s: training the styles one at a time with peft's layers (the batched pass carries "
-                 "plain LoRA only)", value(cfg.lora.kind))
+        log.info(
+            "lora.kind=%s: training the styles one at a time with peft's layers (the batched pass carries "
+            "plain LoRA only)",
+            value(cfg.lora.kind),
+        )
         return {}, {}
     specs = {stable_hash(sp): sp for _, sp, _ in todo if sp is not None}  # a shared pool: loaded once, not per style
     pools = {k: pool_for(sp) for k, sp in specs.items()}
@@ -177,9 +200,14 @@ def train_in_batches(backend, todo: list[tuple], cfg, cache: Path, pool_for) -> 
                 group = [g for g in group if not adapter_stored(g[2], cache)]
                 if len(group) >= 2:
                     t0 = time.time()
-                    t, f = train_group(backend, [g[0] for g in group],
-                                       [pools[stable_hash(g[1])] if g[1] is not None else None for g in group],
-                                       cfg, [g[2] for g in group], cache)
+                    t, f = train_group(
+                        backend,
+                        [g[0] for g in group],
+                        [pools[stable_hash(g[1])] if g[1] is not None else None for g in group],
+                        cfg,
+                        [g[2] for g in group],
+                        cache,
+                    )
                     log.info("trained %d styles in one pass in %.1fs", len(group), time.time() - t0)
                     trained.update(t)
                     failed.update(f)
@@ -192,7 +220,10 @@ def train_in_batches(backend, todo: list[tuple], cfg, cache: Path, pool_for) -> 
             log.warning("out of device memory with %d styles per batch: trying %d", len(group), size)
             continue
         except Exception as e:  # noqa: BLE001 - the one-style path isolates whatever failed
-            log.warning("batched training of %s failed (%s): training them one at a time",
-                        ", ".join(g[0].id for g in group), first_line(e, with_type=True))
+            log.warning(
+                "batched training of %s failed (%s): training them one at a time",
+                ", ".join(g[0].id for g in group),
+                first_line(e, with_type=True),
+            )
         todo = rest
     return trained, failed

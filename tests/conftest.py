@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-CONF = REPO / "conf"
+from helpers import CONF, REPO, compose, metric_overrides, run_cli  # noqa: F401 - the fixtures below use them
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 # jittor's compiled core and kernels (backend=jittor): one place per machine for the session and its CLI
@@ -43,20 +40,6 @@ def demo_root(cache_dir) -> Path:
     return ensure_demo_data(cache_dir)
 
 
-def compose(overrides=(), strategy: str | None = None, hydra: bool = False):
-    """Compose the real config (as the CLI would) without running anything."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    import stylexfer.main  # noqa: F401 - registers the schema and the resolvers, as the CLI does
-
-    GlobalHydra.instance().clear()
-    ov = list(overrides) + ([f"+strategy={strategy}"] if strategy else [])
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=ov, return_hydra_config=hydra)
-
-
 @pytest.fixture
 def compose_cfg():
     return compose
@@ -70,8 +53,16 @@ def components(tiny_dir, cache_dir):
     from stylexfer.backends.torch.models import load_components
     from stylexfer.models import resolve_model
 
-    mc = OmegaConf.create({"path": str(tiny_dir), "revision": None, "variant": None, "local_files_only": True,
-                           "device": "cpu", "dtype": "float32"})
+    mc = OmegaConf.create(
+        {
+            "path": str(tiny_dir),
+            "revision": None,
+            "variant": None,
+            "local_files_only": True,
+            "device": "cpu",
+            "dtype": "float32",
+        }
+    )
     return load_components(resolve_model(mc, cache_dir), mc)
 
 
@@ -94,12 +85,6 @@ def backend(components, cache_dir):
     return TorchBackend.from_components(components, cache_dir)
 
 
-def run_cli(args, cwd: Path, timeout: int = 900, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "stylexfer", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 @pytest.fixture
 def cli():
     return run_cli
@@ -109,41 +94,84 @@ def cli():
 def metric_models(tmp_path_factory) -> dict:
     """Tiny RANDOM-weight models of every metric's architecture, saved as the real ones are stored:
     DINOv2 and CLIP in the hub layout, LPIPS and the FID Inception as safetensors made by
-    ``stylexfer.convert_weights`` from PyTorch pickles (the LPIPS heads are the lpips package's real
+    ``stylexfer.tools.convert_weights`` from PyTorch pickles (the LPIPS heads are the lpips package's real
     ones; the SqueezeNet and Inception weights are random). For plumbing tests only: no quality."""
     import torchvision
-    from transformers import (BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor,
-                              Dinov2Config, Dinov2Model)
+    from transformers import (
+        BitImageProcessor,
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        Dinov2Config,
+        Dinov2Model,
+    )
 
-    from stylexfer import convert_weights
     from stylexfer.embedded import build_tokenizer
     from stylexfer.metrics import fid_structure
+    from stylexfer.tools import convert_weights
 
     root = tmp_path_factory.mktemp("metric_models")
     torch.manual_seed(0)
-    dino = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                                    image_size=56, patch_size=14))
+    dino = Dinov2Model(
+        Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=56,
+            patch_size=14,
+        )
+    )
     dino.save_pretrained(root / "dino", safe_serialization=True)
-    BitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56}, do_center_crop=True,
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(root / "dino")
+    BitImageProcessor(
+        size={"shortest_edge": 64},
+        crop_size={"height": 56, "width": 56},
+        do_center_crop=True,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(root / "dino")
     tok = build_tokenizer(root / "tok")
-    clip = CLIPModel(CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8), projection_dim=16))
+    clip = CLIPModel(
+        CLIPConfig(
+            text_config=dict(
+                vocab_size=len(tok),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            ),
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=32,
+                patch_size=8,
+            ),
+            projection_dim=16,
+        )
+    )
     clip.save_pretrained(root / "clip", safe_serialization=True)
-    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                  tokenizer=tok).save_pretrained(root / "clip")
+    CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tok,
+    ).save_pretrained(root / "clip")
     torch.save(torchvision.models.squeezenet1_1().state_dict(), root / "squeezenet1_1.pth")
-    convert_weights.main(["lpips", "--backbone", str(root / "squeezenet1_1.pth"), "--out", str(root / "lpips.safetensors")])
+    convert_weights.main(
+        ["lpips", "--backbone", str(root / "squeezenet1_1.pth"), "--out", str(root / "lpips.safetensors")]
+    )
     torch.save(fid_structure().state_dict(), root / "pt_inception.pth")
     convert_weights.main(["fid", "--src", str(root / "pt_inception.pth"), "--out", str(root / "fid.safetensors")])
-    paths = {"dino": root / "dino", "clip_r": root / "clip", "clip_iqa": root / "clip",
-             "lpips": root / "lpips.safetensors", "fid": root / "fid.safetensors"}
+    paths = {
+        "dino": root / "dino",
+        "clip_r": root / "clip",
+        "clip_iqa": root / "clip",
+        "lpips": root / "lpips.safetensors",
+        "fid": root / "fid.safetensors",
+    }
     return {k: str(v) for k, v in paths.items()}
-
-
-def metric_overrides(models: dict) -> list[str]:
-    return [f"eval.models.{k}={v}" for k, v in models.items()]

@@ -6,24 +6,40 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import compose
+from helpers import compose
+from stylexfer.backends import ADAPTER_FILE
 from stylexfer.backends.torch import batched as batched_mod
 from stylexfer.backends.torch.batched import train_together
 from stylexfer.data import discover_styles
 from stylexfer.prior import ensure_pool, pool_objects, pool_spec
-from stylexfer.backends import ADAPTER_FILE
 from stylexfer.train import adapter_spec, train_style
 
-OVERRIDES = ["train.steps=12", "train.lr=1e-3", "lora.unet_lora_rank=4", "lora.text_encoder_lora_rank=2",
-             "prior=shared", "prior.num_class_images=4", "prior.steps=2", "prior.batch_size=4", "augmentation=crop_flip"]
+OVERRIDES = [
+    "train.steps=12",
+    "train.lr=1e-3",
+    "lora.unet_lora_rank=4",
+    "lora.text_encoder_lora_rank=2",
+    "prior=shared",
+    "prior.num_class_images=4",
+    "prior.steps=2",
+    "prior.batch_size=4",
+    "augmentation=crop_flip",
+]
 
 
 @pytest.fixture(scope="module")
 def setup(backend, demo_root, cache_dir):
     cfg = compose(OVERRIDES)
     styles = discover_styles(demo_root)
-    pools = [ensure_pool(backend, pool_spec(pool_objects(styles, s, cfg.prior.mode), cfg.prior, "tiny", 64, "torch"),
-                         cfg.prior, cache_dir) for s in styles]
+    pools = [
+        ensure_pool(
+            backend,
+            pool_spec(pool_objects(styles, s, cfg.prior.mode), cfg.prior, "tiny", 64, "torch"),
+            cfg.prior,
+            cache_dir,
+        )
+        for s in styles
+    ]
     return cfg, styles, pools
 
 
@@ -106,13 +122,15 @@ def test_a_failing_batched_pass_falls_back_to_one_style_at_a_time(backend, demo_
     cfg = compose(["prior=none", "train.steps=2"])
     styles = discover_styles(demo_root, styles=["00", "01"])
     assert train_mod.train_in_batches(backend, todo_of(styles, cfg), cfg, tmp_path, None) == ({}, {})
-    assert "batched training of 00, 01 failed (RuntimeError: kernel exploded): training them one at a time" in caplog.text
+    assert (
+        "batched training of 00, 01 failed (RuntimeError: kernel exploded): training them one at a time" in caplog.text
+    )
 
 
 def test_the_compiled_vae_encoder_is_swapped_in_on_cuda_only_and_always_put_back():
     from types import SimpleNamespace
 
-    from stylexfer.backends.torch.batched import _CompiledOrPlain, compiled_vae_encoder
+    from stylexfer.backends.torch.batched import CompiledOrPlain, compiled_vae_encoder
 
     plain = torch.nn.Linear(3, 3)
     cpu = SimpleNamespace(device=torch.device("cpu"), vae=SimpleNamespace(encoder=plain))
@@ -123,13 +141,13 @@ def test_the_compiled_vae_encoder_is_swapped_in_on_cuda_only_and_always_put_back
         assert gpu.vae.encoder is plain
     with pytest.raises(RuntimeError, match="boom"):
         with compiled_vae_encoder(gpu, True):
-            assert isinstance(gpu.vae.encoder, _CompiledOrPlain) and gpu.vae.encoder.plain is plain
+            assert isinstance(gpu.vae.encoder, CompiledOrPlain) and gpu.vae.encoder.plain is plain
             raise RuntimeError("boom")
     assert gpu.vae.encoder is plain
 
 
 def test_a_failing_compile_falls_back_to_the_plain_module_with_one_warning(caplog):
-    from stylexfer.backends.torch.batched import _CompiledOrPlain
+    from stylexfer.backends.torch.batched import CompiledOrPlain
 
     calls = []
 
@@ -138,14 +156,16 @@ def test_a_failing_compile_falls_back_to_the_plain_module_with_one_warning(caplo
         raise RuntimeError("no C compiler found\nmore detail")
 
     plain = torch.nn.Linear(3, 2)
-    m = _CompiledOrPlain(plain, broken)
+    m = CompiledOrPlain(plain, broken)
     x = torch.randn(4, 3)
     with caplog.at_level("WARNING"):
         assert torch.equal(m(x), plain(x))
         assert torch.equal(m(x), plain(x))
     assert len(calls) == 1  # not tried again
     warnings = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
-    assert warnings == ["torch.compile of the VAE encoder failed (RuntimeError: no C compiler found); encoding without it"]
+    assert warnings == [
+        "torch.compile of the VAE encoder failed (RuntimeError: no C compiler found); encoding without it"
+    ]
 
 
 def test_the_loop_clock_times_every_step_and_the_log_gives_the_steady_rate(components, demo_root, tmp_path, caplog):
@@ -164,7 +184,7 @@ def test_the_loop_clock_times_every_step_and_the_log_gives_the_steady_rate(compo
 def test_the_grid_crops_compiled_encoder_takes_only_its_batch_size():
     """Preparing a pass's grid crops: batches of CROP_BATCH go through the one static compiled graph, a
     smaller last batch through the plain encoder (no second compile for one batch)."""
-    from stylexfer.backends.torch.batched import _CompiledOrPlain
+    from stylexfer.backends.torch.batched import CompiledOrPlain
 
     seen = []
     plain = torch.nn.Linear(3, 2)
@@ -173,18 +193,19 @@ def test_the_grid_crops_compiled_encoder_takes_only_its_batch_size():
         seen.append(x.shape[0])
         return plain(x) + 100.0
 
-    m = _CompiledOrPlain(plain, stand_in, batch=4)
+    m = CompiledOrPlain(plain, stand_in, batch=4)
     full, last = torch.randn(4, 3), torch.randn(3, 3)
     assert torch.equal(m(full), plain(full) + 100.0)
     assert torch.equal(m(last), plain(last))
     assert seen == [4]
-    anyb = _CompiledOrPlain(plain, stand_in)  # per-step encoding: every shape compiled
+    anyb = CompiledOrPlain(plain, stand_in)  # per-step encoding: every shape compiled
     anyb(last)
     assert seen == [4, 3]
 
 
-def test_a_pass_encodes_every_styles_crops_and_the_shared_pools_once_in_full_batches(setup, components, tmp_path,
-                                                                                   monkeypatch):
+def test_a_pass_encodes_every_styles_crops_and_the_shared_pools_once_in_full_batches(
+    setup, components, tmp_path, monkeypatch
+):
     """The grid crops of all the pass's styles and of their shared class pool are one stream of batches: every
     batch but the last is full (one compiled shape on CUDA), and a shared class image is encoded once."""
     cfg, styles, pools = setup
@@ -202,8 +223,7 @@ def test_a_pass_encodes_every_styles_crops_and_the_shared_pools_once_in_full_bat
     assert sum(calls) == n and all(b == 64 for b in calls[:-1]) and len(calls) == -(-n // 64)
 
 
-def test_exporting_several_slots_through_one_peft_adapter_writes_what_one_at_a_time_would(setup, components,
-                                                                                              tmp_path):
+def test_exporting_several_slots_through_one_peft_adapter_writes_what_one_at_a_time_would(setup, components, tmp_path):
     from stylexfer.backends.torch.multilora import restore
     from stylexfer.backends.torch.train import export_adapter, export_adapters, inject_adapters
 

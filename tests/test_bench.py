@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from stylexfer import bench
 from stylexfer.embedded import tiny_model_spec
+from stylexfer.tools import bench
 
 
 def tiny_arch(tmp_path):
@@ -16,25 +16,73 @@ def tiny_arch(tmp_path):
     spec = tiny_model_spec()
     arch = tmp_path / "arch.json"
     te = dict(spec["text_encoder"], vocab_size=514)
-    arch.write_text(json.dumps({"unet": spec["unet"], "vae": spec["vae"], "text_encoder": te, "scheduler": spec["scheduler"]}))
+    arch.write_text(
+        json.dumps({"unet": spec["unet"], "vae": spec["vae"], "text_encoder": te, "scheduler": spec["scheduler"]})
+    )
     return arch
 
 
-SMALL = ["--styles", "2", "--images", "2", "--class-images", "2", "--res", "64", "--rank", "4"]  # a few seconds on a CPU
+SMALL = [
+    "--styles",
+    "2",
+    "--images",
+    "2",
+    "--class-images",
+    "2",
+    "--res",
+    "64",
+    "--rank",
+    "4",
+]  # a few seconds on a CPU
 
 
 def small_run(tmp_path, out, sample_steps: int) -> list[str]:
     """The tiny workload's arguments, sharing one --work and --out."""
-    return ["--arch", str(tiny_arch(tmp_path)), *SMALL, "--prompts", "2", "--steps", "3", "--sample-steps",
-            str(sample_steps), "--work", str(tmp_path / "w"), "--out", str(out)]
+    return [
+        "--arch",
+        str(tiny_arch(tmp_path)),
+        *SMALL,
+        "--prompts",
+        "2",
+        "--steps",
+        "3",
+        "--sample-steps",
+        str(sample_steps),
+        "--work",
+        str(tmp_path / "w"),
+        "--out",
+        str(out),
+    ]
 
 
 @pytest.mark.slow
 def test_bench_runs_both_paths_and_prints_the_table(tmp_path, capsys):
     arch = tiny_arch(tmp_path)
     out = tmp_path / "bench.json"
-    assert bench.main(["--arch", str(arch), *SMALL, "--prompts", "2", "--steps", "3", "--sample-steps", "3",
-                       "--naive-steps", "2", "--naive-images", "1", "--work", str(tmp_path / "w"), "--out", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--arch",
+                str(arch),
+                *SMALL,
+                "--prompts",
+                "2",
+                "--steps",
+                "3",
+                "--sample-steps",
+                "3",
+                "--naive-steps",
+                "2",
+                "--naive-images",
+                "1",
+                "--work",
+                str(tmp_path / "w"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "| speed-up" in table and "naive" in table and "stylexfer" in table
     r = json.loads(out.read_text())
@@ -55,9 +103,12 @@ def test_bench_runs_both_paths_and_prints_the_table(tmp_path, capsys):
     assert a["grid_crops"] == 6
     # 2 styles × 3 steps × 2 samples × (forward + backward to the inputs), + the crops' encodings
     assert a["train_pflop"] == pytest.approx((2 * 3 * 2 * 2 * gf["unet_forward"] + 6 * gf["vae_encode"]) / 1e6)
-    # 2 class images × 25 steps × CFG; 2 styles × 2 prompts × int(3 steps × 0.9) = 2 steps × CFG, + init encode and decode
+    # 2 class images × 25 steps × CFG; 2 styles × 2 prompts × int(3 steps × 0.9) = 2 steps × CFG,
+    # + init encode and decode
     assert a["class_pool_pflop"] == pytest.approx(2 * (25 * 2 * gf["unet_forward"] + gf["vae_decode"]) / 1e6)
-    assert a["sample_pflop"] == pytest.approx(4 * (2 * 2 * gf["unet_forward"] + gf["vae_encode"] + gf["vae_decode"]) / 1e6)
+    assert a["sample_pflop"] == pytest.approx(
+        4 * (2 * 2 * gf["unet_forward"] + gf["vae_encode"] + gf["vae_decode"]) / 1e6
+    )
     total = a["class_pool_pflop"] + a["train_pflop"] + a["sample_pflop"]
     assert a["floor_s"] == pytest.approx(total * 1e3 / a["matmul_tflops"])
     assert "arithmetic floor" in table
@@ -67,8 +118,26 @@ def test_bench_runs_both_paths_and_prints_the_table(tmp_path, capsys):
 def test_bench_profile_mode_trains_without_divergence(tmp_path, capsys):
     arch = tiny_arch(tmp_path)
     res = tmp_path / "prof.json"
-    assert bench.main(["--arch", str(arch), *SMALL, "--prompts", "1", "--sample-steps", "4", "--profile", "1",
-                       "--work", str(tmp_path / "w"), "--out", str(res)]) == 0
+    assert (
+        bench.main(
+            [
+                "--arch",
+                str(arch),
+                *SMALL,
+                "--prompts",
+                "1",
+                "--sample-steps",
+                "4",
+                "--profile",
+                "1",
+                "--work",
+                str(tmp_path / "w"),
+                "--out",
+                str(res),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "eager steps profiled: 1 (2 styles, 4 samples a step" in out and "Self CPU" in out
     assert "sampling profiled: 1 images, 3 UNet calls of 2 samples" in out
@@ -80,7 +149,7 @@ def test_bench_profile_mode_trains_without_divergence(tmp_path, capsys):
     for part in ("attention (SDPA)", "convolutions", "linear layers (mm, addmm)", "norms (GroupNorm, LayerNorm)"):
         assert train[part] > 0 and sample[part] > 0, part
     assert train[lora] / sum(train.values()) > 5 * sample.get(lora, 0) / sum(sample.values())
-    summary = out[out.index("training step by part"):]
+    summary = out[out.index("training step by part") :]
     total = float(summary.split("total")[1].split("ms")[0])
     assert total == pytest.approx(sum(train.values()), abs=0.05)
 
@@ -89,10 +158,35 @@ def test_bench_profile_mode_trains_without_divergence(tmp_path, capsys):
 def test_bench_breakdown_times_every_part(tmp_path, capsys):
     arch = tiny_arch(tmp_path)
     out = tmp_path / "bd.json"
-    assert bench.main(["--arch", str(arch), *SMALL, "--prompts", "2", "--sample-steps", "2", "--part", "breakdown",
-                       "--work", str(tmp_path / "w"), "--out", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--arch",
+                str(arch),
+                *SMALL,
+                "--prompts",
+                "2",
+                "--sample-steps",
+                "2",
+                "--part",
+                "breakdown",
+                "--work",
+                str(tmp_path / "w"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())["breakdown"]
-    for k in ("draw_s", "vae_encode_s", "lora_load_s", "generate_style_s", "generate_style_fused_s", "generate_style_no_lora_s"):
+    for k in (
+        "draw_s",
+        "vae_encode_s",
+        "lora_load_s",
+        "generate_style_s",
+        "generate_style_fused_s",
+        "generate_style_no_lora_s",
+    ):
         assert r[k] > 0, k
     assert "per training step of 4 samples" in capsys.readouterr().out
 
@@ -112,8 +206,7 @@ def test_bench_train_then_sample_in_two_commands_adds_up_to_the_whole_path(tmp_p
 
 
 def test_bench_overrides_reach_the_stylexfer_config(tmp_path):
-    args = argparse.Namespace(
-        res=64, rank=4, steps=3, class_images=2, sample_batch=2, work=tmp_path, compile=False)
+    args = argparse.Namespace(res=64, rank=4, steps=3, class_images=2, sample_batch=2, work=tmp_path, compile=False)
     assert bench.bench_cfg(args).train.lora_compute == "model"
     cfg = bench.bench_cfg(args, ["train.lora_compute=float32", "lora.unet_alpha=8"])
     assert cfg.train.lora_compute == "float32" and cfg.lora.unet_alpha == 8 and cfg.lora.unet_lora_rank == 4
@@ -142,17 +235,37 @@ def test_bench_all_gpus_row_runs_the_sharded_path(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bench_backends_times_a_step_of_each_backend_from_the_same_folder(tmp_path, capsys):
-    """``python -m stylexfer.bench_backends --arch``: the architecture written once as a diffusers folder, then a
+    """``python -m stylexfer.tools.bench_backends --arch``: the architecture written once as a diffusers folder, then a
     training and a sampling step on each backend (the Jittor row skipped without jittor)."""
     import importlib.util
 
-    from stylexfer import bench_backends
+    from stylexfer.tools import bench_backends
 
     backends = "torch,jittor" if importlib.util.find_spec("jittor") is not None else "torch"
     out = tmp_path / "bb.json"
-    assert bench_backends.main(["--arch", str(tiny_arch(tmp_path)), "--res", "64", "--rank", "4", "--warm", "1",
-                                "--steps", "2", "--backends", backends, "--work", str(tmp_path / "w"),
-                                "--out", str(out)]) == 0
+    assert (
+        bench_backends.main(
+            [
+                "--arch",
+                str(tiny_arch(tmp_path)),
+                "--res",
+                "64",
+                "--rank",
+                "4",
+                "--warm",
+                "1",
+                "--steps",
+                "2",
+                "--backends",
+                backends,
+                "--work",
+                str(tmp_path / "w"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "w" / "sd21-random" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     r = json.loads(out.read_text())
     names = ["torch float32"] + (["jittor float32"] if "jittor" in backends else [])
@@ -169,7 +282,7 @@ def test_backend_step_times_take_the_fastest_run_of_each_length():
     difference of single runs would come out negative."""
     import time
 
-    from stylexfer.bench_backends import _per_step
+    from stylexfer.tools.bench_backends import step_seconds
 
     calls = []
 
@@ -177,7 +290,7 @@ def test_backend_step_times_take_the_fastest_run_of_each_length():
         calls.append(n)
         time.sleep(0.05 * n + (0.5 if len(calls) == 2 else 0.0))
 
-    per = _per_step(run, warm=1, steps=2, repeat=3)
+    per = step_seconds(run, warm=1, steps=2, repeat=3)
     assert calls == [1, 1, 1, 1, 3, 3, 3]
     assert 0.04 <= per < 0.08
 
@@ -185,8 +298,9 @@ def test_backend_step_times_take_the_fastest_run_of_each_length():
 def test_the_floor_counts_each_grid_crop_once_or_every_steps_encoding(tmp_path):
     from types import SimpleNamespace
 
-    args = SimpleNamespace(res=512, styles=14, images=10, class_images=200, work=tmp_path, rank=32, steps=800,
-                           sample_batch=25)
+    args = SimpleNamespace(
+        res=512, styles=14, images=10, class_images=200, work=tmp_path, rank=32, steps=800, sample_batch=25
+    )
     cfg = bench.bench_cfg(args)
     assert bench.crop_count(args, cfg) == (14 * 10 + 200) * 3 * 3  # 532 px: offsets 2, 10, 18 each way
     cfg.augmentation.hflip = True
@@ -199,7 +313,7 @@ def test_the_inductor_variants_name_real_settings_and_the_part_needs_a_gpu(tmp_p
     import torch
     import torch._inductor.config as inductor_config
 
-    for name, (mode, flags) in bench.INDUCTOR_VARIANTS.items():
+    for _name, (mode, flags) in bench.INDUCTOR_VARIANTS.items():
         assert mode in (None, "max-autotune-no-cudagraphs")
         with inductor_config.patch(flags):  # a misspelt setting raises here, not after a GPU has started
             assert all(getattr(inductor_config, k) == v for k, v in flags.items())

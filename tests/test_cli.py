@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 
 QUICK = ["train.steps=5", "prior=none", "scheduler.steps=4", "data.styles=[00]", "data.max_objects=1"]
 
@@ -63,7 +63,9 @@ def test_safe_strategy_runs_end_to_end(safe_runs):
     stages = s["stage_seconds"]  # where the run's time went
     assert set(stages) == {"train", "sample", "score"} and all(v > 0 for v in stages.values())
     assert sum(stages.values()) <= s["seconds"]
-    assert f"- stages: class pool and training {stages['train']:.1f} s, sampling" in (run_dir / "summary.md").read_text()
+    assert (
+        f"- stages: class pool and training {stages['train']:.1f} s, sampling" in (run_dir / "summary.md").read_text()
+    )
     first_object = json.loads((Path(s["data_root"]) / "00" / "prompt.json").read_text())["0"]
     assert (run_dir / "images" / "00" / f"{first_object}.png").exists()
 
@@ -101,20 +103,45 @@ def _bad(tmp_path: Path, tiny_dir: Path) -> dict:
         "unknown key": (["lora.unet_rnk=4"], r"unet_rnk"),
         "rank 0": (["lora.unet_lora_rank=0"], r"^error: lora\.unet_lora_rank=0: must be >= 1$"),
         "strength 1.5": (["init.strength=1.5"], r"^error: init\.strength=1\.5: must be in \(0, 1\]$"),
-        "missing root": ([f"data.root={tmp_path}/nowhere"], rf"^error: data\.root={tmp_path}/nowhere: no such folder$"),
+        "missing root": (
+            [f"data.root={tmp_path}/nowhere"],
+            rf"^error: data\.root={tmp_path}/nowhere: no such folder$",
+        ),
         "empty style": ([f"data.root={empty}"], rf"^error: {empty}/07/images: no images"),
         "corrupt image": ([f"data.root={corrupt}"], rf"^error: {corrupt}/00/images/Dog\.png: cannot read image"),
-        "missing model folder": ([f"model.path={tmp_path}/no_model"], rf"^error: model\.path={tmp_path}/no_model: no such folder$"),
-        "sd21 offline": (["model=sd21"], r"^error: model\.path=stabilityai/stable-diffusion-2-1: weights not in the local Hugging Face cache and the hub is offline"),
+        "missing model folder": (
+            [f"model.path={tmp_path}/no_model"],
+            rf"^error: model\.path={tmp_path}/no_model: no such folder$",
+        ),
+        "sd21 offline": (
+            ["model=sd21"],
+            r"^error: model\.path=stabilityai/stable-diffusion-2-1: weights not in the local Hugging Face cache "
+            r"and the hub is offline",
+        ),
         # a real model (not the demo): missing metric weights stop the run before training, all named
-        "metric weights": (["model=tiny", f"model.path={tiny_dir}"], r"^error: metric weights missing for dino, lpips, clip_r, fid, "
-                           r"clip_iqa: dino: facebook/dinov2-base: .*eval\.models\.lpips.*eval\.models\.clip_iqa.* "
-                           r"or set eval\.skip_missing=true"),
+        "metric weights": (
+            ["model=tiny", f"model.path={tiny_dir}"],
+            r"^error: metric weights missing for dino, lpips, clip_r, fid, "
+            r"clip_iqa: dino: facebook/dinov2-base: .*eval\.models\.lpips.*eval\.models\.clip_iqa.* "
+            r"or set eval\.skip_missing=true",
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["unknown key", "rank 0", "strength 1.5", "missing root", "empty style",
-                                  "corrupt image", "missing model folder", "sd21 offline", "metric weights"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown key",
+        "rank 0",
+        "strength 1.5",
+        "missing root",
+        "empty style",
+        "corrupt image",
+        "missing model folder",
+        "sd21 offline",
+        "metric weights",
+    ],
+)
 def test_bad_input_gets_one_clear_line_and_leaves_nothing(tmp_path, cache_dir, demo_root, tiny_dir, case):
     args, pattern = _bad(tmp_path, tiny_dir)[case]
     res = run_cli(args, tmp_path, timeout=300, env_extra={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
@@ -130,26 +157,55 @@ def test_a_regular_install_carries_its_configs_and_runs_from_any_folder(tmp_path
     import sys
 
     target = tmp_path / "site"
-    build = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                            "--target", str(target), str(REPO)], capture_output=True, text=True, timeout=600)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
     assert (target / "stylexfer" / "_conf" / "config.yaml").is_file()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = dict(os.environ, PYTHONPATH=str(target))
-    out = subprocess.run([sys.executable, "-m", "stylexfer", "--help"], cwd=elsewhere, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "stylexfer", "--help"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "strategy: aggressive, baseline, safe" in out.stdout and "backend: jittor, torch" in out.stdout
-    cfg = subprocess.run([sys.executable, "-m", "stylexfer", "+ablation=unet_lora_rank", "--cfg", "hydra"],
-                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    cfg = subprocess.run(
+        [sys.executable, "-m", "stylexfer", "+ablation=unet_lora_rank", "--cfg", "hydra"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cfg.returncode == 0 and "lora.unet_lora_rank: 4,16,32,64" in cfg.stdout, cfg.stderr[-2000:]
     code = "import stylexfer.app as a; print(a.CONFIG_DIR)"
     where = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert where.stdout.strip() == str(target / "stylexfer" / "_conf")
     # the shipped pocket model and judge travel too, and pass their hash checks from there
-    code = ("from stylexfer.embedded import pocket_model_dir; from stylexfer.world.judge import judge_record; "
-            "print(pocket_model_dir()); judge_record()")
+    code = (
+        "from stylexfer.embedded import pocket_model_dir; from stylexfer.world.judge import judge_record; "
+        "print(pocket_model_dir()); judge_record()"
+    )
     pocket = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert pocket.returncode == 0, pocket.stderr[-2000:]
     assert pocket.stdout.strip() == str(target / "stylexfer" / "assets" / "pocket")

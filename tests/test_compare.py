@@ -18,8 +18,11 @@ def make_job(folder: Path, overrides: list[str], scores: dict | None, styles: di
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     if scores is not None:
-        summary = {"status": "finished", "scores": scores,
-                   "styles": {sid: {"scores": sc, "images": []} for sid, sc in (styles or {}).items()}}
+        summary = {
+            "status": "finished",
+            "scores": scores,
+            "styles": {sid: {"scores": sc, "images": []} for sid, sc in (styles or {}).items()},
+        }
         (folder / "summary.json").write_text(json.dumps(summary))
     else:
         (folder / "error.json").write_text(json.dumps({"error": error}))
@@ -30,8 +33,12 @@ def rank_sweep(root: Path, finals=(0.30, 0.45, 0.40), hist_missing_at: int | Non
         scores = {"final": final, "hist": 0.5 + n / 10, "fid": 10.0 - n}
         if n == hist_missing_at:
             scores["hist"] = None
-        make_job(root / str(n), [f"lora.unet_lora_rank={rank}", "+strategy=safe"], scores,
-                 {"00": {"final": final - 0.05, "hist": 0.4}, "01": {"final": final + 0.05, "hist": 0.6}})
+        make_job(
+            root / str(n),
+            [f"lora.unet_lora_rank={rank}", "+strategy=safe"],
+            scores,
+            {"00": {"final": final - 0.05, "hist": 0.4}, "01": {"final": final + 0.05, "hist": 0.6}},
+        )
     make_job(root / "3", ["lora.unet_lora_rank=64", "+strategy=safe"], None, error="out of memory")
     return root
 
@@ -61,8 +68,11 @@ def test_every_metric_is_plotted_against_the_swept_key_and_shown_in_the_page(tmp
     sweep = rank_sweep(tmp_path / "sw")
     written = compare.write_outputs(sweep, compare.find_jobs([sweep]), None)
     plots = sorted(p.name for p in written if p.name.startswith("plot_"))
-    assert plots == ["plot_lora-unet_lora_rank_fid.png", "plot_lora-unet_lora_rank_final.png",
-                     "plot_lora-unet_lora_rank_hist.png"]
+    assert plots == [
+        "plot_lora-unet_lora_rank_fid.png",
+        "plot_lora-unet_lora_rank_final.png",
+        "plot_lora-unet_lora_rank_hist.png",
+    ]
     for name in plots:
         with Image.open(sweep / name) as im:
             assert im.size == (600, 400)
@@ -90,7 +100,9 @@ def test_no_argument_takes_the_latest_sweep_under_multirun(tmp_path):
     latest = rank_sweep(tmp_path / "multirun" / "2026-11-25" / "08-00-00")
     res = subprocess.run([sys.executable, "-m", "stylexfer.compare"], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert (latest / "compare.csv").exists() and not (tmp_path / "multirun" / "2026-11-24" / "23-59-00" / "compare.csv").exists()
+    assert (latest / "compare.csv").exists() and not (
+        tmp_path / "multirun" / "2026-11-24" / "23-59-00" / "compare.csv"
+    ).exists()
     empty = tmp_path / "nothing"
     empty.mkdir()
     res = subprocess.run([sys.executable, "-m", "stylexfer.compare"], cwd=empty, capture_output=True, text=True)
@@ -116,7 +128,9 @@ def test_a_swept_seed_is_averaged_over_mean_and_sample_sd_best_mean_first(tmp_pa
     assert "Mean ± sample standard deviation over train.seed" in out and "0.2200 ± 0.0200" in out
     df = pd.read_csv(sweep / "compare_seeds.csv")
     assert list(df["report"]) == ["safe", "untrained"] and list(df["n"]) == [3, 3]
-    assert df["final_mean"].tolist() == pytest.approx([0.22, 0.15]) and df["final_sd"].tolist() == pytest.approx([0.02, 0.01])
+    assert df["final_mean"].tolist() == pytest.approx([0.22, 0.15]) and df["final_sd"].tolist() == pytest.approx(
+        [0.02, 0.01]
+    )
     assert df["hist_mean"].tolist() == pytest.approx([0.44, 0.30])
     assert not list(sweep.glob("plot_train-seed_*.png"))
     (sweep / "compare_seeds.csv").unlink()

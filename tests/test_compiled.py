@@ -1,4 +1,5 @@
-"""When the batched pass compiles the UNet (train.compile: auto = only with a warm cache; backends/torch/compiled.py)."""
+"""When the batched pass compiles the UNet (train.compile: auto = only with a warm cache;
+backends/torch/compiled.py)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,9 @@ def test_compiling_does_not_change_the_adapter_key(compose_cfg, demo_root):
     for over in ([], ["train.compile=true"], ["train.compile=false"], ["train.compile_vae=false"]):
         keys.add(str(adapter_spec(style, compose_cfg(over, strategy="safe"), "m", None)))
     assert len(keys) == 1
-    assert str(adapter_spec(style, compose_cfg(["train.fp8=true"], strategy="safe"), "m", None)) not in keys  # fp8 is arithmetic
+    assert (
+        str(adapter_spec(style, compose_cfg(["train.fp8=true"], strategy="safe"), "m", None)) not in keys
+    )  # fp8 is arithmetic
 
 
 def test_the_compile_mode_is_scheduling_not_arithmetic_and_a_typo_fails(compose_cfg, demo_root):
@@ -99,8 +102,13 @@ def test_cuda_graphs_and_compiled_sampling_are_scheduling_not_arithmetic(compose
 
     style = discover_styles(demo_root)[0]
     keys = set()
-    for over in ([], ["train.cuda_graphs=true"], ["train.cuda_graphs=false"], ["sample.compile=true"],
-                 ["prior.compile=false"]):
+    for over in (
+        [],
+        ["train.cuda_graphs=true"],
+        ["train.cuda_graphs=false"],
+        ["sample.compile=true"],
+        ["prior.compile=false"],
+    ):
         cfg = compose_cfg(over, strategy="safe")
         pool = pool_key(pool_spec(pool_objects([style], style, cfg.prior.mode), cfg.prior, "m", 512, "torch"))
         keys.add(str((adapter_spec(style, cfg, "m", pool), sample_spec(style, cfg, "a", "m"), pool)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CONF, compose
+from helpers import CONF, compose
 from stylexfer.config import validate
 from stylexfer.errors import ConfigError
 
@@ -41,11 +41,19 @@ def test_every_strategy_composes_and_validates(strategy):
     assert (CONF / "strategy" / f"{strategy}.yaml").read_text().startswith("# @package _global_")
 
 
-ABLATIONS = sorted(p.stem for p in (CONF.parent / "experiments" / "ablation").glob("*.yaml") if p.stem != "report_table")
+ABLATIONS = sorted(
+    p.stem for p in (CONF.parent / "experiments" / "ablation").glob("*.yaml") if p.stem != "report_table"
+)
 
 
 def test_ablation_presets_cover_the_reports_studies():
-    assert set(ABLATIONS) >= {"unet_lora_rank", "text_encoder_lora_rank", "prior_weight", "init_strength", "augmentation"}
+    assert set(ABLATIONS) >= {
+        "unet_lora_rank",
+        "text_encoder_lora_rank",
+        "prior_weight",
+        "init_strength",
+        "augmentation",
+    }
 
 
 @pytest.mark.parametrize("name", ABLATIONS)
@@ -53,7 +61,7 @@ def test_every_ablation_preset_composes_with_a_sweep(name):
     cfg = compose([f"+ablation={name}"], hydra=True)
     params = dict(cfg.hydra.sweeper.params)
     assert len(params) == 1
-    (key, values), = params.items()
+    ((key, values),) = params.items()
     assert len(values.split(",")) >= 3
     for v in values.split(","):  # each job's config composes and validates
         validate(compose([f"+ablation={name}", f"{key}={v}"]))
@@ -77,7 +85,12 @@ def test_safe_strategy_is_the_reference_recipe():
     assert list(c.lora.unet_target_modules) == ["to_q", "to_k", "to_v", "to_out.0"]
     assert (c.lora.unet_lora_rank, c.lora.text_encoder_lora_rank) == (32, 0)
     assert (c.prior.mode.value, c.prior.weight) == ("shared", 1.0)
-    assert (c.augmentation.scale, c.augmentation.random_crop, c.augmentation.hflip, c.augmentation.rotation) == (1.04, True, False, 0.0)
+    assert (c.augmentation.scale, c.augmentation.random_crop, c.augmentation.hflip, c.augmentation.rotation) == (
+        1.04,
+        True,
+        False,
+        0.0,
+    )
     assert (c.init.mode.value, c.init.strength) == ("avg_image", 0.9)
     assert (c.scheduler.steps, c.scheduler.guidance_scale) == (40, 7.5)
     assert (c.train.steps, c.train.lr, c.train.lr_scheduler.value) == (800, 1e-4, "constant")
@@ -101,32 +114,38 @@ def test_sd21_models_point_at_the_hub_ids():
     assert compose(["model=sd21"]).model.resolution == 512
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("lora.unet_rnk=4", "unet_rnk"),
-    ("train.steps=many", "train.steps"),
-    ("prior.mode=sometimes", "prior.mode"),
-    ("scheduler.name=heun9", "scheduler.name"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("lora.unet_rnk=4", "unet_rnk"),
+        ("train.steps=many", "train.steps"),
+        ("prior.mode=sometimes", "prior.mode"),
+        ("scheduler.name=heun9", "scheduler.name"),
+    ],
+)
 def test_typos_and_wrong_types_fail_at_compose_naming_the_key(override, needle):
     with pytest.raises(Exception) as e:
         compose([override])
     assert needle in str(e.value)
 
 
-@pytest.mark.parametrize("override,key", [
-    ("lora.unet_lora_rank=0", "lora.unet_lora_rank"),
-    ("lora.text_encoder_lora_rank=-1", "lora.text_encoder_lora_rank"),
-    ("init.strength=1.5", "init.strength"),
-    ("init.strength=0", "init.strength"),
-    ("train.steps=-1", "train.steps"),
-    ("train.lr=-1", "train.lr"),
-    ("prior.weight=-0.5", "prior.weight"),
-    ("augmentation.scale=0.9", "augmentation.scale"),
-    ("model.resolution=100", "model.resolution"),
-    ("eval.metrics=[hist,bogus]", "eval.metrics"),
-    ("data.prompt='{thing} in style'", "data.prompt"),
-    ("model.dtype=float8", "model.dtype"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("lora.unet_lora_rank=0", "lora.unet_lora_rank"),
+        ("lora.text_encoder_lora_rank=-1", "lora.text_encoder_lora_rank"),
+        ("init.strength=1.5", "init.strength"),
+        ("init.strength=0", "init.strength"),
+        ("train.steps=-1", "train.steps"),
+        ("train.lr=-1", "train.lr"),
+        ("prior.weight=-0.5", "prior.weight"),
+        ("augmentation.scale=0.9", "augmentation.scale"),
+        ("model.resolution=100", "model.resolution"),
+        ("eval.metrics=[hist,bogus]", "eval.metrics"),
+        ("data.prompt='{thing} in style'", "data.prompt"),
+        ("model.dtype=float8", "model.dtype"),
+    ],
+)
 def test_out_of_range_values_fail_validation_naming_the_key(override, key):
     with pytest.raises(ConfigError) as e:
         validate(compose([override]))
@@ -138,7 +157,10 @@ def test_the_card_names_the_rank_keys_and_the_old_names_fail_naming_the_new_ones
     cfg = compose(strategy="aggressive")
     assert (cfg.lora.unet_lora_rank, cfg.lora.text_encoder_lora_rank) == (64, 8)
     assert "unet_rank" not in cfg.lora and "text_encoder_rank" not in cfg.lora
-    for old, new in (("lora.unet_rank=4", "lora.unet_lora_rank"), ("lora.text_encoder_rank=2", "lora.text_encoder_lora_rank")):
+    for old, new in (
+        ("lora.unet_rank=4", "lora.unet_lora_rank"),
+        ("lora.text_encoder_rank=2", "lora.text_encoder_lora_rank"),
+    ):
         res = cli([old], tmp_path)
         assert res.returncode == 2
         (line,) = res.stderr.strip().splitlines()
@@ -161,9 +183,11 @@ def test_the_framework_free_modules_import_no_framework():
     import subprocess
     import sys
 
-    code = ("import sys; import stylexfer.run, stylexfer.train, stylexfer.sample, stylexfer.prior, stylexfer.compare, "
-            "stylexfer.report, stylexfer.store, stylexfer.data, stylexfer.backends; "
-            "bad = [m for m in ('torch', 'diffusers', 'peft') if m in sys.modules]; print(bad)")
+    code = (
+        "import sys; import stylexfer.run, stylexfer.train, stylexfer.sample, stylexfer.prior, stylexfer.compare, "
+        "stylexfer.report, stylexfer.store, stylexfer.data, stylexfer.backends; "
+        "bad = [m for m in ('torch', 'diffusers', 'peft') if m in sys.modules]; print(bad)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 
@@ -183,16 +207,20 @@ def test_the_report_table_preset_is_three_strategies_and_single_changes_to_safe_
         c = compose(["+ablation=report_table", f"+report={row}", "train.seed=1"])
         validate(c)
         assert c.sample.seed == 1
-        d = {g: OmegaConf.to_container(c[g], resolve=True, enum_to_str=True) if OmegaConf.is_config(c[g]) else c[g]
-             for g in c if g != "paths"}
+        d = {
+            g: OmegaConf.to_container(c[g], resolve=True, enum_to_str=True) if OmegaConf.is_config(c[g]) else c[g]
+            for g in c
+            if g != "paths"
+        }
         return {f"{g}.{k}": v for g, sub in d.items() if isinstance(sub, dict) for k, v in sub.items()}
 
     safe = flat("safe")
     assert flat("baseline")["lora.unet_lora_rank"] == 4 and flat("aggressive")["lora.unet_lora_rank"] == 64
     untrained = flat("untrained")
     assert untrained["train.steps"] == 0 and {k for k, v in untrained.items() if safe.get(k) != v} == {"train.steps"}
-    changed = {row: sorted(k for k, v in flat(row).items() if safe.get(k) != v)
-               for row in rows if row.startswith("safe_")}
+    changed = {
+        row: sorted(k for k, v in flat(row).items() if safe.get(k) != v) for row in rows if row.startswith("safe_")
+    }
     assert changed == {
         "safe_bare_prompt": ["data.instance_prompt", "data.prompt"],
         "safe_rank4": ["lora.unet_lora_rank"],

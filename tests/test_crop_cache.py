@@ -11,9 +11,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose
+from helpers import compose
 from stylexfer.backends.torch.tensors import to_tensor
-from stylexfer.backends.torch.train import Feed, _train_loop
+from stylexfer.backends.torch.train import Feed, train_loop
 from stylexfer.data import crop_at, crop_grid, discover_styles, draw_grid_crop, grid_cached_crops
 
 
@@ -40,8 +40,16 @@ def test_the_drawn_offsets_cover_the_grid_uniformly():
 
 @pytest.fixture
 def grid_cfg():
-    return compose(["model.resolution=64", "augmentation=crop_flip", "augmentation.scale=1.5", "prior=none",
-                    "train.steps=6", "lora.unet_lora_rank=4"])
+    return compose(
+        [
+            "model.resolution=64",
+            "augmentation=crop_flip",
+            "augmentation.scale=1.5",
+            "prior=none",
+            "train.steps=6",
+            "lora.unet_lora_rank=4",
+        ]
+    )
 
 
 def test_cached_posteriors_equal_encoding_the_same_crop_on_the_spot(components, demo_root, grid_cfg):
@@ -66,10 +74,23 @@ def test_no_training_step_runs_the_vae(components, demo_root, grid_cfg, monkeypa
     calls = []
     real = components.vae.encode
     monkeypatch.setattr(components.vae, "encode", lambda x, *a, **k: calls.append(len(x)) or real(x, *a, **k))
-    _train_loop(components, style, None, grid_cfg)
+    train_loop(components, style, None, grid_cfg)
     assert sum(calls) == 500 and len(calls) == math.ceil(500 / 64)  # the up-front encoding only
     calls.clear()
-    _train_loop(components, style, None, compose(["model.resolution=64", "augmentation=crop_flip", "augmentation.scale=1.5",
-                                                  "prior=none", "train.steps=6", "lora.unet_lora_rank=4",
-                                                  "augmentation.cached_crops=false"]))
+    train_loop(
+        components,
+        style,
+        None,
+        compose(
+            [
+                "model.resolution=64",
+                "augmentation=crop_flip",
+                "augmentation.scale=1.5",
+                "prior=none",
+                "train.steps=6",
+                "lora.unet_lora_rank=4",
+                "augmentation.cached_crops=false",
+            ]
+        ),
+    )
     assert calls == [1] * 6  # the exact path: one crop encoded per step

@@ -10,8 +10,16 @@ import pytest
 from PIL import Image
 
 from stylexfer.config import AugmentationConfig
-from stylexfer.data import (augment, average_image, can_cache_latents, discover_styles, load_image,
-                            object_name_from_file, read_prompt_file, safe_filename)
+from stylexfer.data import (
+    augment,
+    average_image,
+    can_cache_latents,
+    discover_styles,
+    load_image,
+    object_name_from_file,
+    read_prompt_file,
+    safe_filename,
+)
 from stylexfer.errors import DataError
 
 
@@ -61,9 +69,18 @@ def test_prompt_json_keys_are_ordered_numerically(tmp_path):
     assert read_prompt_file(p) == ["a", "b", "k"]
 
 
-@pytest.mark.parametrize("content,needle", [("", "not valid JSON"), ("{", "not valid JSON"), ("{}", "no objects"),
-                                            ("[]", "no objects"), ("42", "expected"), ('["ok", 3]', "non-empty string"),
-                                            ('{"0": "  "}', "non-empty string")])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ("", "not valid JSON"),
+        ("{", "not valid JSON"),
+        ("{}", "no objects"),
+        ("[]", "no objects"),
+        ("42", "expected"),
+        ('["ok", 3]', "non-empty string"),
+        ('{"0": "  "}', "non-empty string"),
+    ],
+)
 def test_bad_prompt_json_names_the_file(tmp_path, content, needle):
     make_style(tmp_path, prompt=None)
     (tmp_path / "00" / "prompt.json").write_text(content)

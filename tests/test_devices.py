@@ -55,8 +55,16 @@ def gpu_components(tiny_dir, cache_dir):
     from stylexfer.backends.torch.models import load_components
     from stylexfer.models import resolve_model
 
-    mc = OmegaConf.create({"path": str(tiny_dir), "revision": None, "variant": None, "local_files_only": True,
-                           "device": "cuda", "dtype": "auto"})
+    mc = OmegaConf.create(
+        {
+            "path": str(tiny_dir),
+            "revision": None,
+            "variant": None,
+            "local_files_only": True,
+            "device": "cuda",
+            "dtype": "auto",
+        }
+    )
     return load_components(resolve_model(mc, cache_dir), mc)
 
 
@@ -70,7 +78,7 @@ def gpu_backend(gpu_components, cache_dir):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_training_and_sampling_on_the_gpu_in_bf16(demo_root, gpu_components, gpu_backend, tmp_path):
-    from conftest import compose
+    from helpers import compose
     from stylexfer.data import discover_styles
     from stylexfer.sample import ensure_samples, sample_spec
     from stylexfer.train import adapter_spec, train_style
@@ -81,8 +89,9 @@ def test_training_and_sampling_on_the_gpu_in_bf16(demo_root, gpu_components, gpu
     cfg = compose(["prior=none", "train.steps=20", "model.device=cuda", "scheduler.steps=5"])
     res = train_style(gpu_backend, style, None, cfg, adapter_spec(style, cfg, "gpu", None), tmp_path)
     assert len(res.losses) == 20 and all(math.isfinite(x) for x in res.losses)
-    folder, recs, reused = ensure_samples(gpu_backend, style, res.dir, cfg, sample_spec(style, cfg, res.key, "gpu"),
-                                          tmp_path)
+    folder, recs, reused = ensure_samples(
+        gpu_backend, style, res.dir, cfg, sample_spec(style, cfg, res.key, "gpu"), tmp_path
+    )
     assert not reused and len(recs) == 2
     assert all((folder / "images" / r.file.split("/", 2)[-1]).exists() for r in recs)
 
@@ -90,7 +99,7 @@ def test_training_and_sampling_on_the_gpu_in_bf16(demo_root, gpu_components, gpu
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_batched_training_with_the_compiled_vae_encoder_on_the_gpu(demo_root, gpu_components, tmp_path):
-    from conftest import compose
+    from helpers import compose
     from stylexfer.backends.torch.batched import train_together
     from stylexfer.data import discover_styles
 
@@ -99,9 +108,18 @@ def test_batched_training_with_the_compiled_vae_encoder_on_the_gpu(demo_root, gp
     styles = discover_styles(demo_root, styles=["00", "01"], max_objects=2)
     losses = {}
     for on in (True, False):
-        cfg = compose(["prior=none", "augmentation=crop", "train.steps=6", "model.device=cuda",
-                       f"train.compile_vae={str(on).lower()}"])
-        got, failed, _ = train_together(c, styles, [None, None], cfg, None, [tmp_path / f"{on}" / s.id for s in styles])
+        cfg = compose(
+            [
+                "prior=none",
+                "augmentation=crop",
+                "train.steps=6",
+                "model.device=cuda",
+                f"train.compile_vae={str(on).lower()}",
+            ]
+        )
+        got, failed, _ = train_together(
+            c, styles, [None, None], cfg, None, [tmp_path / f"{on}" / s.id for s in styles]
+        )
         assert not failed and c.vae.encoder is plain  # put back after training
         losses[on] = got
         for s in styles:
@@ -113,8 +131,9 @@ def test_batched_training_with_the_compiled_vae_encoder_on_the_gpu(demo_root, gp
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_bf16_lora_matmuls_and_batching_stay_within_bf16_noise_on_the_gpu(demo_root, gpu_components, gpu_backend,
-                                                                          tmp_path):
+def test_bf16_lora_matmuls_and_batching_stay_within_bf16_noise_on_the_gpu(
+    demo_root, gpu_components, gpu_backend, tmp_path
+):
     """On CPU in float32 batched equals one-at-a-time to 2e-5 (test_batched.py). In bf16 on a GPU, kernels
     differ with the batch size, so they agree only to bf16 noise; bf16 LoRA matmuls add about as much.
     Observed on H100s after 8 steps at lr 1e-3: losses within 0.08%, weights 2-6% (bf16 vs float32 matmuls)
@@ -122,19 +141,29 @@ def test_bf16_lora_matmuls_and_batching_stay_within_bf16_noise_on_the_gpu(demo_r
     than losses do). The bounds catch real faults: a wrong slot or scale moves weights by ~100%."""
     from safetensors.torch import load_file
 
-    from conftest import compose
+    from helpers import compose
+    from stylexfer.backends import ADAPTER_FILE
     from stylexfer.backends.torch.batched import train_together
     from stylexfer.data import discover_styles
-    from stylexfer.backends import ADAPTER_FILE
     from stylexfer.train import adapter_spec, train_style
 
     c = gpu_components
     styles = discover_styles(demo_root, styles=["00", "01"], max_objects=2)
     weights, losses = {}, {}
     for mode in ("model", "float32"):
-        cfg = compose(["prior=none", "augmentation=none", "train.steps=8", "train.lr=1e-3", "model.device=cuda",
-                       f"train.lora_compute={mode}"])
-        losses[mode], failed, _ = train_together(c, styles, [None, None], cfg, None, [tmp_path / mode / s.id for s in styles])
+        cfg = compose(
+            [
+                "prior=none",
+                "augmentation=none",
+                "train.steps=8",
+                "train.lr=1e-3",
+                "model.device=cuda",
+                f"train.lora_compute={mode}",
+            ]
+        )
+        losses[mode], failed, _ = train_together(
+            c, styles, [None, None], cfg, None, [tmp_path / mode / s.id for s in styles]
+        )
         assert not failed
         weights[mode] = {s.id: load_file(str(tmp_path / mode / s.id / ADAPTER_FILE)) for s in styles}
     one = train_style(gpu_backend, styles[1], None, cfg, adapter_spec(styles[1], cfg, "gpu", None), tmp_path / "one")
@@ -145,11 +174,19 @@ def test_bf16_lora_matmuls_and_batching_stay_within_bf16_noise_on_the_gpu(demo_r
         return max(float((a[k] - b[k]).norm() / b[k].norm().clamp_min(1e-12)) for k in b)
 
     s1 = styles[1].id
-    print("relative weight differences: bf16 vs float32 matmuls",
-          {s.id: round(rel(weights["model"][s.id], weights["float32"][s.id]), 4) for s in styles},
-          "; one style vs batched", round(rel(weights["one"][s1], weights["float32"][s1]), 4),
-          "; largest loss difference", max(abs(x / y - 1) for m in ("model", "one") for sid in losses[m]
-                                           for x, y in zip(losses[m][sid], losses["float32"][sid])))
+    print(
+        "relative weight differences: bf16 vs float32 matmuls",
+        {s.id: round(rel(weights["model"][s.id], weights["float32"][s.id]), 4) for s in styles},
+        "; one style vs batched",
+        round(rel(weights["one"][s1], weights["float32"][s1]), 4),
+        "; largest loss difference",
+        max(
+            abs(x / y - 1)
+            for m in ("model", "one")
+            for sid in losses[m]
+            for x, y in zip(losses[m][sid], losses["float32"][sid])
+        ),
+    )
     for s in styles:
         assert losses["model"][s.id] == pytest.approx(losses["float32"][s.id], rel=0.01)
         assert rel(weights["model"][s.id], weights["float32"][s.id]) < 0.15
@@ -161,7 +198,7 @@ def test_bf16_lora_matmuls_and_batching_stay_within_bf16_noise_on_the_gpu(demo_r
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_batched_training_with_the_compiled_unet_on_the_gpu(demo_root, gpu_components, tmp_path):
     """``train.compile=true`` traces the per-style LoRA layer (routing, bf16 matmuls, folded add) with dynamo."""
-    from conftest import compose
+    from helpers import compose
     from stylexfer.backends.torch.batched import train_together
     from stylexfer.data import discover_styles
 
@@ -169,10 +206,18 @@ def test_batched_training_with_the_compiled_unet_on_the_gpu(demo_root, gpu_compo
     styles = discover_styles(demo_root, styles=["00", "01"], max_objects=2)
     losses = {}
     for on in (True, False):
-        cfg = compose(["prior=none", "augmentation=none", "train.steps=4", "model.device=cuda",
-                       f"train.compile={str(on).lower()}"])
-        losses[on], failed, _ = train_together(c, styles, [None, None], cfg, None,
-                                               [tmp_path / f"{on}" / s.id for s in styles])
+        cfg = compose(
+            [
+                "prior=none",
+                "augmentation=none",
+                "train.steps=4",
+                "model.device=cuda",
+                f"train.compile={str(on).lower()}",
+            ]
+        )
+        losses[on], failed, _ = train_together(
+            c, styles, [None, None], cfg, None, [tmp_path / f"{on}" / s.id for s in styles]
+        )
         assert not failed
     for s in styles:
         assert losses[True][s.id] == pytest.approx(losses[False][s.id], rel=0.02)
@@ -197,7 +242,9 @@ def test_the_world_metrics_on_the_gpu_equal_the_cpu(demo_root):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_the_batched_step_recorded_as_a_cuda_graph_trains_as_the_eager_step(demo_root, gpu_components, tmp_path, caplog):
+def test_the_batched_step_recorded_as_a_cuda_graph_trains_as_the_eager_step(
+    demo_root, gpu_components, tmp_path, caplog
+):
     """``train.cuda_graphs``: after 3 eager steps the whole step (forward, backward, per-slot clipping, the
     capturable fused AdamW with its LR tensor) is replayed as one graph. Same kernels, so the same losses and
     weights up to the GPU's run-to-run noise (atomics in attention's backward); a warmup schedule checks that
@@ -206,7 +253,7 @@ def test_the_batched_step_recorded_as_a_cuda_graph_trains_as_the_eager_step(demo
 
     from safetensors.torch import load_file
 
-    from conftest import compose
+    from helpers import compose
     from stylexfer.backends import ADAPTER_FILE
     from stylexfer.backends.torch.batched import train_together
     from stylexfer.data import discover_styles
@@ -215,12 +262,23 @@ def test_the_batched_step_recorded_as_a_cuda_graph_trains_as_the_eager_step(demo
     styles = discover_styles(demo_root, styles=["00", "01"], max_objects=2)
     losses, weights = {}, {}
     for on in (True, False):
-        cfg = compose(["prior=none", "augmentation=none", "train.steps=10", "train.lr=1e-3", "model.device=cuda",
-                       "train.lr_scheduler=linear", "train.lr_warmup_steps=6", f"train.cuda_graphs={str(on).lower()}"])
+        cfg = compose(
+            [
+                "prior=none",
+                "augmentation=none",
+                "train.steps=10",
+                "train.lr=1e-3",
+                "model.device=cuda",
+                "train.lr_scheduler=linear",
+                "train.lr_warmup_steps=6",
+                f"train.cuda_graphs={str(on).lower()}",
+            ]
+        )
         caplog.clear()
         with caplog.at_level(logging.INFO):
-            losses[on], failed, _ = train_together(c, styles, [None, None], cfg, None,
-                                                   [tmp_path / f"{on}" / s.id for s in styles])
+            losses[on], failed, _ = train_together(
+                c, styles, [None, None], cfg, None, [tmp_path / f"{on}" / s.id for s in styles]
+            )
         assert not failed
         assert any("recorded as a CUDA graph" in r.message for r in caplog.records) == on
         assert not any("graph failed" in r.message for r in caplog.records)
@@ -234,8 +292,9 @@ def test_the_batched_step_recorded_as_a_cuda_graph_trains_as_the_eager_step(demo
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_sampling_with_the_compiled_unet_matches_eager_and_warms_the_cache(demo_root, gpu_components, gpu_backend,
-                                                                           tmp_path, monkeypatch):
+def test_sampling_with_the_compiled_unet_matches_eager_and_warms_the_cache(
+    demo_root, gpu_components, gpu_backend, tmp_path, monkeypatch
+):
     """``sample.compile=true``: the fused-LoRA pipeline runs a compiled UNet for its batch shape (a smaller
     last chunk runs eagerly), the images equal the eager ones up to float rounding, the base weights come
     back exactly, and the cache marker makes auto compile next time."""

@@ -12,13 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import metric_overrides
-from stylexfer.metrics import METRIC_NAMES, score_components
+from helpers import metric_overrides
+from stylexfer.scoring import METRIC_NAMES, score_components
 
 
 def _evaluate(args, cwd, timeout=600):
-    return subprocess.run([sys.executable, "-m", "stylexfer.evaluate", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return subprocess.run(
+        [sys.executable, "-m", "stylexfer.evaluate", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
 
 
 def _upload(demo_root: Path, dest: Path, styles=("00", "01")) -> Path:
@@ -34,12 +40,19 @@ def _upload(demo_root: Path, dest: Path, styles=("00", "01")) -> Path:
 
 def test_evaluate_cli_scores_any_folder_with_all_six_metrics(metric_models, demo_root, tmp_path):
     upload = _upload(demo_root, tmp_path / "upload")
-    r = _evaluate([f"images={upload}", f"data.root={demo_root}", *metric_overrides(metric_models),
-                   f"hydra.run.dir={tmp_path / 'out'}"], cwd=tmp_path)
+    r = _evaluate(
+        [
+            f"images={upload}",
+            f"data.root={demo_root}",
+            *metric_overrides(metric_models),
+            f"hydra.run.dir={tmp_path / 'out'}",
+        ],
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads((tmp_path / "out" / "scores.json").read_text())
     assert set(doc["styles"]) == {"00", "01"} and doc["unavailable"] == {}
-    for sid, st in doc["styles"].items():
+    for _sid, st in doc["styles"].items():
         assert st["images"] == 4 and all(m in st for m in METRIC_NAMES)
         assert st["lpips"] == pytest.approx(st["lpips"]) and st["lpips"] >= 0
         assert st["final"] == pytest.approx(score_components(**{m: st[m] for m in METRIC_NAMES})["final"])
@@ -52,12 +65,26 @@ def test_evaluate_cli_scores_any_folder_with_all_six_metrics(metric_models, demo
 
 
 def test_evaluate_cli_bad_input_is_one_line_and_writes_nothing(metric_models, demo_root, tmp_path):
-    r = _evaluate([f"images={tmp_path / 'nope'}", f"data.root={demo_root}", *metric_overrides(metric_models),
-                   f"hydra.run.dir={tmp_path / 'out'}"], cwd=tmp_path)
+    r = _evaluate(
+        [
+            f"images={tmp_path / 'nope'}",
+            f"data.root={demo_root}",
+            *metric_overrides(metric_models),
+            f"hydra.run.dir={tmp_path / 'out'}",
+        ],
+        cwd=tmp_path,
+    )
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error: images=")
     assert not (tmp_path / "out").exists()
-    r = _evaluate([f"images={tmp_path}", "eval.skip_missing=false", "eval.models.dino=/nowhere",
-                   f"hydra.run.dir={tmp_path / 'out2'}"], cwd=tmp_path)
+    r = _evaluate(
+        [
+            f"images={tmp_path}",
+            "eval.skip_missing=false",
+            "eval.models.dino=/nowhere",
+            f"hydra.run.dir={tmp_path / 'out2'}",
+        ],
+        cwd=tmp_path,
+    )
     assert r.returncode != 0 and "eval.models.dino" in r.stderr and "Traceback" not in r.stderr
     r = _evaluate([f"images={tmp_path}", "eval.fid_dims=100", f"hydra.run.dir={tmp_path / 'out3'}"], cwd=tmp_path)
     assert r.returncode != 0 and "eval.fid_dims=100" in r.stderr
@@ -65,12 +92,24 @@ def test_evaluate_cli_bad_input_is_one_line_and_writes_nothing(metric_models, de
 
 @pytest.mark.slow
 def test_a_run_with_every_metric_configured_reports_all_six_and_the_final_score(metric_models, cli, tmp_path):
-    r = cli(["train.steps=4", "data.max_objects=2", "prior=none", "scheduler.steps=4", "name=all_metrics",
-             *metric_overrides(metric_models), f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    r = cli(
+        [
+            "train.steps=4",
+            "data.max_objects=2",
+            "prior=none",
+            "scheduler.steps=4",
+            "name=all_metrics",
+            *metric_overrides(metric_models),
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["unavailable"] == {} and all(m in s["scores"] for m in METRIC_NAMES)
-    assert s["scores"]["final"] == pytest.approx(score_components(**{m: s["scores"][m] for m in METRIC_NAMES})["final"])
+    assert s["scores"]["final"] == pytest.approx(
+        score_components(**{m: s["scores"][m] for m in METRIC_NAMES})["final"]
+    )
     for st in s["styles"].values():
         assert st["scores"]["final"] is not None and st["scores"]["images"] == 2
     assert (tmp_path / "run" / "scores.json").exists() and "final" in (tmp_path / "run" / "summary.md").read_text()
@@ -99,7 +138,7 @@ def test_clip_r_bookkeeping_matches_the_checkers_on_a_constructed_case(metric_mo
     spacing noise and duplicates, styles with different image counts (so the overall value is the fraction
     of all images, not the mean of the styles' fractions): stylexfer.evaluate gives the checker's number."""
 
-    from conftest import compose
+    from helpers import compose
     from stylexfer.data import discover_styles
     from stylexfer.evaluate import evaluate
     from stylexfer.metrics import ClipR
@@ -114,8 +153,15 @@ def test_clip_r_bookkeeping_matches_the_checkers_on_a_constructed_case(metric_mo
     lists.mkdir()
     candidates = ["  Aquarium", "bird ", "BIRD", "castle", "phone", "wallet", "zebra", "tree", "moon"]
     (lists / "checker.txt").write_text("\n".join(candidates) + "\n")
-    ev = compose(["eval.suite=reference", *metric_overrides(metric_models), "eval.metrics=[clip_r]", "eval.clip_r_prompts=checker",
-                  f"eval.prompt_lists_dir={lists}"]).eval
+    ev = compose(
+        [
+            "eval.suite=reference",
+            *metric_overrides(metric_models),
+            "eval.metrics=[clip_r]",
+            "eval.clip_r_prompts=checker",
+            f"eval.prompt_lists_dir={lists}",
+        ]
+    ).eval
     doc = evaluate(upload, styles, ev, "cpu")
     ours = doc["overall"]["clip_r"]
 
@@ -133,11 +179,14 @@ def test_clip_r_bookkeeping_matches_the_checkers_on_a_constructed_case(metric_mo
 
 
 def test_a_named_candidate_list_that_is_not_there_says_where_to_get_it(tmp_path):
-    from conftest import compose
+    from helpers import compose
     from stylexfer.config import validate
     from stylexfer.errors import StylexferError
 
     cfg = compose(["eval.clip_r_prompts=checker", f"eval.prompt_lists_dir={tmp_path}"])
-    with pytest.raises(StylexferError, match=r"^eval\.clip_r_prompts=checker: .*checker\.txt not found; it is the "
-                                             r"competition checker's CLIP-R candidates .*Xlucidator/JDiffArtFlow.*"):
+    with pytest.raises(
+        StylexferError,
+        match=r"^eval\.clip_r_prompts=checker: .*checker\.txt not found; it is the "
+        r"competition checker's CLIP-R candidates .*Xlucidator/JDiffArtFlow.*",
+    ):
         validate(cfg)

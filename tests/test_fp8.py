@@ -38,7 +38,9 @@ def test_fp8_swaps_frozen_linears_only_and_puts_them_back():
         assert type(m[0].to_q) is fp8.Fp8Linear and type(m[1].ff) is fp8.Fp8Linear
         assert type(m[0].small) is nn.Linear and type(m[0].odd) is nn.Linear and type(m[0].trained) is nn.Linear
         assert m[0].to_q.weight is m[0].to_q.linear.weight and m[0].to_q.in_features == 320
-        assert torch.equal(m[0](x) + m[1](x), ref)  # float32 (CPU): the plain product, fp8 is for bf16/fp16 activations
+        assert torch.equal(
+            m[0](x) + m[1](x), ref
+        )  # float32 (CPU): the plain product, fp8 is for bf16/fp16 activations
     assert {n: type(mod) for n, mod in m.named_modules()} == before
     assert all(torch.equal(v, weights[k]) for k, v in m.state_dict().items())
     with fp8.fp8_linears(m, on=False) as n:
@@ -50,8 +52,10 @@ def test_fp8_is_off_where_there_are_no_fp8_units():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not (torch.cuda.is_available() and fp8.supported(torch.device("cuda"))),
-                    reason="needs a CUDA GPU with fp8 units (compute capability >= 8.9)")
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and fp8.supported(torch.device("cuda"))),
+    reason="needs a CUDA GPU with fp8 units (compute capability >= 8.9)",
+)
 def test_fp8_product_and_input_gradient_are_close_to_bf16():
     torch.manual_seed(0)
     lin = nn.Linear(640, 1280).cuda().to(torch.bfloat16).requires_grad_(False)

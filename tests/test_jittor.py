@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
-
-from conftest import compose, run_cli
 from test_resume import assert_same, result_of
+
+from helpers import compose, run_cli
 
 ADAPTER = "pytorch_lora_weights.safetensors"
 
@@ -53,8 +53,9 @@ def data(demo_root):
 
     styles = discover_styles(demo_root)
     other = styles[1]  # another style's images stand in for a class pool (prior preservation's code path)
-    pool = ClassPool(key="test", dir=Path("."), prompts=[f"an image of {o}" for o in other.image_objects],
-                     images=other.images)
+    pool = ClassPool(
+        key="test", dir=Path("."), prompts=[f"an image of {o}" for o in other.image_objects], images=other.images
+    )
     return styles[0], pool
 
 
@@ -71,12 +72,21 @@ def test_networks_give_the_same_outputs_as_torch(components, jc):
         d = components.vae.encode(torch.from_numpy(px)).latent_dist
         ids = components.tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         emb = components.text_encoder(ids.input_ids)[0]
-        ref = {"vae mean": d.mean, "vae std": d.std, "vae decode": components.vae.decode(d.mean).sample,
-               "text encoder": emb, "unet": components.unet(torch.from_numpy(lat), torch.from_numpy(t), emb).sample}
+        ref = {
+            "vae mean": d.mean,
+            "vae std": d.std,
+            "vae decode": components.vae.decode(d.mean).sample,
+            "text encoder": emb,
+            "unet": components.unet(torch.from_numpy(lat), torch.from_numpy(t), emb).sample,
+        }
     mean, std = jc.vae.encode(jt.array(px))
-    ours = {"vae mean": mean, "vae std": std, "vae decode": jc.vae.decode(jt.array(d.mean.numpy())),
-            "text encoder": encode_prompts(jc, prompts),
-            "unet": jc.unet(jt.array(lat), jt.array(t.astype(np.int32)), jt.array(emb.numpy()))}
+    ours = {
+        "vae mean": mean,
+        "vae std": std,
+        "vae decode": jc.vae.decode(jt.array(d.mean.numpy())),
+        "text encoder": encode_prompts(jc, prompts),
+        "unet": jc.unet(jt.array(lat), jt.array(t.astype(np.int32)), jt.array(emb.numpy())),
+    }
     for name, r in ref.items():
         r = r.numpy()
         o = ours[name].numpy()
@@ -85,16 +95,24 @@ def test_networks_give_the_same_outputs_as_torch(components, jc):
 
 
 def _torch_train(components, style, pool, overrides, out: Path):
-    from stylexfer.backends.torch.train import _train_loop
+    from stylexfer.backends.torch.train import train_loop
 
     out.mkdir(parents=True, exist_ok=True)
-    losses, _ = _train_loop(components, style, pool, compose(overrides), export_to=out)
+    losses, _ = train_loop(components, style, pool, compose(overrides), export_to=out)
     return losses
 
 
 # both LoRAs (UNet and text encoder), prior preservation, random crops and flips on the latent grid, min-SNR
-TRAIN = ["model=tiny", "lora=unet_te", "train.lr=1e-3", "train.checkpoint_every=0", "prior=shared",
-         "augmentation=crop_flip", "train.snr_gamma=5.0", "train.steps=5"]
+TRAIN = [
+    "model=tiny",
+    "lora=unet_te",
+    "train.lr=1e-3",
+    "train.checkpoint_every=0",
+    "prior=shared",
+    "augmentation=crop_flip",
+    "train.snr_gamma=5.0",
+    "train.steps=5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +125,9 @@ def trained(components, jc, data, tmp_path_factory):
     _torch_train(components, style, pool, TRAIN[:-1] + ["train.steps=0"], base / "init")
     torch_losses = _torch_train(components, style, pool, TRAIN, base / "torch")
     (base / "jittor").mkdir()
-    jittor_losses = train_style(jc, style, pool, compose(TRAIN), export_to=base / "jittor", init=base / "init" / ADAPTER)
+    jittor_losses = train_style(
+        jc, style, pool, compose(TRAIN), export_to=base / "jittor", init=base / "init" / ADAPTER
+    )
     return base, torch_losses, jittor_losses
 
 
@@ -124,11 +144,14 @@ def test_training_steps_give_the_same_lora_weights(trained):
 
 
 def _images(sampling, c, adapter, init=None):
-    kw = dict(sampler="ddim", steps=6, guidance_scale=7.5, resolution=32, adapter_dir=adapter, init_image=init,
-              strength=0.9)
+    kw = dict(
+        sampler="ddim", steps=6, guidance_scale=7.5, resolution=32, adapter_dir=adapter, init_image=init, strength=0.9
+    )
     with sampling(c, **kw) as make:
-        return [np.asarray(im, np.int16) for im in make(["an image of a cat in style_00", "an image of a car in style_00"],
-                                                          [1, 2])]
+        return [
+            np.asarray(im, np.int16)
+            for im in make(["an image of a cat in style_00", "an image of a car in style_00"], [1, 2])
+        ]
 
 
 @pytest.mark.parametrize("which", ["torch", "jittor"])
@@ -156,16 +179,29 @@ def test_a_jittor_adapter_loads_in_stock_diffusers(components, trained):
 
     base = trained[0]
     file = load_file(str(base / "jittor" / ADAPTER))
-    pipe = StableDiffusionPipeline(vae=components.vae, text_encoder=components.text_encoder,
-                                   tokenizer=components.tokenizer, unet=components.unet,
-                                   scheduler=DDIMScheduler(), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=DDIMScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.load_lora_weights(str(base / "jittor"), adapter_name="j")
     try:
-        loaded = {f"{part}.{name}": m for part, model in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder))
-                  for name, m in model.named_modules() if isinstance(m, LoraLayer) and "j" in m.lora_A}
-        down = {k.rsplit(".", 3)[0]: v for k, v in file.items()  # "<part>.<module>.lora.down.weight" → "<part>.<module>"
-                if k.endswith(("lora.down.weight", "lora_linear_layer.down.weight"))}
+        loaded = {
+            f"{part}.{name}": m
+            for part, model in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder))
+            for name, m in model.named_modules()
+            if isinstance(m, LoraLayer) and "j" in m.lora_A
+        }
+        down = {
+            k.rsplit(".", 3)[0]: v
+            for k, v in file.items()  # "<part>.<module>.lora.down.weight" → "<part>.<module>"
+            if k.endswith(("lora.down.weight", "lora_linear_layer.down.weight"))
+        }
         assert set(loaded) == set(down)
         for name, m in loaded.items():
             np.testing.assert_array_equal(m.lora_A["j"].weight.detach().numpy(), down[name])
@@ -182,9 +218,20 @@ def test_other_samplers_are_refused_in_one_line(jc):
             pass
 
 
-SMALL = ["backend=jittor", "train.steps=30", "train.checkpoint_every=10", "prior=shared", "prior.num_class_images=4",
-         "prior.batch_size=2", "prior.steps=3", "scheduler.steps=4", "sample.batch_size=1", "data.styles=[00,01]",
-         "data.max_objects=2", "eval.metrics=[hist]"]
+SMALL = [
+    "backend=jittor",
+    "train.steps=30",
+    "train.checkpoint_every=10",
+    "prior=shared",
+    "prior.num_class_images=4",
+    "prior.batch_size=2",
+    "prior.steps=3",
+    "scheduler.steps=4",
+    "sample.batch_size=1",
+    "data.styles=[00,01]",
+    "data.max_objects=2",
+    "eval.metrics=[hist]",
+]
 
 
 @pytest.mark.slow

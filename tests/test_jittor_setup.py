@@ -9,7 +9,7 @@ import stat
 import numpy as np
 import pytest
 
-from conftest import compose
+from helpers import compose
 
 
 def test_missing_jittor_or_numpy2_is_one_line(monkeypatch):
@@ -17,7 +17,9 @@ def test_missing_jittor_or_numpy2_is_one_line(monkeypatch):
     from stylexfer.errors import ConfigError
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "jittor_offline" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "jittor_offline" else real(name, *a)
+    )
     with pytest.raises(ConfigError, match=r'jittor_offline is not installed; pip install -e "\.\[jittor\]"'):
         runtime.check_installed()
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())

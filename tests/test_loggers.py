@@ -9,14 +9,24 @@ import json
 import pytest
 import torch
 
-from conftest import compose
+from helpers import compose
 from stylexfer.loggers import lr_at
 
-QUICK = ["train.steps=12", "prior=none", "augmentation=none", "scheduler.steps=2", "data.styles=[00,01]",
-         "data.max_objects=2", "eval.metrics=[hist]", "train.checkpoint_every=0"]
+QUICK = [
+    "train.steps=12",
+    "prior=none",
+    "augmentation=none",
+    "scheduler.steps=2",
+    "data.styles=[00,01]",
+    "data.max_objects=2",
+    "eval.metrics=[hist]",
+    "train.checkpoint_every=0",
+]
 
 
-@pytest.mark.parametrize("schedule,warmup", [("constant", 0), ("constant_with_warmup", 3), ("linear", 2), ("cosine", 4)])
+@pytest.mark.parametrize(
+    "schedule,warmup", [("constant", 0), ("constant_with_warmup", 3), ("linear", 2), ("cosine", 4)]
+)
 def test_logged_learning_rates_are_diffusers_schedules(schedule, warmup):
     from diffusers.optimization import get_scheduler
 
@@ -33,8 +43,17 @@ def logged_run(tmp_path_factory, tiny_dir, demo_root, cache_dir):
     from stylexfer.run import run
 
     out = tmp_path_factory.mktemp("run")
-    cfg = compose(QUICK + [f"model.path={tiny_dir}", f"data.root={demo_root}", f"paths.output_dir={out}",
-                           f"paths.cache_dir={cache_dir}", "logger=[csv,tensorboard,mlflow]", "model.device=cpu"])
+    cfg = compose(
+        QUICK
+        + [
+            f"model.path={tiny_dir}",
+            f"data.root={demo_root}",
+            f"paths.output_dir={out}",
+            f"paths.cache_dir={cache_dir}",
+            "logger=[csv,tensorboard,mlflow]",
+            "model.device=cpu",
+        ]
+    )
     summary = run(cfg)
     curves = {sid: json.loads((out / "adapters" / sid / "train.json").read_text())["losses"] for sid in ("00", "01")}
     return out, summary, curves
@@ -49,7 +68,10 @@ def test_csv_logger_has_every_step_of_every_style_and_the_metrics(logged_run):
         assert [int(r["step"]) for r in mine] == list(range(1, 13))
         assert [float(r["loss"]) for r in mine] == pytest.approx(curves[sid])
         assert {float(r["lr"]) for r in mine} == {1e-4}
-    metrics = {(r["style"], r["metric"]): float(r["value"]) for r in csv.DictReader((out / "logs" / "csv" / "metrics.csv").open())}
+    metrics = {
+        (r["style"], r["metric"]): float(r["value"])
+        for r in csv.DictReader((out / "logs" / "csv" / "metrics.csv").open())
+    }
     assert metrics[("overall", "hist")] == pytest.approx(summary["scores"]["hist"])
     assert metrics[("01", "hist")] == pytest.approx(summary["styles"]["01"]["scores"]["hist"])
     hp = json.loads((out / "logs" / "csv" / "hparams.json").read_text())
@@ -106,5 +128,7 @@ def test_a_logger_whose_library_is_missing_fails_before_any_work(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "tensorboard" else real(m, *a))
-    with pytest.raises(ConfigError, match=r'^logger=tensorboard: tensorboard not installed; pip install -e "\.\[loggers\]"$'):
+    with pytest.raises(
+        ConfigError, match=r'^logger=tensorboard: tensorboard not installed; pip install -e "\.\[loggers\]"$'
+    ):
         loggers.check(compose(["logger=[csv,tensorboard]"]))

@@ -7,15 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from PIL import Image
 
-from stylexfer.metrics import feature_stats, frechet_distance, hist_score, rgb_histogram, score_components
+from stylexfer.metrics import hist_score, rgb_histogram
+from stylexfer.scoring import feature_stats, frechet_distance, score_components
 
 # The reference report's score table (section 4.2) and its submission's components (section 4.1).
 REPORT = {
     "baseline": (dict(dino=0.1130, hist=0.4388, fid=1.7101, lpips=0.5391, clip_iqa=0.7567, clip_r=0.8293), 0.3274),
-    "safe": (dict(dino=0.120226, hist=0.779055, fid=1.674596, lpips=0.428658, clip_iqa=0.757711, clip_r=0.930667), 0.512078),
+    "safe": (
+        dict(dino=0.120226, hist=0.779055, fid=1.674596, lpips=0.428658, clip_iqa=0.757711, clip_r=0.930667),
+        0.512078,
+    ),
     "aggressive": (dict(dino=0.1318, hist=0.7977, fid=1.5406, lpips=0.4342, clip_iqa=0.7273, clip_r=0.9067), 0.5119),
 }
 
@@ -59,6 +62,7 @@ def test_frechet_distance_on_ten_images_is_real_finite_and_zero_on_itself():
 
 # ------------------------------------------------------------------ Pixel-Hist (the checker's)
 
+
 def _smooth(rng, mean, n=3, size=32):
     return [Image.fromarray(np.clip(rng.normal(mean, 25, (size, size, 3)), 0, 255).astype(np.uint8)) for _ in range(n)]
 
@@ -87,6 +91,7 @@ def test_hist_keeps_the_checkers_uint8_arithmetic():
 
 # ------------------------------------------- model-backed metrics on tiny random models (real loaders)
 
+
 def _images(n, seed, size=48):
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
@@ -95,7 +100,7 @@ def _images(n, seed, size=48):
 def _eval_cfg(models, **kw):
     from omegaconf import OmegaConf
 
-    from conftest import compose
+    from helpers import compose
 
     ev = compose(["eval.suite=reference"] + [f"eval.models.{k}={v}" for k, v in models.items()]).eval
     for k, v in kw.items():
@@ -127,7 +132,9 @@ def test_lpips_loads_the_converted_file_and_equals_the_lpips_package(metric_mode
     sq = torch.load(str(Path(metric_models["lpips"]).parent / "squeezenet1_1.pth"), weights_only=True)
     for slice_ in ref.net.children():
         for idx, layer in slice_.named_children():
-            layer.load_state_dict({k[len(f"features.{idx}."):]: v for k, v in sq.items() if k.startswith(f"features.{idx}.")})
+            layer.load_state_dict(
+                {k[len(f"features.{idx}.") :]: v for k, v in sq.items() if k.startswith(f"features.{idx}.")}
+            )
     gen, refs = _images(2, 3), _images(3, 4)
     with torch.no_grad():
         want = np.mean([float(ref(ours.tensor([g]), ours.tensor([r]))) for g in gen for r in refs])
@@ -185,8 +192,12 @@ def test_missing_weights_are_all_named_before_anything_runs(metric_models, tmp_p
     from stylexfer.errors import ModelNotFoundError
     from stylexfer.evaluate import preflight
 
-    models = dict(metric_models, dino=str(tmp_path / "no_dino"), fid=str(tmp_path / "no_fid.safetensors"),
-                  clip_iqa="someone/not-cached-clip")
+    models = dict(
+        metric_models,
+        dino=str(tmp_path / "no_dino"),
+        fid=str(tmp_path / "no_fid.safetensors"),
+        clip_iqa="someone/not-cached-clip",
+    )
     ev = _eval_cfg(models, skip_missing=False)
     with pytest.raises(ModelNotFoundError) as e:
         preflight(ev, demo=False)
@@ -212,17 +223,25 @@ def test_a_pickled_lora_adapter_converts_to_safetensors_with_the_same_tensors(tm
     import torch
     from safetensors.torch import load_file
 
-    state = {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight": torch.randn(4, 320),
-             "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.up.weight": torch.randn(320, 4)}
+    state = {
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight": torch.randn(4, 320),
+        "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.up.weight": torch.randn(320, 4),
+    }
     src = tmp_path / "style_00" / "pytorch_lora_weights.bin"
     src.parent.mkdir()
     torch.save(state, src)
-    r = subprocess.run([sys.executable, "-m", "stylexfer.convert_weights", "lora", "--src", str(src)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "stylexfer.tools.convert_weights", "lora", "--src", str(src)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     out = load_file(str(src.with_suffix(".safetensors")))
     assert set(out) == set(state) and all(torch.equal(out[k], state[k]) for k in state)
     src.write_bytes(b"not a pickle")
-    r = subprocess.run([sys.executable, "-m", "stylexfer.convert_weights", "lora", "--src", str(src)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "stylexfer.tools.convert_weights", "lora", "--src", str(src)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and "not a PyTorch weights file" in r.stderr

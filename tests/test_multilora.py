@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import compose
+from helpers import compose
 from stylexfer.backends.torch.multilora import MultiLoraLinear, Router, inject, restore
 
 
@@ -24,8 +24,12 @@ def peft_layer(seed: int, rank: int = 4, alpha: float = 8.0, dropout: float = 0.
     torch.manual_seed(0)
     model = Two()
     torch.manual_seed(seed)
-    model = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=["to_q"],
-                                               init_lora_weights="gaussian", lora_dropout=dropout), model)
+    model = inject_adapter_in_model(
+        LoraConfig(
+            r=rank, lora_alpha=alpha, target_modules=["to_q"], init_lora_weights="gaussian", lora_dropout=dropout
+        ),
+        model,
+    )
     with torch.no_grad():
         model.to_q.lora_B["default"].weight.normal_(0, 0.3)
     return model
@@ -64,7 +68,7 @@ def test_each_sample_goes_through_its_own_styles_adapter_exactly_as_peft_would()
     router.groups, router.index = None, torch.tensor([1, 0, 1])
     with torch.no_grad():
         got = model.to_q(x.detach())
-        want = torch.cat([refs[i].to_q(x[k:k + 1]) for k, i in enumerate([1, 0, 1, 1, 0, 1])])
+        want = torch.cat([refs[i].to_q(x[k : k + 1]) for k, i in enumerate([1, 0, 1, 1, 0, 1])])
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     router.index = None
     torch.testing.assert_close(model.to_q(x), lay.base(x))  # no routing: the base layer alone
@@ -83,6 +87,7 @@ def test_the_lora_branch_runs_in_the_models_dtype_when_asked_and_stays_close_to_
         def wrapped(*a, **k):
             calls.append((name, a[1].dtype))
             return fn(*a, **k)
+
         return wrapped
 
     torch.bmm, torch.baddbmm = spy("bmm", real_bmm), spy("baddbmm", real_baddbmm)
@@ -114,11 +119,12 @@ def test_lora_dropout_drops_in_training_only():
     assert not torch.allclose(a, refs[0].to_q(x), atol=1e-4)
 
 
-def test_a_batched_pass_refuses_lora_dropout_and_the_run_trains_one_style_at_a_time(components, backend, demo_root, tmp_path,
-                                                                                     caplog):
-    from stylexfer.train import adapter_spec, train_in_batches
+def test_a_batched_pass_refuses_lora_dropout_and_the_run_trains_one_style_at_a_time(
+    components, backend, demo_root, tmp_path, caplog
+):
     from stylexfer.backends.torch.batched import train_together
     from stylexfer.data import discover_styles
+    from stylexfer.train import adapter_spec, train_in_batches
 
     cfg = compose(["prior=none", "train.steps=2", "lora.dropout=0.1"])
     styles = discover_styles(demo_root, styles=["00", "01"])

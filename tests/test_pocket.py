@@ -10,8 +10,8 @@ import json
 import shutil
 
 import pytest
-from conftest import compose, run_cli
 
+from helpers import compose, run_cli
 from stylexfer.embedded import POCKET_DIR, pocket_model_dir
 from stylexfer.errors import ModelNotFoundError
 

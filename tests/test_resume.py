@@ -11,12 +11,22 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
-from conftest import run_cli
+from helpers import run_cli
 
-SMALL = ["train.steps=30", "train.checkpoint_every=10", "prior=shared", "prior.num_class_images=6",
-         "prior.batch_size=2", "prior.steps=3", "scheduler.steps=4", "sample.batch_size=1",
-         "data.styles=[00,01]", "data.max_objects=2", "augmentation=crop",
-         "eval.metrics=[hist]"]  # the tiny model passed as a real one: only the weight-free metric
+SMALL = [
+    "train.steps=30",
+    "train.checkpoint_every=10",
+    "prior=shared",
+    "prior.num_class_images=6",
+    "prior.batch_size=2",
+    "prior.steps=3",
+    "scheduler.steps=4",
+    "sample.batch_size=1",
+    "data.styles=[00,01]",
+    "data.max_objects=2",
+    "augmentation=crop",
+    "eval.metrics=[hist]",
+]  # the tiny model passed as a real one: only the weight-free metric
 
 
 def args_for(tiny_dir: Path, demo_root: Path) -> list[str]:
@@ -60,12 +70,15 @@ def reference(tmp_path_factory, tiny_dir, demo_root):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point,expect", [
-    ("class:3", "generating 6 class images with the base model"),
-    ("train:00:20", "resuming training from their checkpoint at step 20"),  # 00 and 01 train in one batch
-    ("style:00", "style 00: adapter"),
-    ("sample:01:1", "style 01: adapter"),
-])
+@pytest.mark.parametrize(
+    "point,expect",
+    [
+        ("class:3", "generating 6 class images with the base model"),
+        ("train:00:20", "resuming training from their checkpoint at step 20"),  # 00 and 01 train in one batch
+        ("style:00", "style 00: adapter"),
+        ("sample:01:1", "style 01: adapter"),
+    ],
+)
 def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_dir, demo_root, reference, point, expect):
     env = {"STYLEXFER_CACHE": str(tmp_path / "store")}
     killed = run_cli(args_for(tiny_dir, demo_root), tmp_path, env_extra={**env, "STYLEXFER_KILL_AT": point})
@@ -94,8 +107,18 @@ def test_a_bad_style_fails_alone_and_the_exit_code_says_so(tmp_path, tiny_dir, d
     shutil.copytree(demo_root, root)
     broken = sorted((root / "01" / "images").glob("*.png"))[0]
     broken.write_bytes(b"\x89PNG truncated")
-    res = run_cli([f"model.path={tiny_dir}", f"data.root={root}", "train.steps=3", "prior=none", "scheduler.steps=3",
-                   "data.max_objects=1", "eval.skip_missing=true"], tmp_path)
+    res = run_cli(
+        [
+            f"model.path={tiny_dir}",
+            f"data.root={root}",
+            "train.steps=3",
+            "prior=none",
+            "scheduler.steps=3",
+            "data.max_objects=1",
+            "eval.skip_missing=true",
+        ],
+        tmp_path,
+    )
     assert res.returncode == 1
     assert f"style 01 skipped: {broken}: cannot read image" in res.stderr
     assert "error: 1 of 3 style(s) failed (01:" in res.stderr

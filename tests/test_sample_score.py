@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stylexfer.data import discover_styles
 from stylexfer.backends.torch.sample import generate, make_pipeline
+from stylexfer.data import discover_styles
 
 
 def arr(img):
@@ -43,7 +43,7 @@ def test_img2img_from_the_average_image_depends_on_strength(components, demo_roo
 def test_fused_lora_sampling_matches_unfused_and_restores_the_base_weights_exactly(components, tmp_path):
     import torch
 
-    from conftest import compose
+    from helpers import compose
     from stylexfer.backends.torch.sample import fuse_exactly, plain_layers, unfuse_exactly
     from stylexfer.backends.torch.train import add_adapters, remove_adapters, save_adapter
 

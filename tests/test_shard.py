@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from safetensors import safe_open
 
-from conftest import run_cli
+from helpers import run_cli
 from stylexfer.errors import ConfigError
 from stylexfer.sample import make_in_chunks
 from stylexfer.shard import plan_devices, shares
@@ -23,28 +23,34 @@ def _model(shards, device="auto"):
     return OmegaConf.create({"shards": shards, "device": device})
 
 
-@pytest.mark.parametrize("shards,device,sweep,gpus,expect", [
-    (0, "auto", False, 2, ["cuda:0", "cuda:1"]),  # a single run takes every visible GPU
-    (0, "auto", False, 4, ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]),
-    (0, "auto", True, 2, []),  # a sweep job keeps the one GPU it claimed
-    (0, "auto", False, 1, []),
-    (0, "auto", False, 0, []),
-    (0, "cpu", False, 2, []),
-    (0, "cuda:1", False, 2, []),
-    (1, "auto", False, 8, []),
-    (2, "cpu", False, 0, ["cpu", "cpu"]),
-    (3, "auto", False, 0, ["cpu", "cpu", "cpu"]),
-    (2, "cuda", True, 2, ["cuda:0", "cuda:1"]),
-])
+@pytest.mark.parametrize(
+    "shards,device,sweep,gpus,expect",
+    [
+        (0, "auto", False, 2, ["cuda:0", "cuda:1"]),  # a single run takes every visible GPU
+        (0, "auto", False, 4, ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]),
+        (0, "auto", True, 2, []),  # a sweep job keeps the one GPU it claimed
+        (0, "auto", False, 1, []),
+        (0, "auto", False, 0, []),
+        (0, "cpu", False, 2, []),
+        (0, "cuda:1", False, 2, []),
+        (1, "auto", False, 8, []),
+        (2, "cpu", False, 0, ["cpu", "cpu"]),
+        (3, "auto", False, 0, ["cpu", "cpu", "cpu"]),
+        (2, "cuda", True, 2, ["cuda:0", "cuda:1"]),
+    ],
+)
 def test_plan_devices(shards, device, sweep, gpus, expect):
     assert plan_devices(_model(shards, device), sweep, gpus) == expect
 
 
-@pytest.mark.parametrize("shards,device,gpus,words", [
-    (3, "cuda", 2, "model.shards=3: only 2 GPU(s) visible"),
-    (2, "cuda:0", 2, "model.shards=2: needs model.device=auto, cuda or cpu"),
-    (-1, "auto", 2, "model.shards=-1: must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "shards,device,gpus,words",
+    [
+        (3, "cuda", 2, "model.shards=3: only 2 GPU(s) visible"),
+        (2, "cuda:0", 2, "model.shards=2: needs model.device=auto, cuda or cpu"),
+        (-1, "auto", 2, "model.shards=-1: must be >= 0"),
+    ],
+)
 def test_plan_devices_rejects(shards, device, gpus, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
         plan_devices(_model(shards, device), False, gpus)
@@ -70,9 +76,21 @@ def test_styles_and_pool_chunks_are_split_without_overlap(tmp_path):
     assert calls == []
 
 
-SMALL = ["train.steps=12", "train.checkpoint_every=0", "prior=shared", "prior.num_class_images=6",
-         "prior.batch_size=2", "prior.steps=3", "scheduler.steps=4", "sample.batch_size=2",
-         "data.styles=[00,01,02]", "data.max_objects=2", "augmentation=crop", "eval.metrics=[hist]", "model.device=cpu"]
+SMALL = [
+    "train.steps=12",
+    "train.checkpoint_every=0",
+    "prior=shared",
+    "prior.num_class_images=6",
+    "prior.batch_size=2",
+    "prior.steps=3",
+    "scheduler.steps=4",
+    "sample.batch_size=2",
+    "data.styles=[00,01,02]",
+    "data.max_objects=2",
+    "augmentation=crop",
+    "eval.metrics=[hist]",
+    "model.device=cpu",
+]
 
 
 def _outputs(cwd: Path) -> tuple[dict, dict]:
@@ -95,8 +113,11 @@ def test_two_worker_processes_make_what_one_process_makes(tmp_path, tiny_dir, de
     for shards in (1, 2):
         cwd = tmp_path / f"shards{shards}"
         cwd.mkdir()
-        res = run_cli([f"model.path={tiny_dir}", f"data.root={demo_root}", *SMALL, f"model.shards={shards}"], cwd,
-                      env_extra={"STYLEXFER_CACHE": str(cwd / "store")})
+        res = run_cli(
+            [f"model.path={tiny_dir}", f"data.root={demo_root}", *SMALL, f"model.shards={shards}"],
+            cwd,
+            env_extra={"STYLEXFER_CACHE": str(cwd / "store")},
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         results[shards] = (*_outputs(cwd), res.stderr)
     one, two = results[1][0], results[2][0]

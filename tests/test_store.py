@@ -68,7 +68,13 @@ def test_chunked_generation_skips_finished_chunks_and_checkpoints_after_each_wri
     sample.make_in_chunks(partial, names, 2, make, lambda n: f"p:{n}", "test")
     assert made == [(0, 2), (4, 5)]
     assert points == ["p:0", "p:1", "p:4"]
-    assert [Image.open(partial / n).getpixel((0, 0)) for n in names] == [(0, 0, 0), (1, 0, 0), (9, 9, 9), (9, 9, 9), (4, 0, 0)]
+    assert [Image.open(partial / n).getpixel((0, 0)) for n in names] == [
+        (0, 0, 0),
+        (1, 0, 0),
+        (9, 9, 9),
+        (9, 9, 9),
+        (4, 0, 0),
+    ]
 
 
 def test_chunked_generation_reports_a_failed_write(tmp_path):
@@ -82,8 +88,9 @@ def test_chunked_generation_reports_a_failed_write(tmp_path):
 def test_result_files_follow_the_umask_like_any_other_file(tmp_path):
     import os
 
-    from stylexfer.store import atomic_save_image, atomic_write_text
     from PIL import Image
+
+    from stylexfer.store import atomic_save_image, atomic_write_text
 
     old = os.umask(0o022)
     try:
@@ -119,21 +126,31 @@ def new_process():
 def test_a_damaged_store_entry_is_rebuilt_with_one_warning_not_reused(how, backend, demo_root, tmp_path, caplog):
     """An adapter, a class image and a sample damaged outside the writer: each stage builds its entry again,
     with one warning line naming it, and ends with the same bytes as the first build."""
-    from conftest import compose
+    from helpers import compose
     from stylexfer.backends import ADAPTER_FILE
     from stylexfer.data import discover_styles
     from stylexfer.prior import ensure_pool, pool_spec
     from stylexfer.sample import ensure_samples, sample_spec
     from stylexfer.train import adapter_spec, train_style
 
-    cfg = compose(["train.steps=3", "prior.num_class_images=2", "prior.steps=2", "scheduler.steps=2",
-                   "data.max_objects=1", "prior.batch_size=2"])
+    cfg = compose(
+        [
+            "train.steps=3",
+            "prior.num_class_images=2",
+            "prior.steps=2",
+            "scheduler.steps=2",
+            "data.max_objects=1",
+            "prior.batch_size=2",
+        ]
+    )
     (style,) = discover_styles(demo_root, styles=["00"], max_objects=1)
     pspec = pool_spec(["apple", "dog"], cfg.prior, "tiny", 64, "torch")
     pool = ensure_pool(backend, pspec, cfg.prior, tmp_path)
     aspec = adapter_spec(style, cfg, "tiny", "p")
     first = train_style(backend, style, pool, cfg, aspec, tmp_path)
-    sdir, recs, _ = ensure_samples(backend, style, first.dir, cfg, sample_spec(style, cfg, first.key, "tiny"), tmp_path)
+    sdir, recs, _ = ensure_samples(
+        backend, style, first.dir, cfg, sample_spec(style, cfg, first.key, "tiny"), tmp_path
+    )
     files = [first.dir / ADAPTER_FILE, pool.dir / "00001.png", sdir / "images" / recs[0].file.split("/")[-1]]
     good = [f.read_bytes() for f in files]
     for f in files:
@@ -154,9 +171,10 @@ def test_a_damaged_store_entry_is_rebuilt_with_one_warning_not_reused(how, backe
     assert [f.read_bytes() for f in files[1:]] == good[1:]
     from safetensors.torch import load as load_st
 
-    assert {k: v.tolist() for k, v in load_st(files[0].read_bytes()).items()} == \
-        {k: v.tolist() for k, v in load_st(good[0]).items()}
-    meta = lambda b: json.loads(b[8:8 + int.from_bytes(b[:8], "little")])["__metadata__"]  # noqa: E731
+    assert {k: v.tolist() for k, v in load_st(files[0].read_bytes()).items()} == {
+        k: v.tolist() for k, v in load_st(good[0]).items()
+    }
+    meta = lambda b: json.loads(b[8 : 8 + int.from_bytes(b[:8], "little")])["__metadata__"]  # noqa: E731
     assert meta(files[0].read_bytes()) == meta(good[0])
     new_process()
     caplog.clear()

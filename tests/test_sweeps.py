@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from stylexfer import compare
 
 QUICK = ["train.steps=5", "prior=none", "scheduler.steps=4", "data.styles=[00]", "data.max_objects=1"]
@@ -52,9 +52,22 @@ def test_two_value_sweep_with_joblib_and_the_compare_table(tmp_path, cache_dir, 
 @pytest.mark.slow
 def test_strength_sweep_trains_each_style_once(tmp_path, cache_dir, tiny_dir):
     sweep = tmp_path / "sw"
-    res = run_cli(["-m", "init.strength=0.5,0.7,0.9", "train.steps=5", "prior=shared", "prior.num_class_images=4",
-                   "prior.steps=3", "scheduler.steps=4", "data.styles=[00,01]", "data.max_objects=1",
-                   "train.seed=11", f"hydra.sweep.dir={sweep}"], tmp_path)
+    res = run_cli(
+        [
+            "-m",
+            "init.strength=0.5,0.7,0.9",
+            "train.steps=5",
+            "prior=shared",
+            "prior.num_class_images=4",
+            "prior.steps=3",
+            "scheduler.steps=4",
+            "data.styles=[00,01]",
+            "data.max_objects=1",
+            "train.seed=11",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = summaries(sweep)
     assert len(jobs) == 3
@@ -84,11 +97,26 @@ def test_a_failed_job_is_isolated_and_shown_in_the_comparison(tmp_path, cache_di
 @pytest.mark.slow
 def test_a_killed_sweep_keeps_finished_jobs_and_a_rerun_completes_only_the_rest(tmp_path, cache_dir, tiny_dir):
     sweep = tmp_path / "sw"
-    args = ["-m", "train.seed=1,2", "train.steps=400", "prior=none", "augmentation=none", "scheduler.steps=4",
-            "data.styles=[00]", "data.max_objects=1", f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        "train.seed=1,2",
+        "train.steps=400",
+        "prior=none",
+        "augmentation=none",
+        "scheduler.steps=4",
+        "data.styles=[00]",
+        "data.max_objects=1",
+        f"hydra.sweep.dir={sweep}",
+    ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "stylexfer", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stylexfer", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 600
         while not (sweep / "0" / "summary.json").exists():
@@ -116,8 +144,10 @@ def test_a_killed_sweep_keeps_finished_jobs_and_a_rerun_completes_only_the_rest(
 def test_submitit_local_launcher_runs_real_subprocesses(tmp_path, cache_dir, tiny_dir):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sw"
-    res = run_cli(["-m", "hydra/launcher=submitit_local", "lora.unet_lora_rank=2,4", *QUICK, f"hydra.sweep.dir={sweep}"],
-                  tmp_path)
+    res = run_cli(
+        ["-m", "hydra/launcher=submitit_local", "lora.unet_lora_rank=2,4", *QUICK, f"hydra.sweep.dir={sweep}"],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = summaries(sweep)
     assert sorted(j["config"]["lora"]["unet_lora_rank"] for j in jobs.values()) == [2, 4]
@@ -129,12 +159,25 @@ def test_submitit_local_launcher_runs_real_subprocesses(tmp_path, cache_dir, tin
 def test_ray_launcher_runs_a_two_job_sweep_on_a_local_ray_instance(tmp_path, cache_dir, tiny_dir):
     """The cluster preset (hydra/launcher=ray_gpu) one config away from this tested path: a local Ray
     instance, each job a Ray task (here with no GPU and one CPU each, so it runs on a CPU machine)."""
-    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="pip install -e '.[ray]' (CI installs it via .[test])")
+    pytest.importorskip(
+        "hydra_plugins.hydra_ray_launcher", reason="pip install -e '.[ray]' (CI installs it via .[test])"
+    )
     sweep = tmp_path / "sw"
-    res = run_cli(["-m", "hydra/launcher=ray_gpu", "hydra.launcher.ray.remote.num_gpus=0",
-                   "hydra.launcher.ray.remote.num_cpus=1", "+hydra.launcher.ray.init.num_cpus=2",
-                   "+hydra.launcher.ray.init.include_dashboard=false", "lora.unet_lora_rank=2,4", *QUICK,
-                   f"hydra.sweep.dir={sweep}"], tmp_path, env_extra={"RAY_USAGE_STATS_ENABLED": "0"})
+    res = run_cli(
+        [
+            "-m",
+            "hydra/launcher=ray_gpu",
+            "hydra.launcher.ray.remote.num_gpus=0",
+            "hydra.launcher.ray.remote.num_cpus=1",
+            "+hydra.launcher.ray.init.num_cpus=2",
+            "+hydra.launcher.ray.init.include_dashboard=false",
+            "lora.unet_lora_rank=2,4",
+            *QUICK,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+        env_extra={"RAY_USAGE_STATS_ENABLED": "0"},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     log = res.stdout + res.stderr
     assert "Ray Launcher is launching 2 jobs" in log and "Started a local Ray instance" in log

@@ -12,14 +12,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import compose
-from stylexfer.backends.torch.tensors import to_tensor
-from stylexfer.data import discover_styles, fit_square
-from stylexfer.backends.torch.models import encode_prompts, load_components
-from stylexfer.models import resolve_model
-from stylexfer.backends.torch.multilora import reinstate, restore
+from helpers import compose
 from stylexfer.backends import ADAPTER_FILE
-from stylexfer.backends.torch.train import _train_loop, denoising_loss
+from stylexfer.backends.torch.models import encode_prompts, load_components
+from stylexfer.backends.torch.multilora import reinstate, restore
+from stylexfer.backends.torch.tensors import to_tensor
+from stylexfer.backends.torch.train import denoising_loss, train_loop
+from stylexfer.data import discover_styles, fit_square
+from stylexfer.models import resolve_model
 from stylexfer.train import adapter_spec, train_style
 
 FAST = ["prior=none", "augmentation=none", "train.lr=1e-3"]
@@ -54,8 +54,9 @@ def trained(components, ad):
 
 
 def no_lora_left(components) -> bool:
-    return not any("Lora" in type(m).__name__ for part in (components.unet, components.text_encoder)
-                   for m in part.modules())
+    return not any(
+        "Lora" in type(m).__name__ for part in (components.unet, components.text_encoder) for m in part.modules()
+    )
 
 
 def unet_out(components, cond, seed=0):
@@ -68,7 +69,7 @@ def unet_out(components, cond, seed=0):
 def test_training_lowers_the_denoising_loss_on_the_style_images(components, style):
     before = fixed_eval_loss(components, style)
     cfg = compose(FAST + ["train.steps=80"])
-    losses, ad = _train_loop(components, style, None, cfg)
+    losses, ad = train_loop(components, style, None, cfg)
     assert no_lora_left(components) and fixed_eval_loss(components, style) == pytest.approx(before, rel=1e-6)
     with trained(components, ad):
         after = fixed_eval_loss(components, style)
@@ -83,8 +84,16 @@ def test_loss_target_follows_the_scheduler_prediction_type(tiny_dir, tmp_path, c
     shutil.copytree(tiny_dir, vdir)
     sc = vdir / "scheduler" / "scheduler_config.json"
     sc.write_text(json.dumps(dict(json.loads(sc.read_text()), prediction_type="v_prediction")))
-    mc = OmegaConf.create({"path": str(vdir), "revision": None, "variant": None, "local_files_only": True,
-                           "device": "cpu", "dtype": "float32"})
+    mc = OmegaConf.create(
+        {
+            "path": str(vdir),
+            "revision": None,
+            "variant": None,
+            "local_files_only": True,
+            "device": "cpu",
+            "dtype": "float32",
+        }
+    )
     resolved = resolve_model(mc, cache_dir)
     assert resolved.prediction_type == "v_prediction"
     c = load_components(resolved, mc)
@@ -109,10 +118,19 @@ def test_loss_target_follows_the_scheduler_prediction_type(tiny_dir, tmp_path, c
 def test_adapter_with_text_encoder_lora_loads_through_stock_diffusers(components, style, tiny_dir, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    cfg = compose(FAST + ["train.steps=6", "train.lr=5e-2", "lora.unet_lora_rank=4", "lora.unet_alpha=8",
-                          "lora.text_encoder_lora_rank=2", "lora.text_encoder_alpha=1"])
+    cfg = compose(
+        FAST
+        + [
+            "train.steps=6",
+            "train.lr=5e-2",
+            "lora.unet_lora_rank=4",
+            "lora.unet_alpha=8",
+            "lora.text_encoder_lora_rank=2",
+            "lora.text_encoder_alpha=1",
+        ]
+    )
     prompt = ["an image of aquarium in style_00"]
-    _, ad = _train_loop(components, style, None, cfg, export_to=tmp_path)
+    _, ad = train_loop(components, style, None, cfg, export_to=tmp_path)
     with trained(components, ad):
         trained_emb = encode_prompts(components, prompt)
         trained_out = unet_out(components, trained_emb)
@@ -158,12 +176,27 @@ def test_a_style_adapter_is_reproducible_and_independent_of_other_styles(backend
 
 def test_adapter_key_ignores_sampling_and_scoring_settings(style):
     base = adapter_spec(style, compose(), "m", "p")
-    for ov in ["init.strength=0.8", "scheduler=dpmpp", "scheduler.steps=10", "sample.seed=3", "eval.fid_dims=2048",
-               "init=noise", "data.prompt='{object}'"]:
+    for ov in [
+        "init.strength=0.8",
+        "scheduler=dpmpp",
+        "scheduler.steps=10",
+        "sample.seed=3",
+        "eval.fid_dims=2048",
+        "init=noise",
+        "data.prompt='{object}'",
+    ]:
         assert adapter_spec(style, compose([ov]), "m", "p") == base, ov
-    for ov in ["lora.unet_lora_rank=4", "train.steps=10", "prior.weight=0.5", "augmentation=crop_flip",
-               "data.instance_prompt='{object}'", "train.seed=1", "train.snr_gamma=5", "train.noise_offset=0.05",
-               "lora.kind=dora"]:
+    for ov in [
+        "lora.unet_lora_rank=4",
+        "train.steps=10",
+        "prior.weight=0.5",
+        "augmentation=crop_flip",
+        "data.instance_prompt='{object}'",
+        "train.seed=1",
+        "train.snr_gamma=5",
+        "train.noise_offset=0.05",
+        "lora.kind=dora",
+    ]:
         assert adapter_spec(style, compose([ov]), "m", "p") != base, ov
 
 
@@ -181,7 +214,7 @@ def test_nan_loss_stops_the_style_with_the_step(components, style, monkeypatch):
 
     monkeypatch.setattr(train_mod, "denoising_loss", poisoned)
     with pytest.raises(TrainingDiverged, match=r"style 00: loss is nan at step 3"):
-        _train_loop(components, style, None, compose(FAST + ["train.steps=10"]))
+        train_loop(components, style, None, compose(FAST + ["train.steps=10"]))
     assert no_lora_left(components)  # the model is left as it was
 
 
@@ -190,7 +223,7 @@ def test_a_checkpoint_keeps_a_tensor_learning_rate_a_tensor(tmp_path):
     (JSON) and resuming fills the same tensor object, so the recorded optimizer step keeps reading it."""
     from diffusers.optimization import get_scheduler
 
-    from stylexfer.backends.torch.train import _load_checkpoint, _save_checkpoint
+    from stylexfer.backends.torch.train import load_checkpoint, save_checkpoint
     from stylexfer.streams import Stream
 
     def setup():
@@ -206,10 +239,10 @@ def test_a_checkpoint_keeps_a_tensor_learning_rate_a_tensor(tmp_path):
         sched.step()
     lr_then = float(opt.param_groups[0]["lr"])
     assert lr_then == pytest.approx(1e-3 * 3 / 4)
-    _save_checkpoint(tmp_path, 3, [p], opt, [Stream(0, "00")], [None], [])
+    save_checkpoint(tmp_path, 3, [p], opt, [Stream(0, "00")], [None], [])
     q, opt2, sched2 = setup()
     lr_tensor = opt2.param_groups[0]["lr"]
-    start, _ = _load_checkpoint(tmp_path, [q], opt2, [Stream(0, "00")], [None])
+    start, _ = load_checkpoint(tmp_path, [q], opt2, [Stream(0, "00")], [None])
     assert start == 3 and torch.equal(q, p)
     assert opt2.param_groups[0]["lr"] is lr_tensor and float(lr_tensor) == pytest.approx(lr_then)
     for _ in range(start):

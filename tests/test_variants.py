@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import compose
+from helpers import compose
 from stylexfer.backends import ADAPTER_FILE
 from stylexfer.backends.torch.batched import train_together
-from stylexfer.backends.torch.train import _train_loop, draw_noise, snr_weights
+from stylexfer.backends.torch.train import draw_noise, snr_weights, train_loop
 from stylexfer.data import discover_styles
 
 FAST = ["prior=none", "augmentation=none", "train.steps=4", "train.lr=1e-3", "lora.unet_lora_rank=4"]
@@ -38,17 +38,21 @@ def test_offset_noise_adds_a_per_channel_constant_and_leaves_the_streams_alone_w
     assert torch.equal(again[1], noise0)
 
 
-def test_snr_gamma_and_noise_offset_change_training_and_batched_still_equals_one_at_a_time(components, demo_root,
-                                                                                          tmp_path):
+def test_snr_gamma_and_noise_offset_change_training_and_batched_still_equals_one_at_a_time(
+    components, demo_root, tmp_path
+):
     styles = discover_styles(demo_root, styles=["00", "01"], max_objects=2)
     plain = compose(FAST)
     cfg = compose(FAST + ["train.snr_gamma=5.0", "train.noise_offset=0.1"])
-    base, _ = _train_loop(components, styles[1], None, plain)
-    one, _ = _train_loop(components, styles[1], None, cfg, export_to=tmp_path / "one")
+    base, _ = train_loop(components, styles[1], None, plain)
+    one, _ = train_loop(components, styles[1], None, cfg, export_to=tmp_path / "one")
     assert one != pytest.approx(base, rel=1e-3)  # the options reach the loss
     losses, failed, _ = train_together(components, styles, [None, None], cfg, None, [tmp_path / s.id for s in styles])
     assert not failed and losses["01"] == pytest.approx(one, rel=1e-4, abs=1e-6)
-    with safe_open(str(tmp_path / "one" / ADAPTER_FILE), "pt") as a, safe_open(str(tmp_path / "01" / ADAPTER_FILE), "pt") as b:
+    with (
+        safe_open(str(tmp_path / "one" / ADAPTER_FILE), "pt") as a,
+        safe_open(str(tmp_path / "01" / ADAPTER_FILE), "pt") as b,
+    ):
         for k in a.keys():
             torch.testing.assert_close(a.get_tensor(k), b.get_tensor(k), atol=2e-5, rtol=1e-4)
 
@@ -64,8 +68,9 @@ def _picture(backend, **kw):
 
 
 @pytest.mark.parametrize("kind,te", [("dora", 2), ("dora", 0), ("loha", 2), ("lokr", 2)])
-def test_each_adapter_variant_trains_saves_and_samples_the_way_it_was_trained(kind, te, backend, components, demo_root,
-                                                                              tmp_path):
+def test_each_adapter_variant_trains_saves_and_samples_the_way_it_was_trained(
+    kind, te, backend, components, demo_root, tmp_path
+):
     """The variant learns (loss falls), its file samples through the backend with the trained layers (fused
     and unfused agree), the model is exactly as before afterwards, and a UNet-only DoRA file also loads
     through stock diffusers with the same result."""
@@ -75,10 +80,19 @@ def test_each_adapter_variant_trains_saves_and_samples_the_way_it_was_trained(ki
     from stylexfer.backends.torch.train import remove_adapters
 
     (style,) = discover_styles(demo_root, styles=["00"], max_objects=1)
-    cfg = compose(["prior=none", "augmentation=none", "train.steps=30", "train.lr=3e-3", f"lora.kind={kind}",
-                   "lora.unet_lora_rank=4", f"lora.text_encoder_lora_rank={te}"])
+    cfg = compose(
+        [
+            "prior=none",
+            "augmentation=none",
+            "train.steps=30",
+            "train.lr=3e-3",
+            f"lora.kind={kind}",
+            "lora.unet_lora_rank=4",
+            f"lora.text_encoder_lora_rank={te}",
+        ]
+    )
     bare_before = _picture(backend)
-    losses, ad = _train_loop(components, style, None, cfg, export_to=tmp_path)
+    losses, ad = train_loop(components, style, None, cfg, export_to=tmp_path)
     assert ad is None and sum(losses[-10:]) < sum(losses[:10])
     with safe_open(str(tmp_path / ADAPTER_FILE), "pt") as f:
         keys, meta = list(f.keys()), f.metadata() or {}

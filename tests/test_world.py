@@ -44,7 +44,7 @@ def test_objects_fill_a_fair_share_of_the_picture_and_differ_in_shape():
             assert 0.04 < share < 0.6, (obj, share)
     masks = {o: part_map(o, Pose(), 128) > 0 for o in NAMES}
     for i, a in enumerate(NAMES):
-        for b in NAMES[i + 1:]:
+        for b in NAMES[i + 1 :]:
             iou = (masks[a] & masks[b]).sum() / (masks[a] | masks[b]).sum()
             assert iou < 0.8, (a, b, iou)  # observed at most 0.70
 
@@ -58,8 +58,13 @@ def test_styles_are_told_apart_by_their_colours_alone():
     """Nearest style centroid of colour histograms (10 pictures per style to fit, 10 others to test): the
     styles differ in their pictures whatever the object (observed: 1.0)."""
     names = list(STYLES)
-    feats = {s: [_hist(render(NAMES[i % len(NAMES)], s, Pose.random(np.random.default_rng([k, i])), 64, i))
-                 for i in range(20)] for k, s in enumerate(names)}
+    feats = {
+        s: [
+            _hist(render(NAMES[i % len(NAMES)], s, Pose.random(np.random.default_rng([k, i])), 64, i))
+            for i in range(20)
+        ]
+        for k, s in enumerate(names)
+    }
     centroids = np.array([np.mean(feats[s][:10], axis=0) for s in names])
     right = sum(int(np.argmin(((centroids - f) ** 2).sum(1)) == k) for k, s in enumerate(names) for f in feats[s][10:])
     assert right / (10 * len(names)) >= 0.9
@@ -76,8 +81,9 @@ def test_held_out_styles_in_the_competition_layout(tmp_path):
         assert len(drawn) == 10 and sum(o in drawn for o in asked) == 2 and sum(o not in drawn for o in asked) == 4
     again = write_styles(tmp_path / "again", ["neon", "mosaic"], images=10, size=48)
     assert (again / "neon" / "images").exists()
-    assert sorted(p.read_bytes() for p in (again / "neon" / "images").iterdir()) == \
-        sorted(p.read_bytes() for p in (root / "neon" / "images").iterdir())
+    assert sorted(p.read_bytes() for p in (again / "neon" / "images").iterdir()) == sorted(
+        p.read_bytes() for p in (root / "neon" / "images").iterdir()
+    )
 
 
 def test_pretraining_examples_come_from_base_styles_with_and_without_style_words():

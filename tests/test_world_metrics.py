@@ -15,8 +15,14 @@ from PIL import Image, ImageFilter
 from stylexfer.errors import ModelNotFoundError
 from stylexfer.world import Pose, render
 from stylexfer.world.judge import ASSETS, load_judge
-from stylexfer.world.metrics import (WorldJudge, feature_fid, object_retrieval, perceptual_distance, quality,
-                                     style_similarity)
+from stylexfer.world.metrics import (
+    WorldJudge,
+    feature_fid,
+    object_retrieval,
+    perceptual_distance,
+    quality,
+    style_similarity,
+)
 
 NAMES = ["bird", "boat", "car", "cat", "cup", "fish", "house", "lamp", "mushroom", "phone"]
 
@@ -33,8 +39,12 @@ def _set(style, seed=0):
 
 def _noised(images, sigma=60, seed=0):
     rng = np.random.default_rng(seed)
-    return [Image.fromarray(np.clip(np.asarray(i, np.float32) + rng.normal(0, sigma, (64, 64, 3)), 0, 255).astype(np.uint8))
-            for i in images]
+    return [
+        Image.fromarray(
+            np.clip(np.asarray(i, np.float32) + rng.normal(0, sigma, (64, 64, 3)), 0, 255).astype(np.uint8)
+        )
+        for i in images
+    ]
 
 
 def test_the_shipped_judge_matches_its_hash_and_its_record():
@@ -102,9 +112,20 @@ def test_evaluate_with_the_world_suite_scores_all_six_and_ranks_real_pictures_ab
                 (root / st / "images").rename(tmp_path / f"{st}-imgs")
                 for p in (tmp_path / f"{st}-imgs").iterdir():
                     p.rename(root / st / p.name)
-        res = subprocess.run([sys.executable, "-m", "stylexfer.evaluate", f"images={root}", f"data.root={data}",
-                              "eval.suite=world", f"hydra.run.dir={tmp_path / ('eval-' + name)}"],
-                             capture_output=True, text=True, timeout=600)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stylexfer.evaluate",
+                f"images={root}",
+                f"data.root={data}",
+                "eval.suite=world",
+                f"hydra.run.dir={tmp_path / ('eval-' + name)}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert res.returncode == 0, res.stderr[-2000:]
         doc = json.loads((tmp_path / f"eval-{name}" / "scores.json").read_text())
         assert set(doc["overall"]) >= {"dino", "hist", "lpips", "clip_r", "fid", "clip_iqa", "final"}

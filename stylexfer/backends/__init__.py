@@ -28,8 +28,10 @@ from PIL import Image
 from ..errors import ConfigError
 
 # name → (module, class, the pip extra that brings its framework)
-BACKENDS = {"torch": ("stylexfer.backends.torch", "TorchBackend", None),
-            "jittor": ("stylexfer.backends.jittor", "JittorBackend", "jittor")}
+BACKENDS = {
+    "torch": ("stylexfer.backends.torch", "TorchBackend", None),
+    "jittor": ("stylexfer.backends.jittor", "JittorBackend", "jittor"),
+}
 
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 
@@ -66,10 +68,19 @@ class Backend(ABC):
         """The frozen weights' dtype (``float32``, ``bfloat16``)."""
 
     @abstractmethod
-    def generate(self, *, sampler: str, steps: int, guidance_scale: float, resolution: int,
-                 adapter_dir: Optional[Path] = None, fuse_lora: bool = True,
-                 init_image: Optional[Image.Image] = None, strength: float = 1.0,
-                 compile: Optional[bool] = None) -> AbstractContextManager[MakeImages]:
+    def generate(
+        self,
+        *,
+        sampler: str,
+        steps: int,
+        guidance_scale: float,
+        resolution: int,
+        adapter_dir: Optional[Path] = None,
+        fuse_lora: bool = True,
+        init_image: Optional[Image.Image] = None,
+        strength: float = 1.0,
+        compile: Optional[bool] = None,
+    ) -> AbstractContextManager[MakeImages]:
         """A context in which ``make(prompts, seeds)`` draws one image per prompt, each from its own seed
         (independent of batch mates), with the base model or the adapter in ``adapter_dir`` loaded; from
         noise, or img2img from ``init_image`` at ``strength``. ``compile``: whether the backend compiles its
@@ -77,11 +88,19 @@ class Backend(ABC):
         float rounding). The model is as it was after the context."""
 
     @abstractmethod
-    def train(self, styles: list, pools: list, cfg, ckpt_dir: Optional[Path], export_dirs: list[Path],
-              clock: Optional[list] = None) -> TrainOutcome:
+    def train(
+        self,
+        styles: list,
+        pools: list,
+        cfg,
+        ckpt_dir: Optional[Path],
+        export_dirs: list[Path],
+        clock: Optional[list] = None,
+    ) -> TrainOutcome:
         """Train ``styles`` (with their class pools, None without prior) in one pass, resuming from and
         checkpointing into ``ckpt_dir``; write each style that did not diverge to its ``export_dirs``
-        entry. ``clock``, if given, gets the time each step's losses reached the host. Raises :class:`stylexfer.errors.DeviceOutOfMemory` when the pass does not fit."""
+        entry. ``clock``, if given, gets the time each step's losses reached the host. Raises
+        :class:`stylexfer.errors.DeviceOutOfMemory` when the pass does not fit."""
 
 
 def backend_names() -> list[str]:

@@ -6,12 +6,11 @@ base model) | ``check [--model DIR]`` (the judge's object accuracy on a base mod
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from dataclasses import fields
 
 from .dataset import DEMO_HELD_OUT, write_styles
 from .pretrain import PretrainConfig
@@ -20,8 +19,16 @@ from .styles import STYLES, render
 
 
 def sheet(size: int) -> Image.Image:
-    rows = [np.concatenate([np.asarray(render(o, st, Pose.random(np.random.default_rng(i)), size, i))
-                            for i, o in enumerate(sorted(OBJECTS))], 1) for st in STYLES]
+    rows = [
+        np.concatenate(
+            [
+                np.asarray(render(o, st, Pose.random(np.random.default_rng(i)), size, i))
+                for i, o in enumerate(sorted(OBJECTS))
+            ],
+            1,
+        )
+        for st in STYLES
+    ]
     return Image.fromarray(np.concatenate(rows, 0))
 
 
@@ -31,7 +38,9 @@ def main(argv=None) -> int:
     s = sub.add_parser("sheet", help="every object (columns) in every style (rows: base styles, then held-out)")
     s.add_argument("out", type=Path)
     s.add_argument("--size", type=int, default=64)
-    j = sub.add_parser("judge", help="train the pocket judge (CPU, minutes) into --out (judge.safetensors + judge.json)")
+    j = sub.add_parser(
+        "judge", help="train the pocket judge (CPU, minutes) into --out (judge.safetensors + judge.json)"
+    )
     j.add_argument("--out", type=Path, required=True)
     j.add_argument("--steps", type=int, default=2500)
     j.add_argument("--per-pair", type=int, default=12, help="renders of each (style, object) to train on")
@@ -41,15 +50,22 @@ def main(argv=None) -> int:
     t.add_argument("--device", default="cuda")
     for f in fields(PretrainConfig):
         t.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    c = sub.add_parser("check", help="the judge's object accuracy on a base model's samples (default: the shipped one)")
+    c = sub.add_parser(
+        "check", help="the judge's object accuracy on a base model's samples (default: the shipped one)"
+    )
     c.add_argument("--model", type=Path, default=None, help="a diffusers folder (default: the shipped pocket model)")
     c.add_argument("--per-object", type=int, default=4)
     c.add_argument("--steps", type=int, default=30)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="cpu")
-    c.add_argument("--out", type=Path, default=None, help="write the record (JSON) and a grid of the samples (PNG) here")
-    a = sub.add_parser("attribution", help="the judge's style attribution of finished runs' images (share assigned "
-                                          "to the style of the data's own images)")
+    c.add_argument(
+        "--out", type=Path, default=None, help="write the record (JSON) and a grid of the samples (PNG) here"
+    )
+    a = sub.add_parser(
+        "attribution",
+        help="the judge's style attribution of finished runs' images (share assigned "
+        "to the style of the data's own images)",
+    )
     a.add_argument("runs", type=Path, nargs="+", help="run folders (with summary.json and images/)")
     d = sub.add_parser("styles", help="held-out styles in the competition layout")
     d.add_argument("root", type=Path)
@@ -62,8 +78,9 @@ def main(argv=None) -> int:
         from .pretrain import pretrain
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-        rec = pretrain(args.out, PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)}),
-                       args.device)
+        rec = pretrain(
+            args.out, PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)}), args.device
+        )
         print(f"{args.out}: {rec['seconds']}; weights {rec['sizes_mib']} MiB; samples.png")
     elif args.cmd == "judge":
         import logging
@@ -76,9 +93,11 @@ def main(argv=None) -> int:
         net, record = train(steps=args.steps, per_pair=args.per_pair, seed=args.seed)
         scale, fid_check = fid_scale(net)
         path = save_judge(net, {**record, "fid_feature_scale": scale, **fid_check}, args.out)
-        print(f"{path}: held-back object accuracy {record['heldback_object_accuracy']:.3f}, style "
-              f"{record['heldback_style_accuracy']:.3f}, quality clean {record['heldback_quality_clean']:.2f} vs "
-              f"degraded {record['heldback_quality_degraded']:.2f}")
+        print(
+            f"{path}: held-back object accuracy {record['heldback_object_accuracy']:.3f}, style "
+            f"{record['heldback_style_accuracy']:.3f}, quality clean {record['heldback_quality_clean']:.2f} vs "
+            f"degraded {record['heldback_quality_degraded']:.2f}"
+        )
     elif args.cmd == "check":
         import json
 
@@ -89,7 +108,11 @@ def main(argv=None) -> int:
         if args.out:
             atomic_write_json(args.out.with_suffix(".json"), rec)
             atomic_save_image(check_grid(images, args.per_object), args.out.with_suffix(".png"))
-        print(json.dumps({k: rec[k] for k in ("object_accuracy", "held_out_attribution", "per_object_accuracy")}, indent=1))
+        print(
+            json.dumps(
+                {k: rec[k] for k in ("object_accuracy", "held_out_attribution", "per_object_accuracy")}, indent=1
+            )
+        )
         print(f"judge object accuracy {rec['object_accuracy']:.3f} on {rec['samples']} samples of {rec['model']}")
     elif args.cmd == "attribution":
         from .metrics import WorldJudge, run_attribution

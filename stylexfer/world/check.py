@@ -15,8 +15,14 @@ from typing import Optional
 import numpy as np
 
 
-def base_model_check(folder: Optional[Path] = None, per_object: int = 4, steps: int = 30, guidance: float = 5.0,
-                     seed: int = 0, device: str = "cpu") -> tuple[dict, list]:
+def base_model_check(
+    folder: Optional[Path] = None,
+    per_object: int = 4,
+    steps: int = 30,
+    guidance: float = 5.0,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[dict, list]:
     """({"object_accuracy", "per_object", "held_out_attribution", ...}, images) for the model in ``folder``."""
     import torch
     from diffusers import StableDiffusionPipeline
@@ -28,8 +34,9 @@ def base_model_check(folder: Optional[Path] = None, per_object: int = 4, steps: 
 
     folder = Path(folder) if folder else pocket_model_dir()
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, safety_checker=None,
-                                                   requires_safety_checker=False).to(device)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        folder, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+    ).to(device)
     pipe.set_progress_bar_config(disable=True)
     judge = WorldJudge(device)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -39,23 +46,40 @@ def base_model_check(folder: Optional[Path] = None, per_object: int = 4, steps: 
     gens = [torch.Generator("cpu").manual_seed(seed + i) for i in range(len(prompts))]
     images = []
     for i in range(0, len(prompts), 16):
-        images += pipe(prompts[i:i + 16], num_inference_steps=steps, guidance_scale=guidance, generator=gens[i:i + 16],
-                       height=size, width=size).images
+        images += pipe(
+            prompts[i : i + 16],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=gens[i : i + 16],
+            height=size,
+            width=size,
+        ).images
     out = judge(images)
     got = [objects[k] for k in out["object"].argmax(-1).tolist()]
     styles = [STYLE_NAMES[k] for k in out["style"].argmax(-1).tolist()]
     per = {o: float(np.mean([g == o for g, w in zip(got, wanted) if w == o])) for o in objects}
     held_out = [s for s in styles if STYLES[s].held_out]
-    return {"model": str(folder), "samples": len(images), "per_object": per_object, "steps": steps,
-            "guidance_scale": guidance, "seed": seed, "judge": judge.label,
-            "object_accuracy": float(np.mean([g == w for g, w in zip(got, wanted)])), "per_object_accuracy": per,
-            "held_out_attribution": len(held_out) / len(images), "styles_attributed": dict(Counter(styles))}, images
+    return {
+        "model": str(folder),
+        "samples": len(images),
+        "per_object": per_object,
+        "steps": steps,
+        "guidance_scale": guidance,
+        "seed": seed,
+        "judge": judge.label,
+        "object_accuracy": float(np.mean([g == w for g, w in zip(got, wanted)])),
+        "per_object_accuracy": per,
+        "held_out_attribution": len(held_out) / len(images),
+        "styles_attributed": dict(Counter(styles)),
+    }, images
 
 
 def check_grid(images: list, per_object: int):
     """The samples as one picture: a column per object, a row per sample."""
     from PIL import Image
 
-    cols = [np.concatenate([np.asarray(im) for im in images[i:i + per_object]], 0)
-            for i in range(0, len(images), per_object)]
+    cols = [
+        np.concatenate([np.asarray(im) for im in images[i : i + per_object]], 0)
+        for i in range(0, len(images), per_object)
+    ]
     return Image.fromarray(np.concatenate(cols, 1))

@@ -39,8 +39,14 @@ SIZE = 64
 
 
 def _stage(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
-                         nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=2, padding=1),
+        nn.GroupNorm(8, cout),
+        nn.SiLU(),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.GroupNorm(8, cout),
+        nn.SiLU(),
+    )
 
 
 class Judge(nn.Module):
@@ -59,20 +65,31 @@ class Judge(nn.Module):
             x = s(x)
             maps.append(x)
         feat = x.mean(dim=(2, 3))
-        return {"maps": maps, "feature": feat, "object": self.object_head(feat), "style": self.style_head(feat),
-                "quality": self.quality_head(feat).squeeze(1)}
+        return {
+            "maps": maps,
+            "feature": feat,
+            "object": self.object_head(feat),
+            "style": self.style_head(feat),
+            "quality": self.quality_head(feat).squeeze(1),
+        }
 
 
 def to_input(images) -> torch.Tensor:
     """PIL images → (N, 3, 64, 64) in [−1, 1] (resized to the judge's size)."""
     from PIL import Image
 
-    arrs = [np.asarray(i.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR) if i.size != (SIZE, SIZE)
-                       else i.convert("RGB"), np.float32) for i in images]
+    arrs = [
+        np.asarray(
+            i.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR) if i.size != (SIZE, SIZE) else i.convert("RGB"),
+            np.float32,
+        )
+        for i in images
+    ]
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
 # ------------------------------------------------------------------------------------------- training
+
 
 def _renders(per_pair: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     imgs, objs, stys = [], [], []
@@ -115,8 +132,12 @@ def degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     kind = torch.randint(0, 5, (n,), generator=g)
     out = x.clone()
     noisy = x + torch.randn(x.shape, generator=g) * (0.35 + 0.4 * torch.rand(n, 1, 1, 1, generator=g))
-    small = F.interpolate(F.interpolate(x, size=int(torch.randint(6, 14, (1,), generator=g)), mode="area"),
-                          size=SIZE, mode="bilinear", align_corners=False)
+    small = F.interpolate(
+        F.interpolate(x, size=int(torch.randint(6, 14, (1,), generator=g)), mode="area"),
+        size=SIZE,
+        mode="bilinear",
+        align_corners=False,
+    )
     blended = 0.5 * x + 0.5 * x[torch.randperm(n, generator=g)]
     t = SIZE // 4
     tiles = x.unfold(2, t, t).unfold(3, t, t).reshape(n, 3, 16, t, t)[:, :, torch.randperm(16, generator=g)]
@@ -127,7 +148,9 @@ def degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return out.clamp(-1, 1)
 
 
-def train(steps: int = 1200, batch: int = 64, per_pair: int = 12, seed: int = 0, lr: float = 2e-3) -> tuple[Judge, dict]:
+def train(
+    steps: int = 1200, batch: int = 64, per_pair: int = 12, seed: int = 0, lr: float = 2e-3
+) -> tuple[Judge, dict]:
     """Train a judge on fresh renders; returns it and a record (settings, held-back accuracies)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -140,14 +163,17 @@ def train(steps: int = 1200, batch: int = 64, per_pair: int = 12, seed: int = 0,
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     from tqdm.auto import tqdm
 
-    for step in tqdm(range(steps), desc="judge", unit="step", leave=False):
+    for _step in tqdm(range(steps), desc="judge", unit="step", leave=False):
         idx = torch.randint(0, len(x), (batch,), generator=g)
         clean = _mild(x[idx], g)
         bad = degrade(x[torch.randint(0, len(x), (batch // 4,), generator=g)], g)
         out = net(torch.cat([clean, bad]))
         n = clean.shape[0]
-        loss = (F.cross_entropy(out["object"][:n], yo[idx]) + F.cross_entropy(out["style"][:n], ys[idx])
-                + F.binary_cross_entropy_with_logits(out["quality"], torch.cat([torch.ones(n), torch.zeros(len(bad))])))
+        loss = (
+            F.cross_entropy(out["object"][:n], yo[idx])
+            + F.cross_entropy(out["style"][:n], ys[idx])
+            + F.binary_cross_entropy_with_logits(out["quality"], torch.cat([torch.ones(n), torch.zeros(len(bad))]))
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -156,12 +182,20 @@ def train(steps: int = 1200, batch: int = 64, per_pair: int = 12, seed: int = 0,
     with torch.no_grad():
         o = net(xt)
         bad = net(degrade(xt, torch.Generator().manual_seed(seed + 2)))
-    record = {"steps": steps, "batch": batch, "renders_per_style_object": per_pair, "seed": seed, "lr": lr,
-              "train_seconds": round(time.time() - t0, 1), "objects": OBJECT_NAMES, "styles": STYLE_NAMES,
-              "heldback_object_accuracy": float((o["object"].argmax(1) == yot).float().mean()),
-              "heldback_style_accuracy": float((o["style"].argmax(1) == yst).float().mean()),
-              "heldback_quality_clean": float(torch.sigmoid(o["quality"]).mean()),
-              "heldback_quality_degraded": float(torch.sigmoid(bad["quality"]).mean())}
+    record = {
+        "steps": steps,
+        "batch": batch,
+        "renders_per_style_object": per_pair,
+        "seed": seed,
+        "lr": lr,
+        "train_seconds": round(time.time() - t0, 1),
+        "objects": OBJECT_NAMES,
+        "styles": STYLE_NAMES,
+        "heldback_object_accuracy": float((o["object"].argmax(1) == yot).float().mean()),
+        "heldback_style_accuracy": float((o["style"].argmax(1) == yst).float().mean()),
+        "heldback_quality_clean": float(torch.sigmoid(o["quality"]).mean()),
+        "heldback_quality_degraded": float(torch.sigmoid(bad["quality"]).mean()),
+    }
     return net, record
 
 
@@ -182,13 +216,17 @@ def judge_record(folder: Path = ASSETS) -> dict:
 
     path, rec_path = Path(folder) / "judge.safetensors", Path(folder) / "judge.json"
     if not path.is_file() or not rec_path.is_file():
-        raise ModelNotFoundError(f"{folder}: no pocket judge (judge.safetensors + judge.json); "
-                                 "make one with python -m stylexfer.world judge --out DIR")
+        raise ModelNotFoundError(
+            f"{folder}: no pocket judge (judge.safetensors + judge.json); "
+            "make one with python -m stylexfer.world judge --out DIR"
+        )
     record = json.loads(rec_path.read_text())
     digest = file_digest(path, 64)
     if digest != record.get("sha256"):
-        raise ModelNotFoundError(f"{path}: sha256 {digest[:12]}… does not match judge.json ({str(record.get('sha256'))[:12]}…): "
-                                 "damaged or replaced")
+        raise ModelNotFoundError(
+            f"{path}: sha256 {digest[:12]}… does not match judge.json ({str(record.get('sha256'))[:12]}…): "
+            "damaged or replaced"
+        )
     return record
 
 

@@ -1,15 +1,21 @@
 """The six metrics in the pocket world (``eval.suite=world``), computed with the pocket judge
 (:mod:`stylexfer.world.judge`) instead of the checker's models, and the same final-score formula.
 
-| metric key | role (reference suite) | world suite |
-|---|---|---|
-| ``dino`` | DINOv2 style similarity | cosine similarity of the judge's pooled features, every (generated, reference) pair |
-| ``hist`` | Pixel-Hist | the same (weight-free) |
-| ``lpips`` | LPIPS distance | LPIPS form on the judge's four stage maps: channel-normalised, squared difference, spatial mean, mean over stages |
-| ``clip_r`` | CLIP-R retrieval | the judge's object head: the image's object ranks first among the candidate objects |
-| ``fid`` | FID (Inception) | Fréchet distance of the judge's pooled features, scaled so that two held-out styles are 40 apart (median) |
-| ``clip_iqa`` | CLIP-IQA | the judge's quality head: probability of a clean rendering (not noise, blur, blends or shuffles) |
-| ``attribution`` | — (a diagnostic, not in the final score) | share of generated images the judge's style head assigns to the style of the data's own images |
+metric key (role in the reference suite): what the world suite computes
+
+- ``dino`` (DINOv2 style similarity): cosine similarity of the judge's pooled features, every (generated,
+  reference) pair;
+- ``hist`` (Pixel-Hist): the same (weight-free);
+- ``lpips`` (LPIPS distance): LPIPS form on the judge's four stage maps: channel-normalised, squared
+  difference, spatial mean, mean over stages;
+- ``clip_r`` (CLIP-R retrieval): the judge's object head: the image's object ranks first among the
+  candidate objects;
+- ``fid`` (FID, Inception): Fréchet distance of the judge's pooled features, scaled so that two held-out
+  styles are 40 apart (median);
+- ``clip_iqa`` (CLIP-IQA): the judge's quality head: probability of a clean rendering (not noise, blur,
+  blends or shuffles);
+- ``attribution`` (a diagnostic, not in the final score): share of generated images the judge's style head
+  assigns to the style of the data's own images.
 
 World scores do not compare with the report's numbers: other models, another world.
 """
@@ -23,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..metrics import frechet_of
+from ..scoring import Scorer, frechet_of
 from .judge import ASSETS, load_judge, to_input
 
 log = logging.getLogger(__name__)
@@ -42,9 +48,11 @@ class WorldJudge:
         outs = []
         with torch.no_grad():
             for i in range(0, len(images), chunk):
-                outs.append(self.net(to_input(images[i:i + chunk]).to(self.device)))
-        return {"maps": [torch.cat([o["maps"][k] for o in outs]) for k in range(len(outs[0]["maps"]))],
-                **{k: torch.cat([o[k] for o in outs]) for k in ("feature", "object", "style", "quality")}}
+                outs.append(self.net(to_input(images[i : i + chunk]).to(self.device)))
+        return {
+            "maps": [torch.cat([o["maps"][k] for o in outs]) for k in range(len(outs[0]["maps"]))],
+            **{k: torch.cat([o[k] for o in outs]) for k in ("feature", "object", "style", "quality")},
+        }
 
     @property
     def label(self) -> str:
@@ -105,8 +113,7 @@ def run_attribution(run_dir, judge: WorldJudge | None = None) -> dict:
     import json
     from pathlib import Path
 
-    from ..data import discover_styles
-    from ..evaluate import generated_images
+    from ..data import discover_styles, generated_images
 
     images = Path(run_dir) / "images"
     judge = judge or WorldJudge()
@@ -119,8 +126,13 @@ def run_attribution(run_dir, judge: WorldJudge | None = None) -> dict:
     return {"styles": out, "mean": float(np.mean(list(out.values()))) if out else float("nan")}
 
 
-WORLD_METRICS = {"dino": style_similarity, "lpips": perceptual_distance, "clip_r": object_retrieval,
-                 "fid": feature_fid, "clip_iqa": quality}
+WORLD_METRICS = {
+    "dino": style_similarity,
+    "lpips": perceptual_distance,
+    "clip_r": object_retrieval,
+    "fid": feature_fid,
+    "clip_iqa": quality,
+}
 
 
 def fid_scale(net, seed: int = 1, per_style: int = 10) -> tuple[float, dict]:
@@ -140,4 +152,46 @@ def fid_scale(net, seed: int = 1, per_style: int = 10) -> tuple[float, dict]:
     cross = [frechet_of(feats[a][:per_style], feats[b][:per_style]) for a in feats for b in feats if a < b]
     same = [frechet_of(f[:per_style], f[per_style:]) for f in feats.values()]
     scale = float(np.sqrt(40.0 / np.median(cross)))
-    return scale, {"fid_median_cross_style": 40.0, "fid_median_same_style": float(np.median(same)) * scale ** 2}
+    return scale, {"fid_median_cross_style": 40.0, "fid_median_same_style": float(np.median(same)) * scale**2}
+
+
+class WorldSuite:
+    """The suite interface (:mod:`stylexfer.registry`) over the pocket judge: shipped, or the folder ``eval.judge``
+    names; Pixel-Hist as in the reference suite; the judge's style attribution as a diagnostic."""
+
+    @staticmethod
+    def preflight(ev, demo: bool) -> dict[str, str]:
+        from .judge import judge_record
+
+        judge_record(_judge_folder(ev))  # a missing or damaged judge fails here, before any work
+        return {}
+
+    @staticmethod
+    def scorer(ev, device: str, candidates: Sequence[str], offline: bool, skip: Sequence[str] = ()) -> Scorer:
+        from functools import partial
+
+        from ..metrics import HIST
+
+        judge = WorldJudge(device, _judge_folder(ev))
+        metrics, models = {}, {}
+        for m in (m for m in ev.metrics if m not in skip):
+            if m == "hist":
+                metrics[m], models[m] = HIST
+            else:
+                metrics[m] = partial(WORLD_METRICS[m], judge)
+                models[m] = judge.label
+        return Scorer(
+            metrics=metrics,
+            unavailable={},
+            models=models,
+            diagnostics={"attribution": partial(style_attribution, judge)},
+        )
+
+
+def _judge_folder(ev):
+    from pathlib import Path
+
+    return Path(ev.judge).expanduser() if ev.judge else ASSETS
+
+
+SUITE = WorldSuite()

@@ -34,19 +34,54 @@ log = logging.getLogger(__name__)
 
 SPEC = {
     "resolution": 64,
-    "unet": {"sample_size": 16, "in_channels": 4, "out_channels": 4, "block_out_channels": [64, 128, 128],
-             "layers_per_block": 1, "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], "cross_attention_dim": 128,
-             "attention_head_dim": [4, 8, 8], "norm_num_groups": 16, "use_linear_projection": True,
-             "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu"},
-    "vae": {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [32, 64, 64],
-            "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
-            "layers_per_block": 1, "norm_num_groups": 16, "sample_size": 64, "act_fn": "silu"},
-    "text_encoder": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
-                     "max_position_embeddings": 77, "projection_dim": 128, "hidden_act": "gelu"},
-    "scheduler": {"_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-                  "beta_schedule": "scaled_linear", "clip_sample": False, "num_train_timesteps": 1000,
-                  "prediction_type": "epsilon", "set_alpha_to_one": False, "steps_offset": 1},
+    "unet": {
+        "sample_size": 16,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [64, 128, 128],
+        "layers_per_block": 1,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "cross_attention_dim": 128,
+        "attention_head_dim": [4, 8, 8],
+        "norm_num_groups": 16,
+        "use_linear_projection": True,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "act_fn": "silu",
+    },
+    "vae": {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "block_out_channels": [32, 64, 64],
+        "down_block_types": ["DownEncoderBlock2D"] * 3,
+        "up_block_types": ["UpDecoderBlock2D"] * 3,
+        "layers_per_block": 1,
+        "norm_num_groups": 16,
+        "sample_size": 64,
+        "act_fn": "silu",
+    },
+    "text_encoder": {
+        "hidden_size": 128,
+        "intermediate_size": 512,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        "projection_dim": 128,
+        "hidden_act": "gelu",
+    },
+    "scheduler": {
+        "_class_name": "DDIMScheduler",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": False,
+        "num_train_timesteps": 1000,
+        "prediction_type": "epsilon",
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+    },
 }
 
 
@@ -103,20 +138,23 @@ def _to_tensor(arr: np.ndarray, device):
     return torch.from_numpy(arr).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def train_vae(vae, images: np.ndarray, cfg: PretrainConfig, device, every_style: np.ndarray | None = None
-              ) -> tuple[list[float], float]:
+def train_vae(
+    vae, images: np.ndarray, cfg: PretrainConfig, device, every_style: np.ndarray | None = None
+) -> tuple[list[float], float]:
     import torch
 
     from ..embedded import random_shapes_image
 
     g = np.random.default_rng([cfg.seed, 1])
-    generic = np.stack([np.asarray(random_shapes_image(g, images.shape[1]), np.uint8) for _ in range(max(64, len(images) // 10))])
+    generic = np.stack(
+        [np.asarray(random_shapes_image(g, images.shape[1]), np.uint8) for _ in range(max(64, len(images) // 10))]
+    )
     data = np.concatenate([images, generic] + ([every_style] if every_style is not None and len(every_style) else []))
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.vae_steps)
     vae.train()
     losses = []
-    for step in range(cfg.vae_steps):
+    for _step in range(cfg.vae_steps):
         x = _to_tensor(data[g.integers(0, len(data), cfg.vae_batch)], device)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
@@ -145,16 +183,31 @@ def reconstruction_check(vae, size: int, seed: int, device, per_style: int = 32)
     err = {"base": [], "held_out": []}
     with torch.no_grad():
         for st in STYLES.values():
-            imgs = np.stack([np.asarray(render(names[i % len(names)], st, Pose.random(rng), size, int(rng.integers(2**31))),
-                                        np.uint8) for i in range(per_style)])
+            imgs = np.stack(
+                [
+                    np.asarray(
+                        render(names[i % len(names)], st, Pose.random(rng), size, int(rng.integers(2**31))), np.uint8
+                    )
+                    for i in range(per_style)
+                ]
+            )
             x = _to_tensor(imgs, device)
             rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
             err["held_out" if st.held_out else "base"].append(float(((rec - x) ** 2).mean()))
     return {k: round(float(np.mean(v)), 5) for k, v in err.items()}
 
 
-def train_unet(unet, text_encoder, tokenizer, vae, images: np.ndarray, prompts: list[str], cfg: PretrainConfig,
-               device, scheduler_config: dict) -> list[float]:
+def train_unet(
+    unet,
+    text_encoder,
+    tokenizer,
+    vae,
+    images: np.ndarray,
+    prompts: list[str],
+    cfg: PretrainConfig,
+    device,
+    scheduler_config: dict,
+) -> list[float]:
     import copy
 
     import torch
@@ -165,12 +218,17 @@ def train_unet(unet, text_encoder, tokenizer, vae, images: np.ndarray, prompts: 
     with torch.no_grad():  # every picture encoded once (posterior mean and std kept)
         means, stds = [], []
         for i in range(0, len(images), 256):
-            d = vae.encode(_to_tensor(images[i:i + 256], device)).latent_dist
+            d = vae.encode(_to_tensor(images[i : i + 256], device)).latent_dist
             means.append(d.mean)
             stds.append(d.std)
         mean, std = torch.cat(means), torch.cat(stds)
-        ids = tokenizer(list(prompts) + [""], padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids.to(device)
+        ids = tokenizer(
+            list(prompts) + [""],
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
     empty = ids[-1:]
     ids = ids[:-1]
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -204,7 +262,9 @@ def train_unet(unet, text_encoder, tokenizer, vae, images: np.ndarray, prompts: 
             log.info("unet: %.1f ms/step; %d steps fit max_minutes=%s", 1000 * per_step, total[0], cfg.max_minutes)
         idx = torch.randint(0, len(mean), (cfg.unet_batch,), device=device, generator=g)
         lat = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, device=device, generator=g)) * scale
-        flip = torch.rand(len(idx), device=device, generator=g) < 0.5  # mirrored pictures are pictures of the same things
+        flip = (
+            torch.rand(len(idx), device=device, generator=g) < 0.5
+        )  # mirrored pictures are pictures of the same things
         lat = torch.where(flip[:, None, None, None], lat.flip(3), lat)
         tok = ids[idx]
         drop = torch.rand(len(idx), device=device, generator=g) < cfg.uncond
@@ -255,34 +315,64 @@ def pretrain(out: Path, cfg: PretrainConfig, device: str = "cpu") -> dict:
     tok_dir = out / ".tok"
     tokenizer = build_tokenizer(tok_dir)
     tok_dir.rmdir()
-    text_encoder = CLIPTextModel(CLIPTextConfig(**SPEC["text_encoder"], vocab_size=len(tokenizer),
-                                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                                pad_token_id=tokenizer.pad_token_id)).to(dev)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            **SPEC["text_encoder"],
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    ).to(dev)
     unet = UNet2DConditionModel(**SPEC["unet"]).to(dev)
     vae = AutoencoderKL(**SPEC["vae"]).to(dev)
-    codec_images = (render_set(cfg.vae_every_style_images, cfg.seed, res, cfg.workers, every_style=True)[0]
-                    if cfg.vae_every_style_images else None)
+    codec_images = (
+        render_set(cfg.vae_every_style_images, cfg.seed, res, cfg.workers, every_style=True)[0]
+        if cfg.vae_every_style_images
+        else None
+    )
     vae_losses, scaling = train_vae(vae, images, cfg, dev, codec_images)
     vae.register_to_config(scaling_factor=round(scaling, 5))
     vae_check = reconstruction_check(vae, res, cfg.seed, dev)
     log.info("VAE reconstruction MSE on fresh pictures: %s", vae_check)
     t_vae = time.time() - t0 - t_render
-    log.info("VAE: %d steps in %.0fs, loss %.4f, latent scale %.3f", cfg.vae_steps, t_vae, np.mean(vae_losses[-50:]), scaling)
+    log.info(
+        "VAE: %d steps in %.0fs, loss %.4f, latent scale %.3f",
+        cfg.vae_steps,
+        t_vae,
+        np.mean(vae_losses[-50:]),
+        scaling,
+    )
     vae.requires_grad_(False)
     unet_losses = train_unet(unet, text_encoder, tokenizer, vae, images, prompts, cfg, dev, SPEC["scheduler"])
     t_unet = time.time() - t0 - t_render - t_vae
-    pipe = StableDiffusionPipeline(vae=vae.half(), text_encoder=text_encoder.half(), tokenizer=tokenizer, unet=unet.half(),
-                                   scheduler=DDIMScheduler.from_config(SPEC["scheduler"]), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae.half(),
+        text_encoder=text_encoder.half(),
+        tokenizer=tokenizer,
+        unet=unet.half(),
+        scheduler=DDIMScheduler.from_config(SPEC["scheduler"]),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(out, safe_serialization=True)
     weights = {str(p.relative_to(out)): file_digest(p, 64) for p in sorted(out.rglob("*.safetensors"))}
-    record = {"spec": SPEC, "config": asdict(cfg), "device": str(dev), "data_sha256": data_hash, "vae_reconstruction_mse": vae_check,
-              "spec_hash": stable_hash(SPEC), "seconds": {"render": round(t_render, 1), "vae": round(t_vae, 1),
-                                                          "unet": round(t_unet, 1)},
-              "vae_losses": [round(x, 5) for x in vae_losses[:: max(1, len(vae_losses) // 300)]],
-              "unet_losses": [round(x, 5) for x in unet_losses[:: max(1, len(unet_losses) // 300)]],
-              "unet_steps_done": len(unet_losses), "weights_sha256": weights, "random_weights": False,
-              "sizes_mib": {k: round((out / k).stat().st_size / 2**20, 2) for k in weights}}
+    record = {
+        "spec": SPEC,
+        "config": asdict(cfg),
+        "device": str(dev),
+        "data_sha256": data_hash,
+        "vae_reconstruction_mse": vae_check,
+        "spec_hash": stable_hash(SPEC),
+        "seconds": {"render": round(t_render, 1), "vae": round(t_vae, 1), "unet": round(t_unet, 1)},
+        "vae_losses": [round(x, 5) for x in vae_losses[:: max(1, len(vae_losses) // 300)]],
+        "unet_losses": [round(x, 5) for x in unet_losses[:: max(1, len(unet_losses) // 300)]],
+        "unet_steps_done": len(unet_losses),
+        "weights_sha256": weights,
+        "random_weights": False,
+        "sizes_mib": {k: round((out / k).stat().st_size / 2**20, 2) for k in weights},
+    }
     atomic_write_json(out / "pocket.json", record)
     (out / "loss.png").write_bytes(loss_plot(record))
     sample_grid(out, device).save(out / "samples.png")
@@ -295,12 +385,16 @@ def loss_plot(record: dict) -> bytes:
 
     fig, ax = new_axes(7, 3.6)
     cfg = record["config"]
-    for key, steps, label in (("vae_losses", cfg["vae_steps"], "VAE (reconstruction + KL)"),
-                              ("unet_losses", record["unet_steps_done"], "UNet + text encoder (epsilon MSE)")):
+    for key, steps, label in (
+        ("vae_losses", cfg["vae_steps"], "VAE (reconstruction + KL)"),
+        ("unet_losses", record["unet_steps_done"], "UNet + text encoder (epsilon MSE)"),
+    ):
         ys = record[key]
         ax.plot([i * steps / len(ys) for i in range(len(ys))], ys, label=label)
     ax.set_yscale("log")
-    return axes_png(fig, ax, "step", "loss", f"pocket model pretraining ({record['device']}, data {record['data_sha256'][:12]})")
+    return axes_png(
+        fig, ax, "step", "loss", f"pocket model pretraining ({record['device']}, data {record['data_sha256'][:12]})"
+    )
 
 
 def sample_grid(folder: Path, device: str = "cpu", steps: int = 30, seed: int = 0):
@@ -312,15 +406,22 @@ def sample_grid(folder: Path, device: str = "cpu", steps: int = 30, seed: int = 
     from .scene import OBJECTS
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, safety_checker=None,
-                                                   requires_safety_checker=False).to(device)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        folder, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+    ).to(device)
     pipe.set_progress_bar_config(disable=True)
     names = sorted(OBJECTS)
     rows = []
     for suffix in ("", ", flat colors", ", pencil sketch"):
         prompts = [f"an image of {o}{suffix}" for o in names]
         gens = [torch.Generator("cpu").manual_seed(seed + i) for i in range(len(names))]
-        imgs = pipe(prompts, num_inference_steps=steps, guidance_scale=5.0, generator=gens, height=SPEC["resolution"],
-                    width=SPEC["resolution"]).images
+        imgs = pipe(
+            prompts,
+            num_inference_steps=steps,
+            guidance_scale=5.0,
+            generator=gens,
+            height=SPEC["resolution"],
+            width=SPEC["resolution"],
+        ).images
         rows.append(np.concatenate([np.asarray(i) for i in imgs], 1))
     return Image.fromarray(np.concatenate(rows, 0))

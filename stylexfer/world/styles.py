@@ -32,25 +32,95 @@ def _style(name, family, pal, words="", held_out=False):
     return Style(name, family, tuple(tuple(c) for c in pal), words, held_out)
 
 
-STYLES: dict[str, Style] = {s.name: s for s in [
-    # base styles: the pocket model is pretrained on these
-    _style("flat_warm", "flat", [(250, 236, 200), (230, 90, 50), (0, 0, 0), (40, 110, 170), (30, 25, 25)], "flat colors"),
-    _style("flat_cool", "flat", [(215, 235, 245), (60, 150, 110), (0, 0, 0), (240, 200, 60), (20, 30, 40)], "flat colors"),
-    _style("stripes_red", "stripes", [(245, 245, 240), (200, 40, 50), (250, 220, 210), (40, 40, 60), (30, 20, 20)], "stripes"),
-    _style("stripes_green", "stripes", [(235, 240, 225), (40, 120, 70), (200, 230, 190), (120, 60, 30), (20, 30, 20)], "stripes"),
-    _style("checker_bw", "checker", [(200, 210, 225), (20, 20, 20), (240, 240, 240), (220, 60, 60), (10, 10, 10)], "checkered"),
-    _style("checker_gold", "checker", [(60, 40, 70), (230, 180, 40), (140, 90, 20), (240, 240, 230), (20, 10, 20)], "checkered"),
-    _style("pencil", "hatch", [(244, 240, 230), (60, 60, 60), (0, 0, 0), (30, 30, 30), (35, 35, 35)], "pencil sketch"),
-    _style("sunset", "silhouette", [(250, 170, 80), (30, 20, 40), (0, 0, 0), (30, 20, 40), (120, 40, 90)], "silhouette at sunset"),
-    _style("dusk", "silhouette", [(120, 180, 230), (20, 30, 50), (0, 0, 0), (20, 30, 50), (40, 60, 140)], "silhouette at sunset"),
-    _style("blueprint", "blueprint", [(30, 70, 150), (235, 240, 255), (70, 110, 190), (235, 240, 255), (235, 240, 255)], "blueprint"),
-    # held-out styles: never seen in pretraining
-    _style("dots", "dots", [(250, 225, 120), (40, 90, 170), (250, 250, 250), (220, 60, 90), (20, 30, 60)], held_out=True),
-    _style("mosaic", "mosaic", [(210, 200, 180), (190, 70, 40), (0, 0, 0), (40, 120, 140), (90, 85, 80)], held_out=True),
-    _style("neon", "neon", [(8, 6, 14), (255, 40, 200), (0, 0, 0), (60, 240, 255), (0, 0, 0)], held_out=True),
-    _style("watercolor", "watercolor", [(248, 244, 236), (120, 160, 220), (0, 0, 0), (240, 150, 150), (0, 0, 0)], held_out=True),
-    _style("pointillism", "pointillism", [(252, 250, 245), (230, 120, 40), (0, 0, 0), (70, 50, 160), (0, 0, 0)], held_out=True),
-]}
+STYLES: dict[str, Style] = {
+    s.name: s
+    for s in [
+        # base styles: the pocket model is pretrained on these
+        _style(
+            "flat_warm",
+            "flat",
+            [(250, 236, 200), (230, 90, 50), (0, 0, 0), (40, 110, 170), (30, 25, 25)],
+            "flat colors",
+        ),
+        _style(
+            "flat_cool",
+            "flat",
+            [(215, 235, 245), (60, 150, 110), (0, 0, 0), (240, 200, 60), (20, 30, 40)],
+            "flat colors",
+        ),
+        _style(
+            "stripes_red",
+            "stripes",
+            [(245, 245, 240), (200, 40, 50), (250, 220, 210), (40, 40, 60), (30, 20, 20)],
+            "stripes",
+        ),
+        _style(
+            "stripes_green",
+            "stripes",
+            [(235, 240, 225), (40, 120, 70), (200, 230, 190), (120, 60, 30), (20, 30, 20)],
+            "stripes",
+        ),
+        _style(
+            "checker_bw",
+            "checker",
+            [(200, 210, 225), (20, 20, 20), (240, 240, 240), (220, 60, 60), (10, 10, 10)],
+            "checkered",
+        ),
+        _style(
+            "checker_gold",
+            "checker",
+            [(60, 40, 70), (230, 180, 40), (140, 90, 20), (240, 240, 230), (20, 10, 20)],
+            "checkered",
+        ),
+        _style(
+            "pencil", "hatch", [(244, 240, 230), (60, 60, 60), (0, 0, 0), (30, 30, 30), (35, 35, 35)], "pencil sketch"
+        ),
+        _style(
+            "sunset",
+            "silhouette",
+            [(250, 170, 80), (30, 20, 40), (0, 0, 0), (30, 20, 40), (120, 40, 90)],
+            "silhouette at sunset",
+        ),
+        _style(
+            "dusk",
+            "silhouette",
+            [(120, 180, 230), (20, 30, 50), (0, 0, 0), (20, 30, 50), (40, 60, 140)],
+            "silhouette at sunset",
+        ),
+        _style(
+            "blueprint",
+            "blueprint",
+            [(30, 70, 150), (235, 240, 255), (70, 110, 190), (235, 240, 255), (235, 240, 255)],
+            "blueprint",
+        ),
+        # held-out styles: never seen in pretraining
+        _style(
+            "dots",
+            "dots",
+            [(250, 225, 120), (40, 90, 170), (250, 250, 250), (220, 60, 90), (20, 30, 60)],
+            held_out=True,
+        ),
+        _style(
+            "mosaic",
+            "mosaic",
+            [(210, 200, 180), (190, 70, 40), (0, 0, 0), (40, 120, 140), (90, 85, 80)],
+            held_out=True,
+        ),
+        _style("neon", "neon", [(8, 6, 14), (255, 40, 200), (0, 0, 0), (60, 240, 255), (0, 0, 0)], held_out=True),
+        _style(
+            "watercolor",
+            "watercolor",
+            [(248, 244, 236), (120, 160, 220), (0, 0, 0), (240, 150, 150), (0, 0, 0)],
+            held_out=True,
+        ),
+        _style(
+            "pointillism",
+            "pointillism",
+            [(252, 250, 245), (230, 120, 40), (0, 0, 0), (70, 50, 160), (0, 0, 0)],
+            held_out=True,
+        ),
+    ]
+}
 BASE_STYLES = [s for s in STYLES.values() if not s.held_out]
 HELD_OUT_STYLES = [s for s in STYLES.values() if s.held_out]
 
@@ -136,10 +206,10 @@ def _render_family(fam: str, parts: np.ndarray, pal: tuple, rng: np.random.Gener
     elif fam == "dots":
         p = 6 * SS
         gx, gy = xx % p - p / 2, (yy + (xx // p % 2) * p / 2) % p - p / 2
-        dot = gx ** 2 + gy ** 2 < (0.3 * p) ** 2
+        dot = gx**2 + gy**2 < (0.3 * p) ** 2
         body = np.where(dot[..., None], np.array(pal[2], np.float32), np.array(pal[1], np.float32))
         img = _fill(parts, pal, body)
-        bg_dot = (dot & (parts == 0))
+        bg_dot = dot & (parts == 0)
         img[bg_dot] = img[bg_dot] * 0.85 + np.array(pal[3], np.float32) * 0.15
         img[_edges(parts, 2 * SS)] = ink
     elif fam == "mosaic":
@@ -175,7 +245,7 @@ def _render_family(fam: str, parts: np.ndarray, pal: tuple, rng: np.random.Gener
         r = int(1.2 * SS)
         for y, x in zip(ys, xs):
             c = flat[y, x] + rng.normal(0, 20, 3)
-            img[max(0, y - r):y + r, max(0, x - r):x + r] = c
+            img[max(0, y - r) : y + r, max(0, x - r) : x + r] = c
     else:
         raise KeyError(f"unknown style family {fam!r}")
     return np.clip(img, 0, 255)

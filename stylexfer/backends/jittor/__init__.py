@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .. import Backend, TrainOutcome
 from ...errors import ConfigError, TrainingDiverged
+from .. import Backend, TrainOutcome
 from . import runtime
 
 
@@ -27,7 +27,9 @@ class JittorBackend(Backend):
     def __init__(self, resolved, model_cfg, cache_dir: Path):
         device = runtime.pick_device(str(model_cfg.device))
         if str(model_cfg.dtype) not in ("auto", "float32"):
-            raise ConfigError(f"model.dtype={model_cfg.dtype}: the jittor backend computes in float32 (model.dtype=auto)")
+            raise ConfigError(
+                f"model.dtype={model_cfg.dtype}: the jittor backend computes in float32 (model.dtype=auto)"
+            )
         runtime.jittor(Path(cache_dir), device)
         from .models import load_components
 
@@ -48,8 +50,9 @@ class JittorBackend(Backend):
 
         return sampling(self.components, **kw)
 
-    def train(self, styles, pools, cfg, ckpt_dir: Optional[Path], export_dirs: list[Path],
-              clock: Optional[list] = None) -> TrainOutcome:
+    def train(
+        self, styles, pools, cfg, ckpt_dir: Optional[Path], export_dirs: list[Path], clock: Optional[list] = None
+    ) -> TrainOutcome:
         from .train import train_style
 
         t0 = time.time()

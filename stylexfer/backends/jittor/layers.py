@@ -86,7 +86,7 @@ def attention(q, k, v, heads: int, mask=None):
         return x.reshape((b, length, heads, d)).transpose((0, 2, 1, 3)).reshape((b * heads, length, d))
 
     q, k, v = split(q, n), split(k, m), split(v, m)
-    scores = nn.bmm_transpose(q, k) * (d ** -0.5)
+    scores = nn.bmm_transpose(q, k) * (d**-0.5)
     if mask is not None:
         scores = scores + mask
     probs = softmax(scores)
@@ -98,8 +98,17 @@ class Attention(nn.Module):
     """diffusers' ``Attention`` (to_q/to_k/to_v/to_out.0): self-attention, or cross-attention on a context;
     with ``group_norm`` and a residual as the VAE's mid-block uses it."""
 
-    def __init__(self, query_dim: int, heads: int, dim_head: int, cross_dim: int | None = None, bias: bool = False,
-                 norm_groups: int | None = None, eps: float = 1e-6, residual: bool = False):
+    def __init__(
+        self,
+        query_dim: int,
+        heads: int,
+        dim_head: int,
+        cross_dim: int | None = None,
+        bias: bool = False,
+        norm_groups: int | None = None,
+        eps: float = 1e-6,
+        residual: bool = False,
+    ):
         super().__init__()
         inner = heads * dim_head
         self.heads, self.residual = heads, residual
@@ -206,15 +215,17 @@ class BasicTransformerBlock(nn.Module):
 
 
 class Transformer2DModel(nn.Module):
-    def __init__(self, heads: int, dim_head: int, channels: int, cross_dim: int, groups: int, linear: bool,
-                 layers: int = 1):
+    def __init__(
+        self, heads: int, dim_head: int, channels: int, cross_dim: int, groups: int, linear: bool, layers: int = 1
+    ):
         super().__init__()
         inner = heads * dim_head
         self.linear = linear
         self.norm = GroupNorm(groups, channels, 1e-6)
         self.proj_in = nn.Linear(channels, inner) if linear else nn.Conv2d(channels, inner, 1)
-        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(inner, heads, dim_head, cross_dim)
-                                                 for _ in range(layers)])
+        self.transformer_blocks = nn.ModuleList(
+            [BasicTransformerBlock(inner, heads, dim_head, cross_dim) for _ in range(layers)]
+        )
         self.proj_out = nn.Linear(inner, channels) if linear else nn.Conv2d(inner, channels, 1)
 
     def execute(self, x, context):

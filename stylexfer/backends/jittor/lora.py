@@ -88,7 +88,7 @@ def inject(model, targets, rank: int, alpha: Optional[float]) -> dict:
 
 def remove(model) -> None:
     """Put every wrapped layer's base layer back."""
-    for name, (parent, attr, module) in linear_modules(model).items():
+    for _name, (parent, attr, module) in linear_modules(model).items():
         if isinstance(module, LoRALinear):
             _set(parent, attr, module.base)
 
@@ -102,9 +102,20 @@ def init_gaussian(layers: dict, rng: np.random.Generator) -> None:
 
 def _part_metadata(part: str, layers: dict, targets) -> dict:
     first = next(iter(layers.values()))
-    cfg = {"r": first.rank, "lora_alpha": first.alpha, "target_modules": list(targets), "lora_dropout": 0.0,
-           "init_lora_weights": "gaussian", "peft_type": "LORA", "bias": "none", "use_dora": False,
-           "use_rslora": False, "fan_in_fan_out": False, "rank_pattern": {}, "alpha_pattern": {}}
+    cfg = {
+        "r": first.rank,
+        "lora_alpha": first.alpha,
+        "target_modules": list(targets),
+        "lora_dropout": 0.0,
+        "init_lora_weights": "gaussian",
+        "peft_type": "LORA",
+        "bias": "none",
+        "use_dora": False,
+        "use_rslora": False,
+        "fan_in_fan_out": False,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
     return {f"{part}.{k}": v for k, v in cfg.items()}
 
 
@@ -126,8 +137,10 @@ def save(folder: Path, parts: dict) -> Path:
     return file
 
 
-_KEY = re.compile(r"^(unet|text_encoder)\.(.+?)\.(lora\.down|lora\.up|lora_linear_layer\.down|lora_linear_layer\.up|"
-                  r"lora_A|lora_B)\.weight$")
+_KEY = re.compile(
+    r"^(unet|text_encoder)\.(.+?)\.(lora\.down|lora\.up|lora_linear_layer\.down|lora_linear_layer\.up|"
+    r"lora_A|lora_B)\.weight$"
+)
 
 
 def read(file: Path) -> dict:
@@ -147,7 +160,7 @@ def read(file: Path) -> dict:
             raise ConfigError(f"{file}: key {k} is not a LoRA weight the jittor backend reads")
         part, name, which = m.groups()
         if part == "text_encoder" and name.startswith("text_model."):
-            name = name[len("text_model."):]
+            name = name[len("text_model.") :]
         slot = 0 if which.endswith(("down", "A")) else 1
         pairs.setdefault(part, {}).setdefault(name, [None, None])[slot] = v.astype(np.float32)
     out = {}

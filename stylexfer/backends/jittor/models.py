@@ -40,7 +40,7 @@ def alphas_cumprod(sched: dict) -> np.ndarray:
     elif kind == "linear":
         betas = np.linspace(b0, b1, n, dtype=np.float64)
     elif kind == "scaled_linear":
-        betas = np.linspace(b0 ** 0.5, b1 ** 0.5, n, dtype=np.float64) ** 2
+        betas = np.linspace(b0**0.5, b1**0.5, n, dtype=np.float64) ** 2
     else:
         raise ConfigError(f"scheduler config beta_schedule={kind}: not carried by the jittor backend")
     if sched.get("rescale_betas_zero_snr"):
@@ -92,7 +92,7 @@ def load_weights(module, file: Path, strip: str = "") -> None:
     """Load a safetensors file into ``module`` by name (float32), refusing missing or unexpected keys."""
     from safetensors.numpy import load_file
 
-    tensors = {(k[len(strip):] if strip and k.startswith(strip) else k): v for k, v in load_file(str(file)).items()}
+    tensors = {(k[len(strip) :] if strip and k.startswith(strip) else k): v for k, v in load_file(str(file)).items()}
     tensors = {k: v for k, v in tensors.items() if not k.endswith("position_ids")}
     own = module.state_dict()
     missing = sorted(set(own) - set(tensors))
@@ -102,14 +102,17 @@ def load_weights(module, file: Path, strip: str = "") -> None:
         raise ModelNotFoundError(f"{file}: {what} ({len(missing)} missing, {len(extra)} unexpected keys)")
     for k, v in tensors.items():
         if tuple(own[k].shape) != tuple(v.shape):
-            raise ModelNotFoundError(f"{file}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+            raise ModelNotFoundError(
+                f"{file}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}"
+            )
     module.load_state_dict({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()})
     for p in module.parameters():
         p.stop_grad()
 
 
-def load_components(folder: Path, device: str = "cpu", variant: Optional[str] = None,
-                    resolved: Optional[ResolvedModel] = None) -> Components:
+def load_components(
+    folder: Path, device: str = "cpu", variant: Optional[str] = None, resolved: Optional[ResolvedModel] = None
+) -> Components:
     from transformers import CLIPTokenizer
 
     folder = Path(folder)
@@ -132,14 +135,23 @@ def load_components(folder: Path, device: str = "cpu", variant: Optional[str] = 
     tokenizer = CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer")
     if resolved is not None and resolved.random_weights:
         log.warning(RANDOM_WEIGHTS_NOTICE)
-    return Components(unet=unet, vae=vae, text_encoder=te, tokenizer=tokenizer, scheduler_config=sched,
-                      alphas_cumprod=alphas_cumprod(sched), device=device, model=resolved)
+    return Components(
+        unet=unet,
+        vae=vae,
+        text_encoder=te,
+        tokenizer=tokenizer,
+        scheduler_config=sched,
+        alphas_cumprod=alphas_cumprod(sched),
+        device=device,
+        model=resolved,
+    )
 
 
 def token_ids(c: Components, prompts: list[str]):
     tok = c.tokenizer
-    ids = tok(list(prompts), padding="max_length", truncation=True, max_length=tok.model_max_length,
-              return_tensors="np").input_ids
+    ids = tok(
+        list(prompts), padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="np"
+    ).input_ids
     return jt.array(ids.astype(np.int32))
 
 

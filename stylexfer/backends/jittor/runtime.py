@@ -54,10 +54,14 @@ def jittor(cache_dir: Path, device: str = "cpu"):
     if not cuda:
         os.environ["nvcc_path"] = ""
     elif "nvcc_path" not in os.environ:
-        nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+        nvcc = shutil.which("nvcc") or (
+            "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None
+        )
         if nvcc is None:
-            raise ConfigError("backend=jittor, model.device=cuda: no nvcc on PATH (jittor compiles its CUDA kernels "
-                              "with it); set nvcc_path or use model.device=cpu")
+            raise ConfigError(
+                "backend=jittor, model.device=cuda: no nvcc on PATH (jittor compiles its CUDA kernels "
+                "with it); set nvcc_path or use model.device=cpu"
+            )
         os.environ["nvcc_path"] = nvcc
     if cuda:
         if os.environ.get("STYLEXFER_JITTOR_ANY_CUDA") != "1":  # the bench's experiments with a patched jittor
@@ -67,8 +71,10 @@ def jittor(cache_dir: Path, device: str = "cpu"):
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", device.split(":", 1)[1])
     home = Path(os.environ["JITTOR_HOME"])
     if not any(home.glob(".cache/jittor/**/jittor_core*.so")):
-        log.info("jittor: compiling its C++ core on first use (about 2 minutes on 2 CPUs; once per machine, kept "
-                 "under %s)", home)
+        log.info(
+            "jittor: compiling its C++ core on first use (about 2 minutes on 2 CPUs; once per machine, kept under %s)",
+            home,
+        )
     t0 = time.time()
     import jittor as jt
 
@@ -95,10 +101,14 @@ def _check_cuda_toolkit(nvcc: str) -> None:
         out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except OSError as e:
         raise ConfigError(f"backend=jittor, model.device=cuda: cannot run nvcc ({e})") from None
-    release = next((line.split("release")[1].split(",")[0].strip() for line in out.splitlines() if "release" in line), "")
+    release = next(
+        (line.split("release")[1].split(",")[0].strip() for line in out.splitlines() if "release" in line), ""
+    )
     if release and int(release.split(".")[0]) >= 13:
-        raise ConfigError(f"backend=jittor, model.device=cuda: jittor 1.3.11 does not run on CUDA {release} "
-                          "(README: Backends); use model.device=cpu, or point nvcc_path at a CUDA 11/12 toolkit")
+        raise ConfigError(
+            f"backend=jittor, model.device=cuda: jittor 1.3.11 does not run on CUDA {release} "
+            "(README: Backends); use model.device=cpu, or point nvcc_path at a CUDA 11/12 toolkit"
+        )
 
 
 def pick_device(name: str) -> str:

@@ -58,17 +58,17 @@ class DDIM:
         b = 1.0 - a
         pt = self.c.prediction_type
         if pt == "epsilon":
-            x0, eps = (x - b ** 0.5 * out) / a ** 0.5, out
+            x0, eps = (x - b**0.5 * out) / a**0.5, out
         elif pt == "v_prediction":
-            x0, eps = a ** 0.5 * x - b ** 0.5 * out, a ** 0.5 * out + b ** 0.5 * x
+            x0, eps = a**0.5 * x - b**0.5 * out, a**0.5 * out + b**0.5 * x
         elif pt == "sample":
             x0 = out
-            eps = (x - a ** 0.5 * x0) / b ** 0.5
+            eps = (x - a**0.5 * x0) / b**0.5
         else:
             raise ConfigError(f"scheduler config prediction_type={pt}: not carried by the jittor backend")
         if self.clip:
             x0 = jt.clamp(x0, -self.clip_range, self.clip_range)
-        return a_prev ** 0.5 * x0 + (1.0 - a_prev) ** 0.5 * eps
+        return a_prev**0.5 * x0 + (1.0 - a_prev) ** 0.5 * eps
 
 
 def _to_pixels(img: Image.Image) -> np.ndarray:
@@ -80,8 +80,16 @@ def _to_images(x: np.ndarray) -> list[Image.Image]:
     return [Image.fromarray((im * 255).round().astype(np.uint8)) for im in x]
 
 
-def generate(c: Components, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance_scale: float,
-             resolution: int, init_image: Optional[Image.Image] = None, strength: float = 1.0) -> list[Image.Image]:
+def generate(
+    c: Components,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    steps: int,
+    guidance_scale: float,
+    resolution: int,
+    init_image: Optional[Image.Image] = None,
+    strength: float = 1.0,
+) -> list[Image.Image]:
     """One batched call; image ``i`` draws from ``torch.Generator().manual_seed(seeds[i])`` as diffusers does."""
     with jt.no_grad():
         gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
@@ -94,7 +102,7 @@ def generate(c: Components, prompts: Sequence[str], seeds: Sequence[int], steps:
             x = jt.array(lat)
         else:
             init = min(int(steps * strength), steps)
-            timesteps = timesteps[max(steps - init, 0):]
+            timesteps = timesteps[max(steps - init, 0) :]
             mean, std = c.vae.encode(jt.array(_to_pixels(init_image)))
             mean, std = mean.numpy(), std.numpy()
             lat = np.concatenate([mean + std * torch.randn(mean.shape, generator=g).numpy() for g in gens])
@@ -102,7 +110,7 @@ def generate(c: Components, prompts: Sequence[str], seeds: Sequence[int], steps:
             noise = np.concatenate([torch.randn(mean.shape, generator=g).numpy() for g in gens])
             t0 = int(timesteps[0])
             a = np.float32(c.alphas_cumprod[t0])
-            x = jt.array((a ** 0.5 * lat + (1 - a) ** 0.5 * noise).astype(np.float32))
+            x = jt.array((a**0.5 * lat + (1 - a) ** 0.5 * noise).astype(np.float32))
         cfg = guidance_scale > 1.0
         cond = encode_prompts(c, list(prompts))
         if cfg:
@@ -120,9 +128,19 @@ def generate(c: Components, prompts: Sequence[str], seeds: Sequence[int], steps:
 
 
 @contextlib.contextmanager
-def sampling(c: Components, *, sampler: str, steps: int, guidance_scale: float, resolution: int,
-             adapter_dir: Optional[Path] = None, fuse_lora: bool = True, init_image: Optional[Image.Image] = None,
-             strength: float = 1.0, compile: Optional[bool] = None):
+def sampling(
+    c: Components,
+    *,
+    sampler: str,
+    steps: int,
+    guidance_scale: float,
+    resolution: int,
+    adapter_dir: Optional[Path] = None,
+    fuse_lora: bool = True,
+    init_image: Optional[Image.Image] = None,
+    strength: float = 1.0,
+    compile: Optional[bool] = None,
+):
     """:meth:`stylexfer.backends.Backend.generate` on the Jittor backend (``compile`` does not apply: Jittor
     compiles its kernels just in time anyway)."""
     from .. import ADAPTER_FILE
@@ -138,7 +156,9 @@ def sampling(c: Components, *, sampler: str, steps: int, guidance_scale: float, 
                 saved += lora.fuse(model, w)
             else:
                 lora.attach(model, w)
-        yield lambda prompts, seeds: generate(c, prompts, seeds, steps, guidance_scale, resolution, init_image, strength)
+        yield lambda prompts, seeds: generate(
+            c, prompts, seeds, steps, guidance_scale, resolution, init_image, strength
+        )
     finally:
         lora.unfuse(saved)
         lora.remove(c.unet)

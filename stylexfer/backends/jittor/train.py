@@ -26,8 +26,17 @@ from tqdm.auto import tqdm
 
 from ... import faults
 from ...config import PriorMode, value
-from ...data import (Style, augment, augment_random, augment_resize, can_cache_latents, crop_at, crop_grid,
-                     draw_grid_crop, grid_cached_crops)
+from ...data import (
+    Style,
+    augment,
+    augment_random,
+    augment_resize,
+    can_cache_latents,
+    crop_at,
+    crop_grid,
+    draw_grid_crop,
+    grid_cached_crops,
+)
 from ...errors import ConfigError, TrainingDiverged
 from ...prior import ClassPool
 from ...store import latest_checkpoint, write_checkpoint
@@ -59,16 +68,19 @@ class Feed:
         self.cache: dict = {}  # (tag, image index) or (tag, index, left, top, flip) → (mean, std)
         # grid crops of a class pool are the same for every style that shares it: encoded once per model
         # (the PyTorch backend's batched pass shares them the same way)
-        self.shared = c.crop_cache.setdefault((pool.key, cfg.model.resolution, cfg.augmentation.scale), {}) \
-            if pool is not None else {}
+        self.shared = (
+            c.crop_cache.setdefault((pool.key, cfg.model.resolution, cfg.augmentation.scale), {})
+            if pool is not None
+            else {}
+        )
 
     def _encode(self, images: list) -> list:
         out = []
         for k in range(0, len(images), 16):
             with jt.no_grad():
-                mean, std = self.c.vae.encode(jt.array(np.stack([_pixels(im) for im in images[k:k + 16]])))
+                mean, std = self.c.vae.encode(jt.array(np.stack([_pixels(im) for im in images[k : k + 16]])))
                 mean, std = mean.numpy(), std.numpy()
-            out += [(mean[j:j + 1], std[j:j + 1]) for j in range(mean.shape[0])]
+            out += [(mean[j : j + 1], std[j : j + 1]) for j in range(mean.shape[0])]
         return out
 
     def _resized_image(self, images, i):
@@ -155,7 +167,7 @@ class AdamW:
 
     def step(self, grads: list, factor: float) -> None:
         self.t += 1
-        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        c1, c2 = 1 - self.b1**self.t, 1 - self.b2**self.t
         k = 0
         for g in self.groups:
             lr = g["lr"] * factor
@@ -191,15 +203,26 @@ class Trainable:
         lora.init_gaussian(self.unet, rng)
         self.text_encoder = {}
         if lo.text_encoder_lora_rank > 0:
-            self.text_encoder = lora.inject(c.text_encoder, lo.text_encoder_target_modules, lo.text_encoder_lora_rank,
-                                            lo.text_encoder_alpha)
+            self.text_encoder = lora.inject(
+                c.text_encoder, lo.text_encoder_target_modules, lo.text_encoder_lora_rank, lo.text_encoder_alpha
+            )
             lora.init_gaussian(self.text_encoder, rng)
         self.targets = {"unet": list(lo.unet_target_modules), "text_encoder": list(lo.text_encoder_target_modules)}
-        self.groups = [{"params": [w for layer in self.unet.values() for w in (layer.lora_A, layer.lora_B)],
-                        "lr": cfg.train.lr, "name": "unet"}]
+        self.groups = [
+            {
+                "params": [w for layer in self.unet.values() for w in (layer.lora_A, layer.lora_B)],
+                "lr": cfg.train.lr,
+                "name": "unet",
+            }
+        ]
         if self.text_encoder:
-            self.groups.append({"params": [w for layer in self.text_encoder.values() for w in (layer.lora_A, layer.lora_B)],
-                                "lr": cfg.train.lr * lo.text_encoder_lr_scale, "name": "text_encoder"})
+            self.groups.append(
+                {
+                    "params": [w for layer in self.text_encoder.values() for w in (layer.lora_A, layer.lora_B)],
+                    "lr": cfg.train.lr * lo.text_encoder_lr_scale,
+                    "name": "text_encoder",
+                }
+            )
         self.params = [p for g in self.groups for p in g["params"]]
         if init is not None:  # start from an adapter file's weights instead of the seeded init
             for part, weights in lora.read(Path(init)).items():
@@ -217,20 +240,24 @@ class Trainable:
         lora.save(folder, parts)
 
 
-def _save_checkpoint(folder: Path, step: int, tr: Trainable, opt: AdamW, feed: Feed, losses: list) -> None:
+def save_checkpoint(folder: Path, step: int, tr: Trainable, opt: AdamW, feed: Feed, losses: list) -> None:
     from safetensors.numpy import save_file
 
     tensors = {f"param.{i}": p.numpy() for i, p in enumerate(tr.params)}
     tensors.update({f"opt.m.{i}": m.numpy() for i, m in enumerate(opt.m)})
     tensors.update({f"opt.v.{i}": v.numpy() for i, v in enumerate(opt.v)})
     tensors["rng.torch"] = feed.stream.torch.get_state().numpy()
-    meta = {"step": step, "adam_t": opt.t, "np_state": feed.stream.np.bit_generator.state,
-            "orders": [None if cy is None else [int(i) for i in cy.order] for cy in (feed.inst, feed.cls)],
-            "losses": losses}
+    meta = {
+        "step": step,
+        "adam_t": opt.t,
+        "np_state": feed.stream.np.bit_generator.state,
+        "orders": [None if cy is None else [int(i) for i in cy.order] for cy in (feed.inst, feed.cls)],
+        "losses": losses,
+    }
     write_checkpoint(folder, step, lambda file: save_file(tensors, str(file)), meta)
 
 
-def _load_checkpoint(folder: Path, tr: Trainable, opt: AdamW, feed: Feed):
+def load_checkpoint(folder: Path, tr: Trainable, opt: AdamW, feed: Feed):
     from safetensors.numpy import load_file
 
     latest = latest_checkpoint(folder)
@@ -257,8 +284,15 @@ def snr_weights(ac: np.ndarray, t: np.ndarray, gamma: float, prediction_type: st
     return (w / (snr + 1) if prediction_type == "v_prediction" else w / snr).astype(np.float32)
 
 
-def train_style(c: Components, style: Style, pool: Optional[ClassPool], cfg, ckpt_dir: Optional[Path] = None,
-                export_to: Optional[Path] = None, init: Optional[Path] = None) -> list[float]:
+def train_style(
+    c: Components,
+    style: Style,
+    pool: Optional[ClassPool],
+    cfg,
+    ckpt_dir: Optional[Path] = None,
+    export_to: Optional[Path] = None,
+    init: Optional[Path] = None,
+) -> list[float]:
     """Train one style's LoRA and write it to ``export_to``; the model is left as it was. The losses.
     ``init``: an adapter file to start from instead of the seeded init (the parity tests start both
     backends from the same weights)."""
@@ -271,7 +305,7 @@ def train_style(c: Components, style: Style, pool: Optional[ClassPool], cfg, ckp
         opt = AdamW(tr.groups, (tr_cfg.adam_beta1, tr_cfg.adam_beta2), tr_cfg.adam_epsilon, tr_cfg.adam_weight_decay)
         start, losses = (0, [])
         if ckpt_dir is not None:
-            start, losses = _load_checkpoint(Path(ckpt_dir), tr, opt, feed)
+            start, losses = load_checkpoint(Path(ckpt_dir), tr, opt, feed)
             if start:
                 log.info("style %s: resuming training from its checkpoint at step %d", style.id, start)
         te_trained = bool(tr.text_encoder)
@@ -280,8 +314,14 @@ def train_style(c: Components, style: Style, pool: Optional[ClassPool], cfg, ckp
         n_t = int(c.scheduler_config.get("num_train_timesteps", 1000))
         b, every = tr_cfg.batch_size, (tr_cfg.checkpoint_every if ckpt_dir is not None else 0)
         schedule = value(tr_cfg.lr_scheduler)
-        bar = tqdm(range(start, tr_cfg.steps), desc=f"train {style.id} (jittor)", unit="step", leave=False,
-                   initial=start, total=tr_cfg.steps)
+        bar = tqdm(
+            range(start, tr_cfg.steps),
+            desc=f"train {style.id} (jittor)",
+            unit="step",
+            leave=False,
+            initial=start,
+            total=tr_cfg.steps,
+        )
         for step in bar:
             mean, std, prompts = feed.next()
             eps, noise, t = (x.numpy() for x in draw_noise(feed.stream.torch, mean.shape, n_t, tr_cfg.noise_offset))
@@ -293,7 +333,9 @@ def train_style(c: Components, style: Style, pool: Optional[ClassPool], cfg, ckp
             elif c.prediction_type == "v_prediction":
                 target = np.sqrt(a) * noise - np.sqrt(1 - a) * latents
             else:
-                raise ConfigError(f"scheduler config prediction_type={c.prediction_type}: not trained by the jittor backend")
+                raise ConfigError(
+                    f"scheduler config prediction_type={c.prediction_type}: not trained by the jittor backend"
+                )
             if te_trained:
                 cond = c.text_encoder(token_ids(c, prompts))
             else:
@@ -321,7 +363,7 @@ def train_style(c: Components, style: Style, pool: Optional[ClassPool], cfg, ckp
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             if every and (step + 1) % every == 0 and step + 1 < tr_cfg.steps:
-                _save_checkpoint(Path(ckpt_dir), step + 1, tr, opt, feed, losses)
+                save_checkpoint(Path(ckpt_dir), step + 1, tr, opt, feed, losses)
                 faults.checkpoint(f"train:{style.id}:{step + 1}")
         if export_to is not None:
             tr.save(Path(export_to))

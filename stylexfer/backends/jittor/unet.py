@@ -5,16 +5,39 @@ up; positional timestep embedding; linear or convolutional transformer projectio
 
 from __future__ import annotations
 
-from .layers import (ACTIVATIONS, Downsample2D, GroupNorm, ResnetBlock2D, Transformer2DModel, Upsample2D, jt, nn,
-                     timestep_embedding)
+from .layers import (
+    ACTIVATIONS,
+    Downsample2D,
+    GroupNorm,
+    ResnetBlock2D,
+    Transformer2DModel,
+    Upsample2D,
+    jt,
+    nn,
+    timestep_embedding,
+)
 
-SUPPORTED = {"down": {"CrossAttnDownBlock2D", "DownBlock2D"}, "up": {"CrossAttnUpBlock2D", "UpBlock2D"},
-             "mid": {"UNetMidBlock2DCrossAttn", None}}
+SUPPORTED = {
+    "down": {"CrossAttnDownBlock2D", "DownBlock2D"},
+    "up": {"CrossAttnUpBlock2D", "UpBlock2D"},
+    "mid": {"UNetMidBlock2DCrossAttn", None},
+}
 # config keys whose non-default values this implementation does not carry
-MUST_BE = {"addition_embed_type": None, "class_embed_type": None, "encoder_hid_dim": None, "time_cond_proj_dim": None,
-           "center_input_sample": False, "resnet_time_scale_shift": "default", "time_embedding_type": "positional",
-           "only_cross_attention": False, "dual_cross_attention": False, "num_class_embeds": None,
-           "conv_in_kernel": 3, "conv_out_kernel": 3, "resnet_out_scale_factor": 1.0}
+MUST_BE = {
+    "addition_embed_type": None,
+    "class_embed_type": None,
+    "encoder_hid_dim": None,
+    "time_cond_proj_dim": None,
+    "center_input_sample": False,
+    "resnet_time_scale_shift": "default",
+    "time_embedding_type": "positional",
+    "only_cross_attention": False,
+    "dual_cross_attention": False,
+    "num_class_embeds": None,
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "resnet_out_scale_factor": 1.0,
+}
 
 
 def _per_block(v, n):
@@ -22,8 +45,25 @@ def _per_block(v, n):
 
 
 class _Block(nn.Module):
-    def __init__(self, cin, cout, temb, layers, attn, heads, cross, groups, eps, linear, tlayers, down=False,
-                 up=False, prev=None, skip=None, pad=1):
+    def __init__(
+        self,
+        cin,
+        cout,
+        temb,
+        layers,
+        attn,
+        heads,
+        cross,
+        groups,
+        eps,
+        linear,
+        tlayers,
+        down=False,
+        up=False,
+        prev=None,
+        skip=None,
+        pad=1,
+    ):
         super().__init__()
         self.resnets = nn.ModuleList()
         for i in range(layers):
@@ -32,8 +72,13 @@ class _Block(nn.Module):
             else:  # up block: the previous block's output, concatenated with a skip connection
                 rin = (prev if i == 0 else cout) + (cin if i == layers - 1 else cout)
             self.resnets.append(ResnetBlock2D(rin, cout, temb, groups, eps))
-        self.attentions = nn.ModuleList([Transformer2DModel(heads, cout // heads, cout, cross, groups, linear, tlayers)
-                                         for _ in range(layers)]) if attn else None
+        self.attentions = (
+            nn.ModuleList(
+                [Transformer2DModel(heads, cout // heads, cout, cross, groups, linear, tlayers) for _ in range(layers)]
+            )
+            if attn
+            else None
+        )
         self.downsamplers = nn.ModuleList([Downsample2D(cout, pad)]) if down else None
         self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if up else None
 
@@ -62,7 +107,9 @@ class _Block(nn.Module):
 class _Mid(nn.Module):
     def __init__(self, ch, temb, heads, cross, groups, eps, linear, tlayers):
         super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock2D(ch, ch, temb, groups, eps), ResnetBlock2D(ch, ch, temb, groups, eps)])
+        self.resnets = nn.ModuleList(
+            [ResnetBlock2D(ch, ch, temb, groups, eps), ResnetBlock2D(ch, ch, temb, groups, eps)]
+        )
         self.attentions = nn.ModuleList([Transformer2DModel(heads, ch // heads, ch, cross, groups, linear, tlayers)])
 
     def execute(self, x, temb, ctx):
@@ -118,18 +165,50 @@ class UNet2DConditionModel(nn.Module):
         out = boc[0]
         for i, kind in enumerate(cfg["down_block_types"]):
             cin, out = out, boc[i]
-            self.down_blocks.append(_Block(cin, out, temb, layers[i], kind.startswith("CrossAttn"), heads[i], cross,
-                                           groups, eps, linear, tlayers[i], down=i < n - 1,
-                                           pad=cfg.get("downsample_padding", 1)))
-        self.mid_block = _Mid(boc[-1], temb, heads[-1], cross, groups, eps, linear, tlayers[-1]) \
-            if cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn") else None
+            self.down_blocks.append(
+                _Block(
+                    cin,
+                    out,
+                    temb,
+                    layers[i],
+                    kind.startswith("CrossAttn"),
+                    heads[i],
+                    cross,
+                    groups,
+                    eps,
+                    linear,
+                    tlayers[i],
+                    down=i < n - 1,
+                    pad=cfg.get("downsample_padding", 1),
+                )
+            )
+        self.mid_block = (
+            _Mid(boc[-1], temb, heads[-1], cross, groups, eps, linear, tlayers[-1])
+            if cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn")
+            else None
+        )
         rboc, rheads, rlayers, rtl = boc[::-1], heads[::-1], layers[::-1], tlayers[::-1]
         self.up_blocks = nn.ModuleList()
         out = rboc[0]
         for i, kind in enumerate(cfg["up_block_types"]):
             prev, out, cin = out, rboc[i], rboc[min(i + 1, n - 1)]
-            self.up_blocks.append(_Block(cin, out, temb, rlayers[i] + 1, kind.startswith("CrossAttn"), rheads[i], cross,
-                                         groups, eps, linear, rtl[i], up=i < n - 1, prev=prev))
+            self.up_blocks.append(
+                _Block(
+                    cin,
+                    out,
+                    temb,
+                    rlayers[i] + 1,
+                    kind.startswith("CrossAttn"),
+                    rheads[i],
+                    cross,
+                    groups,
+                    eps,
+                    linear,
+                    rtl[i],
+                    up=i < n - 1,
+                    prev=prev,
+                )
+            )
         self.conv_norm_out = GroupNorm(groups, boc[0], eps)
         self.conv_out = nn.Conv2d(boc[0], cfg["out_channels"], 3, padding=1)
 

@@ -9,9 +9,14 @@ from .layers import ACTIVATIONS, Attention, Downsample2D, GroupNorm, ResnetBlock
 class _Mid(nn.Module):
     def __init__(self, ch, groups, attn: bool):
         super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock2D(ch, ch, None, groups, 1e-6), ResnetBlock2D(ch, ch, None, groups, 1e-6)])
-        self.attentions = nn.ModuleList([Attention(ch, 1, ch, bias=True, norm_groups=groups, eps=1e-6, residual=True)]) \
-            if attn else None
+        self.resnets = nn.ModuleList(
+            [ResnetBlock2D(ch, ch, None, groups, 1e-6), ResnetBlock2D(ch, ch, None, groups, 1e-6)]
+        )
+        self.attentions = (
+            nn.ModuleList([Attention(ch, 1, ch, bias=True, norm_groups=groups, eps=1e-6, residual=True)])
+            if attn
+            else None
+        )
 
     def execute(self, x):
         x = self.resnets[0](x)
@@ -23,8 +28,9 @@ class _Mid(nn.Module):
 class _Block(nn.Module):
     def __init__(self, cin, cout, layers, groups, down=False, up=False):
         super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock2D(cin if i == 0 else cout, cout, None, groups, 1e-6)
-                                      for i in range(layers)])
+        self.resnets = nn.ModuleList(
+            [ResnetBlock2D(cin if i == 0 else cout, cout, None, groups, 1e-6) for i in range(layers)]
+        )
         self.downsamplers = nn.ModuleList([Downsample2D(cout, padding=0)]) if down else None
         self.upsamplers = nn.ModuleList([Upsample2D(cout)]) if up else None
 
@@ -44,8 +50,9 @@ class _Encoder(nn.Module):
         boc, groups, n = cfg["block_out_channels"], cfg.get("norm_num_groups", 32), len(cfg["block_out_channels"])
         layers, self.act = cfg.get("layers_per_block", 1), ACTIVATIONS[cfg.get("act_fn", "silu")]
         self.conv_in = nn.Conv2d(cfg.get("in_channels", 3), boc[0], 3, padding=1)
-        self.down_blocks = nn.ModuleList([_Block(boc[max(i - 1, 0)], boc[i], layers, groups, down=i < n - 1)
-                                          for i in range(n)])
+        self.down_blocks = nn.ModuleList(
+            [_Block(boc[max(i - 1, 0)], boc[i], layers, groups, down=i < n - 1) for i in range(n)]
+        )
         self.mid_block = _Mid(boc[-1], groups, cfg.get("mid_block_add_attention", True))
         self.conv_norm_out = GroupNorm(groups, boc[-1], 1e-6)
         self.conv_out = nn.Conv2d(boc[-1], 2 * cfg["latent_channels"], 3, padding=1)
@@ -65,8 +72,9 @@ class _Decoder(nn.Module):
         r = boc[::-1]
         self.conv_in = nn.Conv2d(cfg["latent_channels"], r[0], 3, padding=1)
         self.mid_block = _Mid(r[0], groups, cfg.get("mid_block_add_attention", True))
-        self.up_blocks = nn.ModuleList([_Block(r[max(i - 1, 0)], r[i], layers + 1, groups, up=i < n - 1)
-                                        for i in range(n)])
+        self.up_blocks = nn.ModuleList(
+            [_Block(r[max(i - 1, 0)], r[i], layers + 1, groups, up=i < n - 1) for i in range(n)]
+        )
         self.conv_norm_out = GroupNorm(groups, boc[0], 1e-6)
         self.conv_out = nn.Conv2d(boc[0], cfg.get("out_channels", 3), 3, padding=1)
 

@@ -10,8 +10,8 @@ from typing import Optional
 
 import torch
 
-from .. import Backend, TrainOutcome
 from ...errors import DeviceOutOfMemory, TrainingDiverged
+from .. import Backend, TrainOutcome
 from .compiled import use_store_cache
 from .models import Components, load_components
 from .sample import sampling
@@ -43,10 +43,11 @@ class TorchBackend(Backend):
         use_store_cache(self.cache_dir, self.components.device)
         return sampling(self.components, **kw)
 
-    def train(self, styles, pools, cfg, ckpt_dir: Optional[Path], export_dirs: list[Path],
-              clock: Optional[list] = None) -> TrainOutcome:
+    def train(
+        self, styles, pools, cfg, ckpt_dir: Optional[Path], export_dirs: list[Path], clock: Optional[list] = None
+    ) -> TrainOutcome:
         from .batched import train_together
-        from .train import _train_loop
+        from .train import train_loop
 
         c = self.components
         use_store_cache(self.cache_dir, c.device)
@@ -57,7 +58,7 @@ class TorchBackend(Backend):
                 return TrainOutcome(losses=losses, failed=failed, seconds=seconds)
             (style,) = styles
             try:
-                losses, _ = _train_loop(c, style, pools[0], cfg, ckpt_dir, export_to=export_dirs[0])
+                losses, _ = train_loop(c, style, pools[0], cfg, ckpt_dir, export_to=export_dirs[0])
             except TrainingDiverged as e:
                 return TrainOutcome(losses={style.id: []}, failed={style.id: str(e)}, seconds=time.time() - t0)
             return TrainOutcome(losses={style.id: losses}, seconds=time.time() - t0)

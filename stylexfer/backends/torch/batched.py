@@ -34,14 +34,27 @@ from . import compiled, fp8, graphed
 from .models import Components
 from .multilora import restore
 from .tensors import uint8_to_model
-from .train import (Feed, TextCache, _autocast, _Dist, _load_checkpoint, _save_checkpoint, draw_noise, encode_crops,
-                    export_adapters, inject_adapters, make_optimizer, noisy_from, style_losses)
+from .train import (
+    Dist,
+    Feed,
+    TextCache,
+    autocast_for,
+    draw_noise,
+    encode_crops,
+    export_adapters,
+    inject_adapters,
+    load_checkpoint,
+    make_optimizer,
+    noisy_from,
+    save_checkpoint,
+    style_losses,
+)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Draw:
+class StepDraw:
     """One step's host-side data for the live styles, drawn ahead on a worker thread: the styles in it,
     pixels (uint8, pinned) or cached posteriors, prompts, and each style's noise/timestep draws."""
 
@@ -55,48 +68,65 @@ class _Draw:
     t: torch.Tensor
 
 
-def _draw(c: Components, feeds: list[Feed], live: list[int]) -> _Draw:
+def draw_step(c: Components, feeds: list[Feed], live: list[int]) -> StepDraw:
     """Everything a step takes from the styles' random streams, in the order the one-style path takes it."""
     pixels, dists, prompts, rows, eps, noise, ts = [], [], [], [], [], [], []
     steps = c.noise_scheduler.config.num_train_timesteps
     for s in live:
         px, dist, pr = feeds[s].next()
         n = len(pr)
-        shape = tuple(dist.mean.shape) if dist is not None else (n, c.latent_channels, px.shape[-2] // c.vae_scale,
-                                                                 px.shape[-1] // c.vae_scale)
+        shape = (
+            tuple(dist.mean.shape)
+            if dist is not None
+            else (n, c.latent_channels, px.shape[-2] // c.vae_scale, px.shape[-1] // c.vae_scale)
+        )
         e, z, t = draw_noise(feeds[s].stream.torch, shape, steps, feeds[s].cfg.train.noise_offset)
         pixels.append(px), dists.append(dist), prompts.extend(pr), rows.append(n)
         eps.append(e), noise.append(z), ts.append(t)
     pin = (lambda x: x.pin_memory()) if c.device.type == "cuda" else (lambda x: x)
     cached = dists[0] is not None
-    return _Draw(live=list(live), pixels=None if cached else pin(torch.cat(pixels)), dists=dists if cached else None,
-                 prompts=prompts, rows=rows, eps=pin(torch.cat(eps)), noise=pin(torch.cat(noise)), t=pin(torch.cat(ts)))
+    return StepDraw(
+        live=list(live),
+        pixels=None if cached else pin(torch.cat(pixels)),
+        dists=dists if cached else None,
+        prompts=prompts,
+        rows=rows,
+        eps=pin(torch.cat(eps)),
+        noise=pin(torch.cat(noise)),
+        t=pin(torch.cat(ts)),
+    )
 
 
-def _keep(d: _Draw, live: list[int]) -> _Draw:
+def keep_live(d: StepDraw, live: list[int]) -> StepDraw:
     """The draw without the styles that stopped since it was made (their rows dropped)."""
     if d.live == live:
         return d
     starts = np.cumsum([0] + d.rows)
     idx = torch.cat([torch.arange(starts[k], starts[k + 1]) for k, s in enumerate(d.live) if s in live])
     keep = [k for k, s in enumerate(d.live) if s in live]
-    return _Draw(live=list(live), pixels=None if d.pixels is None else d.pixels[idx],
-                 dists=None if d.dists is None else [d.dists[k] for k in keep],
-                 prompts=[d.prompts[i] for i in idx.tolist()], rows=[d.rows[k] for k in keep],
-                 eps=d.eps[idx], noise=d.noise[idx], t=d.t[idx])
+    return StepDraw(
+        live=list(live),
+        pixels=None if d.pixels is None else d.pixels[idx],
+        dists=None if d.dists is None else [d.dists[k] for k in keep],
+        prompts=[d.prompts[i] for i in idx.tolist()],
+        rows=[d.rows[k] for k in keep],
+        eps=d.eps[idx],
+        noise=d.noise[idx],
+        t=d.t[idx],
+    )
 
 
-def _posterior(c: Components, d: _Draw) -> _Dist:
+def posterior_of(c: Components, d: StepDraw) -> Dist:
     """The VAE posterior of every sample of the step: one VAE call over all styles (or the cached ones)."""
     if d.dists is not None:
-        return _Dist(torch.cat([x.mean for x in d.dists]), torch.cat([x.std for x in d.dists]))
+        return Dist(torch.cat([x.mean for x in d.dists]), torch.cat([x.std for x in d.dists]))
     with torch.no_grad():
         px = uint8_to_model(d.pixels.to(c.device, non_blocking=c.device.type == "cuda")).to(c.vae_dtype)
         post = c.vae.encode(px).latent_dist
-    return _Dist(post.mean, post.std)
+    return Dist(post.mean, post.std)
 
 
-class _CompiledOrPlain(torch.nn.Module):
+class CompiledOrPlain(torch.nn.Module):
     """A module's ``torch.compile`` version that falls back to the module itself, with one warning, if
     compiling fails (no C compiler or Triton on the machine, say): the run goes on at eager speed."""
 
@@ -109,8 +139,11 @@ class _CompiledOrPlain(torch.nn.Module):
             try:
                 return self.compiled(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - a real error (out of memory ...) raises again below
-                log.warning("torch.compile of the VAE encoder failed (%s: %s); encoding without it",
-                            type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                log.warning(
+                    "torch.compile of the VAE encoder failed (%s: %s); encoding without it",
+                    type(e).__name__,
+                    str(e).splitlines()[0] if str(e) else "",
+                )
                 self.compiled = None
         return self.plain(*args, **kwargs)
 
@@ -124,8 +157,9 @@ def compiled_vae_encoder(c: Components, on: bool, batch: Optional[int] = None):
         yield
         return
     plain = c.vae.encoder
-    c.vae.encoder = _CompiledOrPlain(plain, torch.compile(plain, dynamic=False) if batch else torch.compile(plain),
-                                     batch)
+    c.vae.encoder = CompiledOrPlain(
+        plain, torch.compile(plain, dynamic=False) if batch else torch.compile(plain), batch
+    )
     try:
         yield
     finally:
@@ -143,9 +177,15 @@ def steady_step_s(ticks: list, skip: int) -> Optional[float]:
     return (ticks[-1] - ticks[skip]) / (len(ticks) - 1 - skip)
 
 
-def train_together(c: Components, styles: list[Style], pools: list[Optional[ClassPool]], cfg,
-                   ckpt_dir: Optional[Path], export_dirs: list[Path],
-                   clock: Optional[list] = None) -> tuple[dict, dict, float]:
+def train_together(
+    c: Components,
+    styles: list[Style],
+    pools: list[Optional[ClassPool]],
+    cfg,
+    ckpt_dir: Optional[Path],
+    export_dirs: list[Path],
+    clock: Optional[list] = None,
+) -> tuple[dict, dict, float]:
     """Train every style in one pass; write each finished style's adapter to its ``export_dirs`` entry.
     Returns ({style id: losses}, {style id: error line of a style that diverged}, seconds). ``clock``, if
     given, gets the time at which each step's losses reached the host (the loop is then at most one step
@@ -153,8 +193,10 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
     from diffusers.optimization import get_scheduler
 
     if cfg.lora.dropout > 0 and len(styles) > 1:
-        raise ValueError("lora.dropout > 0: dropout masks come from the device's global random stream, so in a "
-                         "batched pass a style's adapter would depend on its batch mates; train one style at a time")
+        raise ValueError(
+            "lora.dropout > 0: dropout masks come from the device's global random stream, so in a "
+            "batched pass a style's adapter would depend on its batch mates; train one style at a time"
+        )
     t0 = time.time()
     tr = cfg.train
     use_prior = value(cfg.prior.mode) != PriorMode.none.value and all(p is not None for p in pools)
@@ -169,11 +211,16 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
     with compiled_vae_encoder(c, compile_now and tr.compile_vae, batch=CROP_BATCH):
         # every style's crops and the class pool's in one stream of full batches (the feeds share ``crops``)
         seen: set = set()
-        encoded = encode_crops(c, [t for f in feeds for t in f.crop_todo(seen)], crops, cfg.model.resolution,
-                               CROP_BATCH)
+        encoded = encode_crops(
+            c, [t for f in feeds for t in f.crop_todo(seen)], crops, cfg.model.resolution, CROP_BATCH
+        )
     if encoded:
-        log.info("encoded %d grid crops (%d styles and their class images) in %.1fs: no VAE in the training steps",
-                 encoded, len(feeds), time.time() - t_enc)
+        log.info(
+            "encoded %d grid crops (%d styles and their class images) in %.1fs: no VAE in the training steps",
+            encoded,
+            len(feeds),
+            time.time() - t_enc,
+        )
     ad = inject_adapters(c, cfg, [f.stream.lora_seed for f in feeds])
     groups = ad.groups(tr.lr, tr.lr * cfg.lora.text_encoder_lr_scale)
     params = [p for g in groups for p in g["params"]]
@@ -181,7 +228,9 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
     text = TextCache(c, train_te)
     record = graphed.wanted(cfg, c.device)  # the step as a CUDA graph: the LR a tensor, the optimizer capturable
     opt = make_optimizer(c, graphed.tensor_lr(groups, c.device) if record else groups, tr, capturable=record)
-    sched = get_scheduler(value(tr.lr_scheduler), opt, num_warmup_steps=tr.lr_warmup_steps, num_training_steps=tr.steps)
+    sched = get_scheduler(
+        value(tr.lr_scheduler), opt, num_warmup_steps=tr.lr_warmup_steps, num_training_steps=tr.steps
+    )
     active = torch.ones(n, device=c.device)  # read by the step on the device
     failed: dict[str, str] = {}
     losses: dict[str, list] = {s.id: [] for s in styles}
@@ -189,8 +238,9 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
     start = 0
     try:
         if ckpt_dir is not None:
-            start, saved = _load_checkpoint(ckpt_dir, params, opt, [f.stream for f in feeds],
-                                            [cy for f in feeds for cy in f.cycles()])
+            start, saved = load_checkpoint(
+                ckpt_dir, params, opt, [f.stream for f in feeds], [cy for f in feeds for cy in f.cycles()]
+            )
             if start:
                 losses, failed = saved["losses"], saved["failed"]
                 for s, sid in enumerate(ids):
@@ -202,8 +252,14 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
         c.unet.train()
         c.text_encoder.train(train_te)
         every = tr.checkpoint_every if ckpt_dir is not None else 0
-        bar = tqdm(range(start, tr.steps), desc=f"train {len(ids)} styles", unit="step", leave=False,
-                   initial=start, total=tr.steps)
+        bar = tqdm(
+            range(start, tr.steps),
+            desc=f"train {len(ids)} styles",
+            unit="step",
+            leave=False,
+            initial=start,
+            total=tr.steps,
+        )
         ticks = clock if clock is not None else []
         unet = c.unet
         graphs = compile_now and tr.compile_mode in ("reduce-overhead", "max-autotune")  # modes with CUDA graphs
@@ -220,7 +276,7 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
         def forward_loss(noisy, ts, targets, text):
             """Each live style's loss (prompt embeddings, or token ids when the text encoder trains)."""
             cond = c.text_encoder(text)[0] if train_te else text
-            with _autocast(c, precision):
+            with autocast_for(c, precision):
                 pred = unet(noisy, ts, cond.to(c.dtype)).sample
             per_sample = F.mse_loss(pred.float(), targets.float(), reduction="none").mean(dim=(1, 2, 3))
             return style_losses(c, per_sample, ts, cfg, len(ad.router.groups), use_prior)
@@ -247,9 +303,11 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
         fp8_on = bool(tr.fp8) and fp8.supported(c.device)
         if tr.fp8 and not fp8_on:
             log.warning("train.fp8=true: %s has no fp8 matrix units; training in %s", c.device, c.dtype)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylexfer-draw") as ahead, \
-                compiled_vae_encoder(c, tr.compile_vae and feeds[0].encodes_per_step), \
-                fp8.fp8_linears(c.unet, fp8_on) as n_fp8:
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="stylexfer-draw") as ahead,
+            compiled_vae_encoder(c, tr.compile_vae and feeds[0].encodes_per_step),
+            fp8.fp8_linears(c.unet, fp8_on) as n_fp8,
+        ):
             if fp8_on:
                 log.info("train.fp8: %d frozen linear layers of the UNet compute in float8 e4m3", n_fp8)
             pending = None
@@ -261,12 +319,12 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
                 live = live_now()
                 if not live:
                     break
-                d = _keep(pending.result() if pending is not None else _draw(c, feeds, live), live)
+                d = keep_live(pending.result() if pending is not None else draw_step(c, feeds, live), live)
                 checkpoint_now = every and (step + 1) % every == 0 and step + 1 < tr.steps
                 pending = None
                 if step + 1 < tr.steps and not checkpoint_now:  # a checkpoint saves the streams first
-                    pending = ahead.submit(_draw, c, feeds, live)
-                noisy, ts, targets = noisy_from(c, _posterior(c, d), d.eps, d.noise, d.t)
+                    pending = ahead.submit(draw_step, c, feeds, live)
+                noisy, ts, targets = noisy_from(c, posterior_of(c, d), d.eps, d.noise, d.t)
                 ad.router.groups = live_index(live)
                 ad.router.all_slots = len(live) == n
                 inputs = dict(noisy=noisy.to(c.dtype), ts=ts, targets=targets, text=text.inputs(d.prompts))
@@ -282,8 +340,11 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
                     except Exception as e:  # noqa: BLE001 - a failed capture ran nothing: the step goes on eagerly
                         if graph.recorded:
                             raise
-                        log.warning("recording the training step as a CUDA graph failed (%s: %s); training "
-                                    "without it", type(e).__name__, (str(e).splitlines() or [""])[0])
+                        log.warning(
+                            "recording the training step as a CUDA graph failed (%s: %s); training without it",
+                            type(e).__name__,
+                            (str(e).splitlines() or [""])[0],
+                        )
                         graph = None
                 if not replayed:
                     style_loss = forward_loss(**inputs)
@@ -312,20 +373,33 @@ def train_together(c: Components, styles: list[Style], pools: list[Optional[Clas
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{np.mean(values):.4f}")
                 if checkpoint_now:
-                    _save_checkpoint(ckpt_dir, step + 1, params, opt, [f.stream for f in feeds],
-                                     [cy for f in feeds for cy in f.cycles()], {"losses": losses, "failed": failed})
+                    save_checkpoint(
+                        ckpt_dir,
+                        step + 1,
+                        params,
+                        opt,
+                        [f.stream for f in feeds],
+                        [cy for f in feeds for cy in f.cycles()],
+                        {"losses": losses, "failed": failed},
+                    )
                     for sid in ids:
                         faults.checkpoint(f"train:{sid}:{step + 1}")
                     if step + 1 < tr.steps and live_now():
-                        pending = ahead.submit(_draw, c, feeds, live_now())
+                        pending = ahead.submit(draw_step, c, feeds, live_now())
         ad.router.groups = None
         if compile_now:
             compiled.mark_warm(c, cfg, n)
         skip = min(10, len(ticks) // 2)  # the first steps compile and autotune
         per_step = steady_step_s(ticks, skip)
         if per_step is not None:
-            log.info("%d styles: %.3f s per step over steps %d-%d (%.1f samples/s)", len(ids), per_step,
-                     start + skip + 2, start + len(ticks), len(d.t) / per_step)
+            log.info(
+                "%d styles: %.3f s per step over steps %d-%d (%.1f samples/s)",
+                len(ids),
+                per_step,
+                start + skip + 2,
+                start + len(ticks),
+                len(d.t) / per_step,
+            )
         c.unet.eval()
         c.text_encoder.eval()
         restore(c.unet, ad.unet)

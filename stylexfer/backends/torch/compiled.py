@@ -30,7 +30,11 @@ log = logging.getLogger(__name__)
 
 
 def _gpu(device: torch.device) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name(device)).strip("-") if device.type == "cuda" else "cpu"
+    return (
+        re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name(device)).strip("-")
+        if device.type == "cuda"
+        else "cpu"
+    )
 
 
 def cache_dir(store: Path, device: torch.device) -> Path:
@@ -39,19 +43,30 @@ def cache_dir(store: Path, device: torch.device) -> Path:
 
 
 def _inductor_dir() -> Path:
-    return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-                or Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}")
+    return Path(
+        os.environ.get("TORCHINDUCTOR_CACHE_DIR") or Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"
+    )
 
 
 def graph_key(c, cfg, n_styles: int) -> str:
     """What determines the compiled training graph's shapes and code."""
-    return stable_hash({"model": c.model.identity, "resolution": cfg.model.resolution, "styles": n_styles,
-                        "batch": cfg.train.batch_size, "prior": str(cfg.prior.mode),
-                        "lora": OmegaConf.to_container(cfg.lora, resolve=True, enum_to_str=True),
-                        "lora_compute": str(cfg.train.lora_compute), "fp8": bool(cfg.train.fp8),
-                        "precision": str(cfg.train.mixed_precision), "dtype": str(c.dtype),
-                        "mode": cfg.train.compile_mode,
-                        "torch": torch.__version__, "gpu": _gpu(c.device)})
+    return stable_hash(
+        {
+            "model": c.model.identity,
+            "resolution": cfg.model.resolution,
+            "styles": n_styles,
+            "batch": cfg.train.batch_size,
+            "prior": str(cfg.prior.mode),
+            "lora": OmegaConf.to_container(cfg.lora, resolve=True, enum_to_str=True),
+            "lora_compute": str(cfg.train.lora_compute),
+            "fp8": bool(cfg.train.fp8),
+            "precision": str(cfg.train.mixed_precision),
+            "dtype": str(c.dtype),
+            "mode": cfg.train.compile_mode,
+            "torch": torch.__version__,
+            "gpu": _gpu(c.device),
+        }
+    )
 
 
 def _warm_marker(key: str) -> Path:
@@ -73,15 +88,20 @@ def decide(c, cfg, n_styles: int) -> bool:
     if _marker(c, cfg, n_styles).exists():
         log.info("compiling the UNet: its compiled graph is in the cache (%s)", _inductor_dir())
         return True
-    log.info("not compiling the UNet: nothing compiled for this shape in %s yet (a cold compile costs more than "
-             "one run wins back; train.compile=true compiles and warms the cache for later runs)", _inductor_dir())
+    log.info(
+        "not compiling the UNet: nothing compiled for this shape in %s yet (a cold compile costs more than "
+        "one run wins back; train.compile=true compiles and warms the cache for later runs)",
+        _inductor_dir(),
+    )
     return False
 
 
 def mark_warm(c, cfg, n_styles: int) -> None:
     """Record that this pass's graph is compiled in the cache (after a compiled pass finished)."""
-    atomic_write_json(_marker(c, cfg, n_styles), {"model": c.model.identity, "styles": n_styles,
-                                                  "torch": torch.__version__, "gpu": _gpu(c.device)})
+    atomic_write_json(
+        _marker(c, cfg, n_styles),
+        {"model": c.model.identity, "styles": n_styles, "torch": torch.__version__, "gpu": _gpu(c.device)},
+    )
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -92,9 +112,19 @@ def mark_warm(c, cfg, n_styles: int) -> None:
 # of 36 img2img steps at 512 px): 5.82 s eager, 4.58 s compiled, after 43.5 s of compiling with an empty
 # cache: the same policy as training (auto = compile when the cache holds the graph).
 
+
 def sampling_key(c, resolution: int, batch: int) -> str:
-    return stable_hash({"what": "sampling", "model": c.model.identity, "resolution": resolution, "batch": batch,
-                        "dtype": str(c.dtype), "torch": torch.__version__, "gpu": _gpu(c.device)})
+    return stable_hash(
+        {
+            "what": "sampling",
+            "model": c.model.identity,
+            "resolution": resolution,
+            "batch": batch,
+            "dtype": str(c.dtype),
+            "torch": torch.__version__,
+            "gpu": _gpu(c.device),
+        }
+    )
 
 
 def decide_sampling(c, want, resolution: int, batch: int) -> bool:
@@ -106,15 +136,27 @@ def decide_sampling(c, want, resolution: int, batch: int) -> bool:
     if _warm_marker(sampling_key(c, resolution, batch)).exists():
         log.info("compiling the sampling UNet (%d prompts per call): its compiled graph is in the cache", batch)
         return True
-    log.info("not compiling the sampling UNet: nothing compiled for %d prompts per call at %d px in %s yet "
-             "(sample.compile=true compiles and warms the cache)", batch, resolution, _inductor_dir())
+    log.info(
+        "not compiling the sampling UNet: nothing compiled for %d prompts per call at %d px in %s yet "
+        "(sample.compile=true compiles and warms the cache)",
+        batch,
+        resolution,
+        _inductor_dir(),
+    )
     return False
 
 
 def mark_sampling_warm(c, resolution: int, batch: int) -> None:
-    atomic_write_json(_warm_marker(sampling_key(c, resolution, batch)),
-                      {"model": c.model.identity, "what": "sampling", "batch": batch, "torch": torch.__version__,
-                       "gpu": _gpu(c.device)})
+    atomic_write_json(
+        _warm_marker(sampling_key(c, resolution, batch)),
+        {
+            "model": c.model.identity,
+            "what": "sampling",
+            "batch": batch,
+            "torch": torch.__version__,
+            "gpu": _gpu(c.device),
+        },
+    )
 
 
 def sampling_unet(c) -> torch.nn.Module:

@@ -21,7 +21,9 @@ E4M3_MAX = 448.0
 
 
 def supported(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9) and hasattr(torch, "_scaled_mm")
+    return (
+        device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9) and hasattr(torch, "_scaled_mm")
+    )
 
 
 def _quantize(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,8 +73,13 @@ class Fp8Linear(nn.Module):
 
 def _eligible(m: nn.Module) -> bool:
     # _scaled_mm needs both dimensions divisible by 16; tiny layers (the time embedding) gain nothing
-    return (type(m) is nn.Linear and not m.weight.requires_grad and m.in_features % 16 == 0
-            and m.out_features % 16 == 0 and m.in_features * m.out_features >= 256 * 256)
+    return (
+        type(m) is nn.Linear
+        and not m.weight.requires_grad
+        and m.in_features % 16 == 0
+        and m.out_features % 16 == 0
+        and m.in_features * m.out_features >= 256 * 256
+    )
 
 
 @contextlib.contextmanager

@@ -33,8 +33,11 @@ def wanted(cfg, device: torch.device) -> bool:
         return False
     if cfg.train.compile_mode in ("reduce-overhead", "max-autotune"):
         if want:
-            log.warning("train.cuda_graphs=true: not with train.compile_mode=%s, which records CUDA graphs of "
-                        "the UNet itself; the step runs without a graph of its own", cfg.train.compile_mode)
+            log.warning(
+                "train.cuda_graphs=true: not with train.compile_mode=%s, which records CUDA graphs of "
+                "the UNet itself; the step runs without a graph of its own",
+                cfg.train.compile_mode,
+            )
         return False
     return True
 
@@ -84,8 +87,10 @@ class StepGraph:
             torch.cuda.empty_cache()
             raise
         self.graph = graph
-        log.info("the training step is recorded as a CUDA graph after %d eager steps: one launch per step from now on",
-                 WARMUP_STEPS)
+        log.info(
+            "the training step is recorded as a CUDA graph after %d eager steps: one launch per step from now on",
+            WARMUP_STEPS,
+        )
 
 
 def tensor_lr(groups: list[dict], device: torch.device) -> list[dict]:

@@ -84,16 +84,26 @@ def load_components(resolved: ResolvedModel, model_cfg) -> Components:
         vae.to(dtype=torch.float32)
     if resolved.random_weights:
         log.warning(RANDOM_WEIGHTS_NOTICE)
-    return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                      noise_scheduler=noise_scheduler, scheduler_config=dict(noise_scheduler.config),
-                      device=device, dtype=dtype, vae_dtype=vae.dtype, model=resolved)
+    return Components(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        noise_scheduler=noise_scheduler,
+        scheduler_config=dict(noise_scheduler.config),
+        device=device,
+        dtype=dtype,
+        vae_dtype=vae.dtype,
+        model=resolved,
+    )
 
 
 def tokenize(components: Components, prompts: list[str]) -> torch.Tensor:
     """The prompts' token ids (padded to the tokenizer's length) on the model's device."""
     tok = components.tokenizer
-    return tok(prompts, padding="max_length", truncation=True, max_length=tok.model_max_length,
-               return_tensors="pt").input_ids.to(components.device)
+    return tok(
+        prompts, padding="max_length", truncation=True, max_length=tok.model_max_length, return_tensors="pt"
+    ).input_ids.to(components.device)
 
 
 def encode_prompts(components: Components, prompts: list[str], grad: bool = False) -> torch.Tensor:

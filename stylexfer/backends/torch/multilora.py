@@ -42,8 +42,16 @@ class MultiLoraLinear(nn.Module):
     activations). Under autocast the autocast dtype is used. When the branch runs in the base output's
     dtype, the add and the scale are folded into the second matmul (``baddbmm``)."""
 
-    def __init__(self, base: nn.Linear, slots: int, rank: int, scale: float, router: Router,
-                 compute_dtype: torch.dtype = torch.float32, dropout: float = 0.0):
+    def __init__(
+        self,
+        base: nn.Linear,
+        slots: int,
+        rank: int,
+        scale: float,
+        router: Router,
+        compute_dtype: torch.dtype = torch.float32,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.base = base
         self.scale = scale
@@ -85,8 +93,16 @@ def _matches(name: str, targets) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def inject(model: nn.Module, targets, slots: int, rank: int, alpha: float, router: Router,
-           compute_dtype: torch.dtype = torch.float32, dropout: float = 0.0) -> dict[str, MultiLoraLinear]:
+def inject(
+    model: nn.Module,
+    targets,
+    slots: int,
+    rank: int,
+    alpha: float,
+    router: Router,
+    compute_dtype: torch.dtype = torch.float32,
+    dropout: float = 0.0,
+) -> dict[str, MultiLoraLinear]:
     """Replace every ``nn.Linear`` whose name ends with a target (``to_q``, ``to_out.0`` ...)."""
     layers = {}
     for name, module in list(model.named_modules()):
@@ -122,8 +138,13 @@ class MultiAdapters:
     def groups(self, lr: float, te_lr: float) -> list[dict]:
         g = [{"params": [p for l in self.unet.values() for p in (l.A, l.B)], "lr": lr, "name": "unet"}]
         if self.text_encoder:
-            g.append({"params": [p for l in self.text_encoder.values() for p in (l.A, l.B)], "lr": te_lr,
-                      "name": "text_encoder"})
+            g.append(
+                {
+                    "params": [p for l in self.text_encoder.values() for p in (l.A, l.B)],
+                    "lr": te_lr,
+                    "name": "text_encoder",
+                }
+            )
         return g
 
     def all_layers(self):

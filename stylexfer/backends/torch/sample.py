@@ -24,8 +24,14 @@ log = logging.getLogger(__name__)
 
 def make_scheduler(name: SamplerName | str, base_config: dict):
     """An inference scheduler with the base model's noise schedule and prediction type."""
-    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                           EulerDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler)
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+        UniPCMultistepScheduler,
+    )
 
     name = SamplerName(name)
     config = {k: v for k, v in base_config.items() if not k.startswith("_")}
@@ -46,19 +52,39 @@ def make_pipeline(components: Components, sampler: SamplerName | str, img2img: b
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
     cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
-    pipe = cls(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-               unet=components.unet, scheduler=make_scheduler(sampler, components.scheduler_config),
-               safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = cls(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=make_scheduler(sampler, components.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance_scale: float,
-             resolution: int, init_image: Optional[Image.Image] = None, strength: float = 1.0) -> list[Image.Image]:
+def generate(
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    steps: int,
+    guidance_scale: float,
+    resolution: int,
+    init_image: Optional[Image.Image] = None,
+    strength: float = 1.0,
+) -> list[Image.Image]:
     """One batched pipeline call; each image has its own CPU generator (device-independent noise)."""
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    kwargs = dict(prompt=list(prompts), num_inference_steps=steps, guidance_scale=guidance_scale,
-                  generator=generators, output_type="pil")
+    kwargs = dict(
+        prompt=list(prompts),
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        generator=generators,
+        output_type="pil",
+    )
     with torch.inference_mode():
         if init_image is None:
             return pipe(height=resolution, width=resolution, **kwargs).images
@@ -70,9 +96,12 @@ def fuse_exactly(pipe, adapter_name: str) -> list:
     per layer; a style's 25 images at 512 px took 5.95 s fused vs 6.66 s unfused on an H100) and return the
     base weights it changes, so that :func:`unfuse_exactly` restores them bit for bit (``unfuse_lora``
     alone subtracts the delta again, which in bfloat16 does not give the same weights back)."""
-    base = [(m.base_layer, m.base_layer.weight.detach().clone())
-            for part in (pipe.unet, pipe.text_encoder) for m in part.modules()
-            if hasattr(getattr(m, "base_layer", None), "weight")]
+    base = [
+        (m.base_layer, m.base_layer.weight.detach().clone())
+        for part in (pipe.unet, pipe.text_encoder)
+        for m in part.modules()
+        if hasattr(getattr(m, "base_layer", None), "weight")
+    ]
     pipe.fuse_lora(adapter_names=[adapter_name], lora_scale=1.0)
     return base
 
@@ -124,9 +153,19 @@ def unmerge_exactly(c: Components, base: list) -> None:
 
 
 @contextlib.contextmanager
-def sampling(c: Components, *, sampler: str, steps: int, guidance_scale: float, resolution: int,
-             adapter_dir: Optional[Path] = None, fuse_lora: bool = True, init_image: Optional[Image.Image] = None,
-             strength: float = 1.0, compile: Optional[bool] = None):
+def sampling(
+    c: Components,
+    *,
+    sampler: str,
+    steps: int,
+    guidance_scale: float,
+    resolution: int,
+    adapter_dir: Optional[Path] = None,
+    fuse_lora: bool = True,
+    init_image: Optional[Image.Image] = None,
+    strength: float = 1.0,
+    compile: Optional[bool] = None,
+):
     """:meth:`stylexfer.backends.Backend.generate` on the PyTorch backend: one pipeline, the adapter loaded
     (and fused) for the context's duration; the base weights are exactly as before afterwards. With the
     adapter fused (or none), peft's wrappers are swapped for their base layers and the UNet may run compiled
@@ -167,8 +206,11 @@ def sampling(c: Components, *, sampler: str, steps: int, guidance_scale: float, 
             except Exception as e:  # noqa: BLE001 - compiling failed (no compiler, say): the same call eagerly
                 if not use:
                     raise
-                log.warning("the compiled sampling UNet failed (%s: %s); sampling without compiling",
-                            type(e).__name__, (str(e).splitlines() or [""])[0])
+                log.warning(
+                    "the compiled sampling UNet failed (%s: %s); sampling without compiling",
+                    type(e).__name__,
+                    (str(e).splitlines() or [""])[0],
+                )
                 chosen["on"] = use = False
                 pipe.unet = c.unet
                 images = generate(pipe, prompts, seeds, steps, guidance_scale, resolution, init_image, strength)

@@ -32,19 +32,29 @@ from tqdm.auto import tqdm
 
 from ... import faults
 from ...config import LoraCompute, Precision, PriorMode, value
-from ...data import Style, augment, augment_random, augment_resize, can_cache_latents, crop_at, crop_grid, draw_grid_crop, grid_cached_crops
+from ...data import (
+    Style,
+    augment,
+    augment_random,
+    augment_resize,
+    can_cache_latents,
+    crop_at,
+    crop_grid,
+    draw_grid_crop,
+    grid_cached_crops,
+)
 from ...errors import TrainingDiverged
 from ...prior import ClassPool
 from ...store import latest_checkpoint, write_checkpoint
 from ...streams import Cycler as _Cycler
-from ...streams import Stream as _Stream
-from ...streams import draw_noise
+from ...streams import Stream, draw_noise
 from . import fp8
 from .models import Components, encode_prompts, tokenize
 from .multilora import MultiAdapters, Router, inject, restore
 from .tensors import to_tensor, to_uint8_tensor, uint8_to_model
 
 log = logging.getLogger(__name__)
+
 
 def _lora_config(rank: int, alpha: Optional[float], targets, dropout: float, kind: str = "lora"):
     """peft's config of the adapter variant ``lora.kind``: LoRA, DoRA (LoRA with a learned magnitude per
@@ -53,13 +63,19 @@ def _lora_config(rank: int, alpha: Optional[float], targets, dropout: float, kin
 
     alpha = alpha if alpha is not None else rank
     if kind in ("lora", "dora"):
-        return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian",
-                          target_modules=list(targets), use_dora=kind == "dora")
+        return LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            init_lora_weights="gaussian",
+            target_modules=list(targets),
+            use_dora=kind == "dora",
+        )
     cls = LoHaConfig if kind == "loha" else LoKrConfig
     return cls(r=rank, alpha=alpha, module_dropout=dropout, target_modules=list(targets), init_weights=True)
 
 
-def _autocast(components: Components, precision: Precision):
+def autocast_for(components: Components, precision: Precision):
     if components.device.type == "cuda" and precision != Precision.no:
         return torch.autocast("cuda", dtype=torch.bfloat16 if precision == Precision.bf16 else torch.float16)
     return contextlib.nullcontext()
@@ -71,13 +87,25 @@ def add_adapters(components: Components, cfg, seed: int) -> list[dict]:
     lo = cfg.lora
     kind = value(lo.kind)
     torch.manual_seed(seed)
-    components.unet.add_adapter(_lora_config(lo.unet_lora_rank, lo.unet_alpha, lo.unet_target_modules, lo.dropout, kind))
-    groups = [{"params": [p for p in components.unet.parameters() if p.requires_grad], "lr": cfg.train.lr, "name": "unet"}]
+    components.unet.add_adapter(
+        _lora_config(lo.unet_lora_rank, lo.unet_alpha, lo.unet_target_modules, lo.dropout, kind)
+    )
+    groups = [
+        {"params": [p for p in components.unet.parameters() if p.requires_grad], "lr": cfg.train.lr, "name": "unet"}
+    ]
     if lo.text_encoder_lora_rank > 0:
-        components.text_encoder.add_adapter(_lora_config(lo.text_encoder_lora_rank, lo.text_encoder_alpha,
-                                                         lo.text_encoder_target_modules, lo.dropout, kind))
-        groups.append({"params": [p for p in components.text_encoder.parameters() if p.requires_grad],
-                       "lr": cfg.train.lr * lo.text_encoder_lr_scale, "name": "text_encoder"})
+        components.text_encoder.add_adapter(
+            _lora_config(
+                lo.text_encoder_lora_rank, lo.text_encoder_alpha, lo.text_encoder_target_modules, lo.dropout, kind
+            )
+        )
+        groups.append(
+            {
+                "params": [p for p in components.text_encoder.parameters() if p.requires_grad],
+                "lr": cfg.train.lr * lo.text_encoder_lr_scale,
+                "name": "text_encoder",
+            }
+        )
     for g in groups:
         for p in g["params"]:
             p.data = p.data.float()
@@ -113,10 +141,15 @@ def save_adapter(components: Components, folder: Path) -> None:
         te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(te))
         te_meta = te.peft_config["default"].to_dict()
     StableDiffusionPipeline.save_lora_weights(
-        str(folder), unet_lora_layers={k: v.detach().float().cpu() for k, v in unet_layers.items()},
-        text_encoder_lora_layers=None if te_layers is None else {k: v.detach().float().cpu() for k, v in te_layers.items()},
+        str(folder),
+        unet_lora_layers={k: v.detach().float().cpu() for k, v in unet_layers.items()},
+        text_encoder_lora_layers=None
+        if te_layers is None
+        else {k: v.detach().float().cpu() for k, v in te_layers.items()},
         unet_lora_adapter_metadata=components.unet.peft_config["default"].to_dict(),
-        text_encoder_lora_adapter_metadata=te_meta, safe_serialization=True)
+        text_encoder_lora_adapter_metadata=te_meta,
+        safe_serialization=True,
+    )
 
 
 # LoHa and LoKr adapters, which diffusers' LoRA loader does not read, are stored in the same file name with
@@ -157,7 +190,7 @@ def load_peft_adapter(components: Components, file: Path) -> bool:
             continue
         config = PeftConfig.from_peft_type(**json.loads(meta[f"{part}_config"]))
         model.add_adapter(config)
-        sd = {k[len(part) + 1:]: v for k, v in tensors.items() if k.startswith(part + ".")}
+        sd = {k[len(part) + 1 :]: v for k, v in tensors.items() if k.startswith(part + ".")}
         set_peft_model_state_dict(model, sd, adapter_name="default")
         model.to(components.device)
     return True
@@ -168,7 +201,10 @@ def _peft_lora_weights(model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     out = {}
     for name, module in model.named_modules():
         if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
-            out[name] = (module.lora_A["default"].weight.detach().clone(), module.lora_B["default"].weight.detach().clone())
+            out[name] = (
+                module.lora_A["default"].weight.detach().clone(),
+                module.lora_B["default"].weight.detach().clone(),
+            )
     return out
 
 
@@ -185,11 +221,27 @@ def inject_adapters(c: Components, cfg, seeds: list[int]) -> MultiAdapters:
     compute = c.dtype if value(cfg.train.lora_compute) == LoraCompute.model.value else torch.float32
     ad = MultiAdapters(router=Router())
     n = len(seeds)
-    ad.unet = inject(c.unet, lo.unet_target_modules, n, lo.unet_lora_rank, lo.unet_alpha or lo.unet_lora_rank, ad.router,
-                     compute, lo.dropout)
+    ad.unet = inject(
+        c.unet,
+        lo.unet_target_modules,
+        n,
+        lo.unet_lora_rank,
+        lo.unet_alpha or lo.unet_lora_rank,
+        ad.router,
+        compute,
+        lo.dropout,
+    )
     if lo.text_encoder_lora_rank > 0:
-        ad.text_encoder = inject(c.text_encoder, lo.text_encoder_target_modules, n, lo.text_encoder_lora_rank,
-                                 lo.text_encoder_alpha or lo.text_encoder_lora_rank, ad.router, compute, lo.dropout)
+        ad.text_encoder = inject(
+            c.text_encoder,
+            lo.text_encoder_target_modules,
+            n,
+            lo.text_encoder_lora_rank,
+            lo.text_encoder_alpha or lo.text_encoder_lora_rank,
+            ad.router,
+            compute,
+            lo.dropout,
+        )
     with torch.no_grad():
         for s, (u, t) in enumerate(inits):
             for layers, weights in ((ad.unet, u), (ad.text_encoder, t)):
@@ -209,9 +261,11 @@ def export_adapters(c: Components, cfg, ad: MultiAdapters, folders: dict[int, Pa
         return
     add_adapters(c, cfg, 0)
     try:
-        pairs = [(model.get_submodule(name), layer)
-                 for model, layers in ((c.unet, ad.unet), (c.text_encoder, ad.text_encoder))
-                 for name, layer in layers.items()]
+        pairs = [
+            (model.get_submodule(name), layer)
+            for model, layers in ((c.unet, ad.unet), (c.text_encoder, ad.text_encoder))
+            for name, layer in layers.items()
+        ]
         for slot, folder in folders.items():
             with torch.no_grad():
                 for m, layer in pairs:
@@ -271,27 +325,40 @@ def noisy_from(components: Components, latent_dist, eps: torch.Tensor, noise: to
     return noisy, t, target
 
 
-def noisy_inputs(components: Components, pixels: Optional[torch.Tensor], gen: torch.Generator, latent_dist=None,
-                 noise_offset: float = 0.0):
+def noisy_inputs(
+    components: Components,
+    pixels: Optional[torch.Tensor],
+    gen: torch.Generator,
+    latent_dist=None,
+    noise_offset: float = 0.0,
+):
     """VAE latents (sampled with ``gen``), noise and a timestep per sample from ``gen``: the noisy
     latents, the timesteps and the target."""
     c = components
     if latent_dist is None:
         with torch.no_grad():
             latent_dist = c.vae.encode(pixels.to(c.device, dtype=c.vae_dtype)).latent_dist
-    eps, noise, t = draw_noise(gen, tuple(latent_dist.mean.shape), c.noise_scheduler.config.num_train_timesteps,
-                               noise_offset)
+    eps, noise, t = draw_noise(
+        gen, tuple(latent_dist.mean.shape), c.noise_scheduler.config.num_train_timesteps, noise_offset
+    )
     return noisy_from(c, latent_dist, eps, noise, t)
 
 
-def denoising_loss(components: Components, pixels: Optional[torch.Tensor], cond: torch.Tensor, gen: torch.Generator,
-                   precision: Precision = Precision.no, latent_dist=None, noise_offset: float = 0.0,
-                   with_t: bool = False):
+def denoising_loss(
+    components: Components,
+    pixels: Optional[torch.Tensor],
+    cond: torch.Tensor,
+    gen: torch.Generator,
+    precision: Precision = Precision.no,
+    latent_dist=None,
+    noise_offset: float = 0.0,
+    with_t: bool = False,
+):
     """Per-sample MSE of the model's noise/velocity prediction (the training objective); with ``with_t``
     also the timesteps drawn."""
     c = components
     noisy, t, target = noisy_inputs(c, pixels, gen, latent_dist, noise_offset)
-    with _autocast(c, precision):
+    with autocast_for(c, precision):
         pred = c.unet(noisy.to(c.dtype), t, cond.to(c.dtype)).sample
     mse = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     return (mse, t) if with_t else mse
@@ -302,7 +369,8 @@ def denoising_loss(components: Components, pixels: Optional[torch.Tensor], cond:
 # weights, the optimizer state and the torch RNG state as safetensors, and the step, the numpy RNG
 # state, the data order and the losses so far as JSON: resuming from it continues bit for bit.
 
-def _save_checkpoint(folder: Path, step: int, params, opt, streams: list["_Stream"], cycles, losses) -> None:
+
+def save_checkpoint(folder: Path, step: int, params, opt, streams: list["Stream"], cycles, losses) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(params)}
@@ -313,12 +381,17 @@ def _save_checkpoint(folder: Path, step: int, params, opt, streams: list["_Strea
     for k, st in enumerate(streams):
         tensors[f"rng.torch.{k}"] = st.torch.get_state()
     groups = [{k: float(v) if torch.is_tensor(v) else v for k, v in g.items()} for g in osd["param_groups"]]
-    meta = {"step": step, "param_groups": groups, "np_state": [st.np.bit_generator.state for st in streams],
-            "orders": [None if c is None else c.order for c in cycles], "losses": losses}
+    meta = {
+        "step": step,
+        "param_groups": groups,
+        "np_state": [st.np.bit_generator.state for st in streams],
+        "orders": [None if c is None else c.order for c in cycles],
+        "losses": losses,
+    }
     write_checkpoint(folder, step, lambda file: save_file(tensors, str(file)), meta)
 
 
-def _load_checkpoint(folder: Path, params, opt, streams: list["_Stream"], cycles):
+def load_checkpoint(folder: Path, params, opt, streams: list["Stream"], cycles):
     from safetensors.torch import load_file
 
     latest = latest_checkpoint(folder)
@@ -383,7 +456,7 @@ def encode_crops(c: Components, todo: list, crops: dict, resolution: int, batch:
         px = torch.stack([to_uint8_tensor(crop_at(img, resolution, *key[1:])) for img, key in chunk])
         return px.pin_memory() if cuda else px
 
-    chunks = [todo[k:k + batch] for k in range(0, len(todo), batch)]
+    chunks = [todo[k : k + batch] for k in range(0, len(todo), batch)]
     ahead = 4
     with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="stylexfer-crops") as pool:
         pending = [pool.submit(pixels, ch) for ch in chunks[:ahead]]
@@ -395,7 +468,7 @@ def encode_crops(c: Components, todo: list, crops: dict, resolution: int, batch:
                 x = uint8_to_model(px.to(c.device, non_blocking=cuda)).to(c.vae_dtype)
                 d = c.vae.encode(x).latent_dist
             for j, (_, key) in enumerate(chunk):
-                crops[key] = (d.mean[j:j + 1], d.std[j:j + 1])
+                crops[key] = (d.mean[j : j + 1], d.std[j : j + 1])
             pending[k] = None  # the batch's pinned pixels go back to the allocator
     return len(todo)
 
@@ -408,11 +481,19 @@ class Feed:
     and prompts. The batched path and the one-style path draw through the same Feed, in the same order.
     """
 
-    def __init__(self, c: Components, style: Style, pool: Optional[ClassPool], cfg, resized: Optional[dict] = None,
-                 raw: bool = False, crops: Optional[dict] = None):
+    def __init__(
+        self,
+        c: Components,
+        style: Style,
+        pool: Optional[ClassPool],
+        cfg,
+        resized: Optional[dict] = None,
+        raw: bool = False,
+        crops: Optional[dict] = None,
+    ):
         self.c, self.style, self.pool, self.cfg = c, style, pool, cfg
         self.raw = raw  # pixels as uint8 (N, 3, H, W), converted on the device (4× less to copy)
-        self.stream = _Stream(cfg.train.seed, style.id)
+        self.stream = Stream(cfg.train.seed, style.id)
         self.prompts = [cfg.data.instance_prompt.format(object=o, style=style.id) for o in style.image_objects]
         self.inst = _Cycler(len(style.images), self.stream.np)
         self.cls = _Cycler(len(pool.images), self.stream.np) if pool is not None else None
@@ -483,7 +564,7 @@ class Feed:
                 keys.append((id(img), *draw_grid_crop(img.size, res, aug, rng)))
             if any(k not in self.crops for k in keys):
                 self.prepare()
-            return None, _Dist(torch.cat([self.crops[k][0] for k in keys]), torch.cat([self.crops[k][1] for k in keys]))
+            return None, Dist(torch.cat([self.crops[k][0] for k in keys]), torch.cat([self.crops[k][1] for k in keys]))
         if not self.cacheable:  # the resize is cached, the random crop/flip/rotation is drawn every step
             convert = to_uint8_tensor if self.raw else to_tensor
             return torch.stack([convert(augment_random(self._resized(images, i), res, aug, rng)) for i in ids]), None
@@ -493,9 +574,10 @@ class Feed:
             with torch.no_grad():
                 d = self.c.vae.encode(px.to(self.c.device, dtype=self.c.vae_dtype)).latent_dist
             for j, i in enumerate(missing):
-                self.latents[(tag, i)] = (d.mean[j:j + 1], d.std[j:j + 1])
-        return None, _Dist(torch.cat([self.latents[(tag, i)][0] for i in ids]),
-                           torch.cat([self.latents[(tag, i)][1] for i in ids]))
+                self.latents[(tag, i)] = (d.mean[j : j + 1], d.std[j : j + 1])
+        return None, Dist(
+            torch.cat([self.latents[(tag, i)][0] for i in ids]), torch.cat([self.latents[(tag, i)][1] for i in ids])
+        )
 
     def next(self):
         b = self.cfg.train.batch_size
@@ -506,20 +588,31 @@ class Feed:
             cids = self.cls.take(b)
             cpx, cdist = self._pixels(self.pool.images, cids, "c")
             px = None if px is None else torch.cat([px, cpx])
-            dist = None if dist is None else _Dist(torch.cat([dist.mean, cdist.mean]), torch.cat([dist.std, cdist.std]))
+            dist = None if dist is None else Dist(torch.cat([dist.mean, cdist.mean]), torch.cat([dist.std, cdist.std]))
             prompts = prompts + [self.pool.prompts[i] for i in cids]
         return px, dist, prompts
 
 
 def make_optimizer(c: Components, groups: list[dict], tr, capturable: bool = False):
     """AdamW, fused on CUDA; ``capturable`` for a step recorded as a CUDA graph (state on the device)."""
-    return torch.optim.AdamW(groups, betas=(tr.adam_beta1, tr.adam_beta2), weight_decay=tr.adam_weight_decay,
-                             eps=tr.adam_epsilon, **({"fused": True} if c.device.type == "cuda" else {}),
-                             **({"capturable": True} if capturable else {}))
+    return torch.optim.AdamW(
+        groups,
+        betas=(tr.adam_beta1, tr.adam_beta2),
+        weight_decay=tr.adam_weight_decay,
+        eps=tr.adam_epsilon,
+        **({"fused": True} if c.device.type == "cuda" else {}),
+        **({"capturable": True} if capturable else {}),
+    )
 
 
-def _train_loop(components: Components, style: Style, pool: Optional[ClassPool], cfg,
-                ckpt_dir: Optional[Path] = None, export_to: Optional[Path] = None) -> tuple[list[float], MultiAdapters]:
+def train_loop(
+    components: Components,
+    style: Style,
+    pool: Optional[ClassPool],
+    cfg,
+    ckpt_dir: Optional[Path] = None,
+    export_to: Optional[Path] = None,
+) -> tuple[list[float], MultiAdapters]:
     """Train one style and write its adapter to ``export_to`` if given. The model is left as it was; the
     trained layers are returned (with the losses) and :func:`stylexfer.multilora.reinstate` puts them back."""
     from diffusers.optimization import get_scheduler
@@ -545,28 +638,40 @@ def _train_loop(components: Components, style: Style, pool: Optional[ClassPool],
         c.unet.train()
         c.text_encoder.train(train_te)
         opt = make_optimizer(c, groups, tr)
-        sched = get_scheduler(value(tr.lr_scheduler), opt, num_warmup_steps=tr.lr_warmup_steps,
-                              num_training_steps=tr.steps)
+        sched = get_scheduler(
+            value(tr.lr_scheduler), opt, num_warmup_steps=tr.lr_warmup_steps, num_training_steps=tr.steps
+        )
         losses: list[float] = []
         start = 0
         if ckpt_dir is not None:
-            start, saved = _load_checkpoint(ckpt_dir, params, opt, [feed.stream], list(feed.cycles()))
+            start, saved = load_checkpoint(ckpt_dir, params, opt, [feed.stream], list(feed.cycles()))
             if start:
                 losses = saved
                 log.info("style %s: resuming training from its checkpoint at step %d", style.id, start)
             for _ in range(start):  # the schedule is a function of the step: replay it
                 sched.step()
         every = tr.checkpoint_every if ckpt_dir is not None else 0
-        bar = tqdm(range(start, tr.steps), desc=f"train {style.id}", unit="step", leave=False, initial=start,
-                   total=tr.steps)
+        bar = tqdm(
+            range(start, tr.steps), desc=f"train {style.id}", unit="step", leave=False, initial=start, total=tr.steps
+        )
         if tr.fp8 and (ad is None or not fp8.supported(c.device)):
-            log.warning("train.fp8=true: not applied here (%s)", "peft's adapter layers" if ad is None else
-                        f"{c.device} has no fp8 matrix units")
+            log.warning(
+                "train.fp8=true: not applied here (%s)",
+                "peft's adapter layers" if ad is None else f"{c.device} has no fp8 matrix units",
+            )
         stack.enter_context(fp8.fp8_linears(c.unet, bool(tr.fp8) and ad is not None and fp8.supported(c.device)))
         for step in bar:
             px, dist, prompts = feed.next()
-            per_sample, t = denoising_loss(c, px, text(prompts), feed.stream.torch, precision, latent_dist=dist,
-                                           noise_offset=tr.noise_offset, with_t=True)
+            per_sample, t = denoising_loss(
+                c,
+                px,
+                text(prompts),
+                feed.stream.torch,
+                precision,
+                latent_dist=dist,
+                noise_offset=tr.noise_offset,
+                with_t=True,
+            )
             loss = style_losses(c, per_sample, t, cfg, 1, use_prior)[0]
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"style {style.id}: loss is {loss.item()} at step {step + 1}")
@@ -579,7 +684,7 @@ def _train_loop(components: Components, style: Style, pool: Optional[ClassPool],
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             if every and (step + 1) % every == 0 and step + 1 < tr.steps:
-                _save_checkpoint(ckpt_dir, step + 1, params, opt, [feed.stream], list(feed.cycles()), losses)
+                save_checkpoint(ckpt_dir, step + 1, params, opt, [feed.stream], list(feed.cycles()), losses)
                 faults.checkpoint(f"train:{style.id}:{step + 1}")
     except BaseException:
         if ad is None:
@@ -609,6 +714,6 @@ def _train_loop(components: Components, style: Style, pool: Optional[ClassPool],
 
 
 @dataclass
-class _Dist:
+class Dist:
     mean: torch.Tensor
     std: torch.Tensor

@@ -2,12 +2,13 @@
 (14 styles × 10 images at 512 px, 800 steps/style with prior preservation, 25 images/style at
 strength 0.9 and 40 steps) through (a) the naive per-style loop and (b) the stylexfer path.
 
-    python -m stylexfer.bench --arch ../shared/reference/sd21_architecture.json [--part naive|stylexfer|both]
+    python -m stylexfer.tools.bench --arch ../shared/reference/sd21_architecture.json [--part naive|stylexfer|both]
 
 (a) is the usual loop, diffusers' DreamBooth-LoRA example per style, timed over ``--naive-images``
 class images, ``--naive-steps`` training steps and ``--naive-images`` sampled images and extrapolated
 to the workload (class images and samples one per pipeline call; VAE + text encoder every step, batch
-2; peft LoRA under bf16 autocast; the LoRA loaded unfused for sampling). (b) runs the whole workload: the class pool, all styles in
+2; peft LoRA under bf16 autocast; the LoRA loaded unfused for sampling). (b) runs the whole workload: the class
+pool, all styles in
 batched training passes (text embeddings cached, random crops encoded by a compiled VAE encoder, bf16
 frozen weights, SDPA attention, fused AdamW), then batched sampling with fused LoRA. ``--part naive``
 also counts the workload's FLOPs and prints the time they take at this device's matrix-product rate.
@@ -27,7 +28,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from .store import atomic_write_json, stable_hash
+from ..store import atomic_write_json, stable_hash
 
 
 def _version(name: str) -> str:
@@ -64,9 +65,9 @@ def build_components(arch_path: Path, device: str, dtype: torch.dtype):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .embedded import build_tokenizer
-    from .backends.torch.models import Components
-    from .models import ResolvedModel
+    from ..backends.torch.models import Components
+    from ..embedded import build_tokenizer
+    from ..models import ResolvedModel
 
     arch = json.loads(arch_path.read_text())
     strip = lambda d: {k: v for k, v in d.items() if not k.startswith("_")}
@@ -84,11 +85,25 @@ def build_components(arch_path: Path, device: str, dtype: torch.dtype):
     if device.startswith("cuda"):  # as load_components does
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
-    resolved = ResolvedModel(folder=tok_dir.parent, source="SD 2.1-shaped, random weights", identity="bench-random",
-                             random_weights=True, prediction_type=sched.config.prediction_type)
-    return Components(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, noise_scheduler=sched,
-                      scheduler_config=dict(strip(arch["scheduler"])), device=torch.device(device), dtype=dtype,
-                      vae_dtype=vae.dtype, model=resolved)
+    resolved = ResolvedModel(
+        folder=tok_dir.parent,
+        source="SD 2.1-shaped, random weights",
+        identity="bench-random",
+        random_weights=True,
+        prediction_type=sched.config.prediction_type,
+    )
+    return Components(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        noise_scheduler=sched,
+        scheduler_config=dict(strip(arch["scheduler"])),
+        device=torch.device(device),
+        dtype=dtype,
+        vae_dtype=vae.dtype,
+        model=resolved,
+    )
 
 
 class BenchBackend:
@@ -105,18 +120,23 @@ class BenchBackend:
 
 def _backend(c, cache: Path):
     """The PyTorch backend around components built here (the stages take a backend)."""
-    from .backends.torch import TorchBackend
+    from ..backends.torch import TorchBackend
 
     return TorchBackend.from_components(c, cache)
 
 
 def _shared_pool(c, styles, cfg):
     """The workload's one shared class pool (made, or found in the store)."""
-    from .prior import ensure_pool, pool_objects, pool_spec
+    from ..prior import ensure_pool, pool_objects, pool_spec
 
     cache = Path(cfg.paths.cache_dir)
-    spec = pool_spec(pool_objects(styles, styles[0], cfg.prior.mode), cfg.prior, c.model.identity,
-                     cfg.model.resolution, cfg.backend.name)
+    spec = pool_spec(
+        pool_objects(styles, styles[0], cfg.prior.mode),
+        cfg.prior,
+        c.model.identity,
+        cfg.model.resolution,
+        cfg.backend.name,
+    )
     return ensure_pool(_backend(c, cache), spec, cfg.prior, cache)
 
 
@@ -136,17 +156,29 @@ def make_dataset(root: Path, styles: int, images: int, prompts: int, size: int) 
 def bench_cfg(args, extra=()):
     from hydra import compose, initialize_config_dir
 
-    from .app import CONFIG_DIR  # schema and resolvers registered
+    from ..app import CONFIG_DIR  # schema and resolvers registered
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            "+strategy=safe", f"model.resolution={args.res}", f"lora.unet_lora_rank={args.rank}", f"train.steps={args.steps}",
-            f"prior.num_class_images={args.class_images}", f"sample.batch_size={args.sample_batch}",
-            f"prior.batch_size={args.sample_batch}",
-            "train.checkpoint_every=0",
-            f"paths.cache_dir={args.work / 'store'}", f"paths.output_dir={args.work / 'run'}",
-            *[f"{k}.compile={str(bool(getattr(args, 'compile', False))).lower()}" for k in ("train", "prior", "sample")],
-            *extra])
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                "+strategy=safe",
+                f"model.resolution={args.res}",
+                f"lora.unet_lora_rank={args.rank}",
+                f"train.steps={args.steps}",
+                f"prior.num_class_images={args.class_images}",
+                f"sample.batch_size={args.sample_batch}",
+                f"prior.batch_size={args.sample_batch}",
+                "train.checkpoint_every=0",
+                f"paths.cache_dir={args.work / 'store'}",
+                f"paths.output_dir={args.work / 'run'}",
+                *[
+                    f"{k}.compile={str(bool(getattr(args, 'compile', False))).lower()}"
+                    for k in ("train", "prior", "sample")
+                ],
+                *extra,
+            ],
+        )
     OmegaConf.resolve(cfg)
     return cfg
 
@@ -157,12 +189,12 @@ def naive(args, c, styles, cfg) -> dict:
     batch 2 (an instance and a class image) that run the VAE and the text encoder every step, with peft's
     LoRA layers (float32 weights) under bf16 autocast, as the example trains with ``--mixed_precision=bf16``;
     then the style's images one per pipeline call with its LoRA loaded by stock ``load_lora_weights``."""
-    from .config import Precision, value
-    from .backends.torch.models import encode_prompts
-    from .backends.torch.sample import generate, make_pipeline
-    from .backends.torch.tensors import to_tensor
-    from .backends.torch.train import _autocast, _Stream, add_adapters, remove_adapters, save_adapter
-    from .data import fit_square
+    from ..backends.torch.models import encode_prompts
+    from ..backends.torch.sample import generate, make_pipeline
+    from ..backends.torch.tensors import to_tensor
+    from ..backends.torch.train import Stream, add_adapters, autocast_for, remove_adapters, save_adapter
+    from ..config import Precision, value
+    from ..data import fit_square
 
     style = styles[0]
     pipe = make_pipeline(c, value(cfg.prior.sampler))
@@ -172,11 +204,13 @@ def naive(args, c, styles, cfg) -> dict:
         generate(pipe, [f"an image of thing {i}"], [i], prior.steps, prior.guidance_scale, args.res)
 
     _timed(lambda: generate(pipe, ["x"], [0], 2, prior.guidance_scale, args.res))  # warm-up
-    class_s = sum(_timed(lambda: class_image(i))[0] for i in range(args.naive_images)) / args.naive_images
-    groups = add_adapters(c, cfg, _Stream(0, style.id).lora_seed)
+    class_s = sum(_timed(lambda i=i: class_image(i))[0] for i in range(args.naive_images)) / args.naive_images
+    groups = add_adapters(c, cfg, Stream(0, style.id).lora_seed)
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, weight_decay=1e-2)
-    px = torch.stack([to_tensor(fit_square(style.images[0], args.res)), to_tensor(fit_square(style.images[1], args.res))])
+    px = torch.stack(
+        [to_tensor(fit_square(style.images[0], args.res)), to_tensor(fit_square(style.images[1], args.res))]
+    )
     prompts = ["an image of a in style_00", "an image of b"]
     autocast = Precision.bf16 if c.dtype == torch.bfloat16 else Precision(value(cfg.train.mixed_precision))
     torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
@@ -188,7 +222,7 @@ def naive(args, c, styles, cfg) -> dict:
         noise = torch.randn_like(lat)
         t = torch.randint(0, 1000, (2,), device=c.device)
         noisy = c.noise_scheduler.add_noise(lat.float(), noise.float(), t)
-        with _autocast(c, autocast):
+        with autocast_for(c, autocast):
             pred = c.unet(noisy.to(c.dtype), t, cond).sample
         loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
         loss.backward()
@@ -215,28 +249,38 @@ def naive(args, c, styles, cfg) -> dict:
 
     try:
         image(-1)  # warm-up
-        image_s = sum(_timed(lambda: image(i))[0] for i in range(args.naive_images)) / args.naive_images
+        image_s = sum(_timed(lambda i=i: image(i))[0] for i in range(args.naive_images)) / args.naive_images
     finally:
         pipe.delete_adapters("naive")
     n_steps = args.styles * args.steps
     n_images = args.styles * args.prompts
     pool_s = class_s * args.class_images
     train_s = pool_s + step_s * n_steps
-    return {"class_image_s": class_s, "train_step_s": step_s, "samples_per_s": 2 / step_s, "image_s": image_s,
-            "peak_train_gib": train_mem, "class_images_s": pool_s, "train_s": train_s, "sample_s": image_s * n_images,
-            "total_s": train_s + image_s * n_images}
+    return {
+        "class_image_s": class_s,
+        "train_step_s": step_s,
+        "samples_per_s": 2 / step_s,
+        "image_s": image_s,
+        "peak_train_gib": train_mem,
+        "class_images_s": pool_s,
+        "train_s": train_s,
+        "sample_s": image_s * n_images,
+        "total_s": train_s + image_s * n_images,
+    }
 
 
 def crop_count(args, cfg) -> int:
     """How many grid crops the workload encodes once (every style image's and class image's offsets on the latent
     grid, flipped and not if flips are on); 0 when crops are encoded every step (random 1-px crops, rotation)."""
-    from .data import crop_grid, grid_cached_crops, resized_side
+    from ..data import crop_grid, grid_cached_crops, resized_side
 
     if not grid_cached_crops(cfg.augmentation):
         return 0
     side = resized_side(args.res, cfg.augmentation)  # the bench's images are square
     lefts, tops = crop_grid((side, side), args.res)
-    return (args.styles * args.images + args.class_images) * len(lefts) * len(tops) * (2 if cfg.augmentation.hflip else 1)
+    return (
+        (args.styles * args.images + args.class_images) * len(lefts) * len(tops) * (2 if cfg.augmentation.hflip else 1)
+    )
 
 
 def arithmetic(args, c, cfg) -> dict:
@@ -252,8 +296,11 @@ def arithmetic(args, c, cfg) -> dict:
     cond = torch.randn(1, 77, c.text_encoder.config.hidden_size, device=c.device, dtype=c.dtype)
     px = torch.randn(1, 3, r, r, device=c.device, dtype=c.vae_dtype)
     gf = {}
-    for name, fn in (("unet_forward", lambda: c.unet(lat, torch.tensor([500], device=c.device), cond)),
-                     ("vae_encode", lambda: c.vae.encode(px)), ("vae_decode", lambda: c.vae.decode(lat.to(c.vae_dtype)))):
+    for name, fn in (
+        ("unet_forward", lambda: c.unet(lat, torch.tensor([500], device=c.device), cond)),
+        ("vae_encode", lambda: c.vae.encode(px)),
+        ("vae_decode", lambda: c.vae.decode(lat.to(c.vae_dtype))),
+    ):
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             fn()
         gf[name] = fc.get_total_flops() / 1e9
@@ -266,22 +313,35 @@ def arithmetic(args, c, cfg) -> dict:
     crops = crop_count(args, cfg)
     # with grid-cached crops (the default) every crop is encoded once, before the steps; else every step encodes
     train = args.styles * args.steps * 2 * 2 * gf["unet_forward"] + (
-        crops * gf["vae_encode"] if crops else args.styles * args.steps * 2 * gf["vae_encode"])
-    sample = args.styles * args.prompts * (steps_per_image * 2 * gf["unet_forward"] + gf["vae_encode"] + gf["vae_decode"])
-    out = {"gflop_per_sample": gf, "matmul_tflops": tflops, "class_pool_pflop": pool / 1e6, "train_pflop": train / 1e6,
-           "sample_pflop": sample / 1e6, "grid_crops": crops}
+        crops * gf["vae_encode"] if crops else args.styles * args.steps * 2 * gf["vae_encode"]
+    )
+    sample = (
+        args.styles * args.prompts * (steps_per_image * 2 * gf["unet_forward"] + gf["vae_encode"] + gf["vae_decode"])
+    )
+    out = {
+        "gflop_per_sample": gf,
+        "matmul_tflops": tflops,
+        "class_pool_pflop": pool / 1e6,
+        "train_pflop": train / 1e6,
+        "sample_pflop": sample / 1e6,
+        "grid_crops": crops,
+    }
     out["floor_s"] = (pool + train + sample) / 1e3 / tflops
-    print(f"arithmetic: UNet forward {gf['unet_forward']:.0f} GFLOP, VAE encode {gf['vae_encode']:.0f}, decode "
-          f"{gf['vae_decode']:.0f} per sample; {crops} grid crops; workload {out['class_pool_pflop']:.1f} (class pool) + "
-          f"{out['train_pflop']:.1f} (train) + {out['sample_pflop']:.1f} (sample) PFLOP; matrix products at "
-          f"{tflops:.0f} TFLOP/s here -> floor {out['floor_s']:.0f} s", flush=True)
+    print(
+        f"arithmetic: UNet forward {gf['unet_forward']:.0f} GFLOP, VAE encode {gf['vae_encode']:.0f}, decode "
+        f"{gf['vae_decode']:.0f} per sample; {crops} grid crops; workload {out['class_pool_pflop']:.1f} (class pool) "
+        f"+ "
+        f"{out['train_pflop']:.1f} (train) + {out['sample_pflop']:.1f} (sample) PFLOP; matrix products at "
+        f"{tflops:.0f} TFLOP/s here -> floor {out['floor_s']:.0f} s",
+        flush=True,
+    )
     return out
 
 
 def train_phase(args, c, styles, cfg) -> dict:
     """(b), training: class images, then every style in batched passes (what ``python -m stylexfer`` does)."""
-    from .prior import ensure_pool
-    from .train import style_specs, train_in_batches
+    from ..prior import ensure_pool
+    from ..train import style_specs, train_in_batches
 
     cache = Path(cfg.paths.cache_dir)
     backend = _backend(c, cache)
@@ -294,22 +354,29 @@ def train_phase(args, c, styles, cfg) -> dict:
     t_pool = time.time() - t0
     print(f"class images: {t_pool:.1f}s", flush=True)
     todo = [(s, *style_specs(c.model.identity, styles, s, cfg)) for s in styles]
-    trained, failed = train_in_batches(backend, todo, cfg, cache, lambda sp: ensure_pool(backend, sp, cfg.prior, cache))
+    trained, failed = train_in_batches(
+        backend, todo, cfg, cache, lambda sp: ensure_pool(backend, sp, cfg.prior, cache)
+    )
     _sync()
     t_train = time.time() - t0
     steps = args.styles * args.steps
-    r = {"train_s": t_train, "class_images_s": t_pool, "failed": failed, "trained": len(trained),
-         "samples_per_s": 2 * steps / (t_train - t_pool),
-         "peak_train_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0}
+    r = {
+        "train_s": t_train,
+        "class_images_s": t_pool,
+        "failed": failed,
+        "trained": len(trained),
+        "samples_per_s": 2 * steps / (t_train - t_pool),
+        "peak_train_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
+    }
     print("train:", json.dumps(r), flush=True)
     return r
 
 
 def sample_phase(args, c, styles, cfg) -> dict:
     """(b), sampling: every style's images from its stored adapter (needs a train phase in the same --work)."""
-    from .backends import ADAPTER_FILE
-    from .sample import ensure_samples, sample_spec
-    from .train import style_specs
+    from ..backends import ADAPTER_FILE
+    from ..sample import ensure_samples, sample_spec
+    from ..train import style_specs
 
     cache = Path(cfg.paths.cache_dir)
     backend = _backend(c, cache)
@@ -342,12 +409,14 @@ def shards_phase(args, styles, cfg) -> dict:
     """(b) on every visible GPU: the styles sharded over one worker process per GPU (what a single
     ``python -m stylexfer`` run does on a multi-GPU host), each building the model, making its share of
     the class pool, training its styles in one batched pass and sampling them. A fresh store of its own."""
-    from .shard import ShardJob, run_shards
+    from ..shard import ShardJob, run_shards
 
     if torch.cuda.is_available():
         n = args.gpus or torch.cuda.device_count()
         if not 2 <= n <= torch.cuda.device_count():
-            raise SystemExit(f"error: --gpus {n}: this machine has {torch.cuda.device_count()} GPU(s); at least 2 needed")
+            raise SystemExit(
+                f"error: --gpus {n}: this machine has {torch.cuda.device_count()} GPU(s); at least 2 needed"
+            )
         devices = [f"cuda:{i}" for i in range(n)]
     else:  # the same path on CPU processes (plumbing only)
         n = max(2, args.gpus)
@@ -356,16 +425,30 @@ def shards_phase(args, styles, cfg) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     c["paths"]["cache_dir"] = str(cache)
     ids = [s.id for s in styles]
-    job = ShardJob(make_backend=BenchBackend(str(args.arch), str(cache)), cfg=c, data_root=str(args.work / "data"),
-                   style_ids=ids, work_ids=ids, model_identity="bench-random", devices=devices,
-                   log_dir=str(args.work / "logs-gpus"))
+    job = ShardJob(
+        make_backend=BenchBackend(str(args.arch), str(cache)),
+        cfg=c,
+        data_root=str(args.work / "data"),
+        style_ids=ids,
+        work_ids=ids,
+        model_identity="bench-random",
+        devices=devices,
+        log_dir=str(args.work / "logs-gpus"),
+    )
     out = run_shards(job)
     if len(out.made) != len(ids):
         raise SystemExit(f"error: the workers made the images of {len(out.made)} of {len(ids)} styles: {out.errors}")
     sec = out.seconds
-    r = {"gpus": n, "start_s": sec["start"], "class_images_s": sec["pool"] - sec["start"],
-         "train_s": sec["pool"] - sec["start"] + sec["train"], "sample_s": sec["sample"], "total_s": sec["wall"],
-         "samples_per_s": 2 * args.styles * args.steps / sec["train"], "peak_train_gib": sec.get("peak_gib", 0.0)}
+    r = {
+        "gpus": n,
+        "start_s": sec["start"],
+        "class_images_s": sec["pool"] - sec["start"],
+        "train_s": sec["pool"] - sec["start"] + sec["train"],
+        "sample_s": sec["sample"],
+        "total_s": sec["wall"],
+        "samples_per_s": 2 * args.styles * args.steps / sec["train"],
+        "peak_train_gib": sec.get("peak_gib", 0.0),
+    }
     print("gpus:", json.dumps(r), flush=True)
     return r
 
@@ -415,8 +498,8 @@ def profile(args, c, styles, cfg) -> dict:
     from torch.profiler import ProfilerActivity, schedule
     from torch.profiler import profile as torch_profile
 
-    from .backends.torch.batched import train_together
-    from .backends.torch.sample import generate
+    from ..backends.torch.batched import train_together
+    from ..backends.torch.sample import generate
 
     cfg.train.steps, cfg.train.cuda_graphs = 4 + args.profile, False
     pool = _shared_pool(c, styles, cfg)
@@ -431,12 +514,15 @@ def profile(args, c, styles, cfg) -> dict:
                 super().append(t)
                 prof.step()
 
-        _, failed, _ = train_together(c, styles, pools, cfg, None, [args.work / "prof2" / s.id for s in styles],
-                                      clock=Clock())
+        _, failed, _ = train_together(
+            c, styles, pools, cfg, None, [args.work / "prof2" / s.id for s in styles], clock=Clock()
+        )
         _sync()
     assert not failed, failed
-    print(f"eager steps profiled: {args.profile} ({len(styles)} styles, {2 * len(styles) * cfg.train.batch_size} "
-          f"samples a step; set-up and the first 4 steps left out)")
+    print(
+        f"eager steps profiled: {args.profile} ({len(styles)} styles, {2 * len(styles) * cfg.train.batch_size} "
+        f"samples a step; set-up and the first 4 steps left out)"
+    )
     print(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=90))
     train = profile_parts(prof, args.profile)
     _print_parts("training step by part (ms per step):", train)
@@ -446,20 +532,24 @@ def profile(args, c, styles, cfg) -> dict:
     with torch_profile(activities=acts) as sprof:
         generate(pipe, prompts, seeds, args.sample_steps, 7.5, args.res, init, 0.9)
         _sync()
-    print(f"sampling profiled: {len(prompts)} images, {calls} UNet calls of {2 * len(prompts)} samples "
-          f"(guidance), text encoding and VAE decoding included")
+    print(
+        f"sampling profiled: {len(prompts)} images, {calls} UNet calls of {2 * len(prompts)} samples "
+        f"(guidance), text encoding and VAE decoding included"
+    )
     print(sprof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=90))
     sample = profile_parts(sprof, calls)
     _print_parts("sampling by part (ms per UNet call, the VAE's and text encoder's share spread over them):", sample)
-    return {"train_step_ms": {n: round(ms, 3) for n, ms, _ in train},
-            "sample_call_ms": {n: round(ms, 3) for n, ms, _ in sample}}
+    return {
+        "train_step_ms": {n: round(ms, 3) for n, ms, _ in train},
+        "sample_call_ms": {n: round(ms, 3) for n, ms, _ in sample},
+    }
 
 
 def _one_style_sampling(args, c, styles):
     """The first style's img2img sampling as the bench times it: (pipeline, average image, ``--prompts`` prompts,
     their seeds), after one short call at the measured batch shape (cuDNN picks its algorithms there)."""
-    from .backends.torch.sample import generate, make_pipeline
-    from .data import average_image
+    from ..backends.torch.sample import generate, make_pipeline
+    from ..data import average_image
 
     pipe = make_pipeline(c, "ddim", img2img=True)
     init = average_image(styles[0].images, args.res)
@@ -476,30 +566,33 @@ def _sdpa_kernels() -> dict:
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return {"flash": partial(sdpa_kernel, [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]),
-            "cudnn": partial(sdpa_kernel, [SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]),
-            "efficient": partial(sdpa_kernel, [SDPBackend.EFFICIENT_ATTENTION])}
+    return {
+        "flash": partial(sdpa_kernel, [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]),
+        "cudnn": partial(sdpa_kernel, [SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]),
+        "efficient": partial(sdpa_kernel, [SDPBackend.EFFICIENT_ATTENTION]),
+    }
 
 
 def breakdown(args, c, styles, cfg) -> dict:
     """Where the stylexfer path's time goes: host-side data drawing, the VAE, whole training steps (with
     eager and compiled), and one style's sampling (stock LoRA layers,
     fused LoRA, no LoRA)."""
-    from .backends.torch.batched import _draw, _posterior, compiled_vae_encoder, steady_step_s, train_together
-    from .backends.torch.sample import fuse_exactly, generate, unfuse_exactly
-    from .backends.torch.tensors import uint8_to_model
-    from .backends.torch.train import Feed
+    from ..backends.torch.batched import compiled_vae_encoder, draw_step, posterior_of, steady_step_s, train_together
+    from ..backends.torch.sample import fuse_exactly, generate, unfuse_exactly
+    from ..backends.torch.tensors import uint8_to_model
+    from ..backends.torch.train import Feed
 
     out = {}
     pool = _shared_pool(c, styles, cfg)
     pools = [pool] * len(styles)
     feeds = [Feed(c, s, pool, cfg, {}, raw=True) for s in styles]
     live = list(range(len(styles)))
-    _draw(c, feeds, live)  # fills the resize cache
+    draw_step(c, feeds, live)  # fills the resize cache
     out["draw_crops_s"], _ = _timed(lambda: [f.next() for f in feeds], 5)
-    out["draw_s"], d = _timed(lambda: _draw(c, feeds, live), 5)
+    out["draw_s"], d = _timed(lambda: draw_step(c, feeds, live), 5)
+
     def encode():
-        return _posterior(c, d)
+        return posterior_of(c, d)
 
     _timed(encode, 2)  # warm-up
     out["vae_encode_s"], _ = _timed(encode, 5)
@@ -510,8 +603,9 @@ def breakdown(args, c, styles, cfg) -> dict:
             out["vae_encode_compiled_s"], _ = _timed(encode, 5)
 
     if c.device.type == "cuda":  # the class pool's and styles' grid crops: encoded once per run, in batches of 64
-        crops = uint8_to_model(torch.randint(0, 256, (64, 3, args.res, args.res), dtype=torch.uint8,
-                                             device=c.device)).to(c.vae_dtype)
+        crops = uint8_to_model(
+            torch.randint(0, 256, (64, 3, args.res, args.res), dtype=torch.uint8, device=c.device)
+        ).to(c.vae_dtype)
 
         def encode_crops():
             with torch.no_grad():
@@ -534,8 +628,9 @@ def breakdown(args, c, styles, cfg) -> dict:
         clock: list = []
         _sync()
         t = time.time()
-        losses, failed, _ = train_together(c, sub, pools[:len(sub)], cfg, None,
-                                           [args.work / f"bd-{label}-{n}" / s.id for s in sub], clock=clock)
+        losses, failed, _ = train_together(
+            c, sub, pools[: len(sub)], cfg, None, [args.work / f"bd-{label}-{n}" / s.id for s in sub], clock=clock
+        )
         _sync()
         for k, v in saved.items():
             setattr(cfg.augmentation, k, v)
@@ -569,8 +664,10 @@ def breakdown(args, c, styles, cfg) -> dict:
         d = run.losses - bf16_losses
         out["fp8_loss_mean_bf16"], out["fp8_loss_mean_fp8"] = float(bf16_losses.mean()), float(run.losses.mean())
         out["fp8_loss_max_abs_diff"] = float(np.abs(d).max())
-        out["fp8_loss_curves"] = {"bf16": [round(float(x), 5) for x in bf16_losses],
-                                  "fp8": [round(float(x), 5) for x in run.losses]}
+        out["fp8_loss_curves"] = {
+            "bf16": [round(float(x), 5) for x in bf16_losses],
+            "fp8": [round(float(x), 5) for x in run.losses],
+        }
     if c.device.type == "cuda" and args.try_compile:
         first, out["step_compiled_s"] = run("compiled", 25, compile=True)  # the first steps compile
         out["compile_s"] = first - run("compiled", 25, compile=True)[0]
@@ -588,13 +685,15 @@ def breakdown(args, c, styles, cfg) -> dict:
     out["lora_fuse_s"], base = _timed(lambda: fuse_exactly(pipe, "bd"))
     out["generate_style_fused_s"] = gen_s()
     if c.device.type == "cuda" and args.try_compile:  # the UNet compiled for sampling (plain layers: fused)
-        from .backends.torch.compiled import sampling_unet
-        from .backends.torch.sample import plain_layers
+        from ..backends.torch.compiled import sampling_unet
+        from ..backends.torch.sample import plain_layers
 
         with plain_layers(pipe):
             pipe.unet = sampling_unet(c)  # what sample.compile runs
             try:
-                out["sample_compile_s"] = _timed(lambda: generate(pipe, prompts, seeds, 2, 7.5, args.res, init, 0.9))[0]
+                out["sample_compile_s"] = _timed(lambda: generate(pipe, prompts, seeds, 2, 7.5, args.res, init, 0.9))[
+                    0
+                ]
                 out["generate_style_fused_compiled_s"] = gen_s()
             finally:
                 pipe.unet = c.unet
@@ -610,9 +709,11 @@ def breakdown(args, c, styles, cfg) -> dict:
     pipe.delete_adapters("bd")
     n = 2 * len(styles) * cfg.train.batch_size
     print("breakdown (seconds):", json.dumps({k: round(v, 4) for k, v in out.items() if isinstance(v, float)}))
-    print(f"  per training step of {n} samples: {out['step_s']:.3f}s ({n / out['step_s']:.1f} samples/s); "
-          f"host draw {out['draw_s']:.3f}s (crops {out['draw_crops_s']:.3f}s), "
-          f"on a worker thread; VAE encode {out['vae_encode_s']:.3f}s")
+    print(
+        f"  per training step of {n} samples: {out['step_s']:.3f}s ({n / out['step_s']:.1f} samples/s); "
+        f"host draw {out['draw_s']:.3f}s (crops {out['draw_crops_s']:.3f}s), "
+        f"on a worker thread; VAE encode {out['vae_encode_s']:.3f}s"
+    )
     return out
 
 
@@ -621,10 +722,17 @@ def breakdown(args, c, styles, cfg) -> dict:
 # products, coordinate-descent tuning of the generated kernels' block sizes, no epilogue fusion); the same with
 # autotuned matrix-product and convolution templates (max-autotune, without CUDA graphs: a 50-sample call is
 # 130-160 ms of device work).
-DIFFUSION_FAST = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False,
-                  "coordinate_descent_check_all_directions": True}
-INDUCTOR_VARIANTS = {"default": (None, {}), "tuned": (None, DIFFUSION_FAST),
-                     "max-autotune": ("max-autotune-no-cudagraphs", DIFFUSION_FAST)}
+DIFFUSION_FAST = {
+    "conv_1x1_as_mm": True,
+    "coordinate_descent_tuning": True,
+    "epilogue_fusion": False,
+    "coordinate_descent_check_all_directions": True,
+}
+INDUCTOR_VARIANTS = {
+    "default": (None, {}),
+    "tuned": (None, DIFFUSION_FAST),
+    "max-autotune": ("max-autotune-no-cudagraphs", DIFFUSION_FAST),
+}
 
 
 def inductor_trial(args, c, styles) -> dict:
@@ -637,7 +745,7 @@ def inductor_trial(args, c, styles) -> dict:
     import torch._dynamo
     import torch._inductor.config as inductor_config
 
-    from .backends.torch.sample import generate
+    from ..backends.torch.sample import generate
 
     pipe, init, prompts, seeds = _one_style_sampling(args, c, styles)
 
@@ -648,8 +756,14 @@ def inductor_trial(args, c, styles) -> dict:
         return _timed(lambda: generate(pipe, prompts, seeds, args.sample_steps, 7.5, args.res, init, 0.9))
 
     eager_s, eager = gen()
-    out = {"device": _device_name(), "versions": _versions(), "images": len(prompts), "steps": args.sample_steps,
-           "eager_s": eager_s, "variants": {}}
+    out = {
+        "device": _device_name(),
+        "versions": _versions(),
+        "images": len(prompts),
+        "steps": args.sample_steps,
+        "eager_s": eager_s,
+        "variants": {},
+    }
     print(f"inductor trial: one style's sampling eager {eager_s:.2f}s", flush=True)
     for name in args.variants.split(","):
         mode, flags = INDUCTOR_VARIANTS[name]
@@ -661,33 +775,59 @@ def inductor_trial(args, c, styles) -> dict:
                 style_s, images = gen()
             finally:
                 pipe.unet = c.unet
-        r = {"mode": mode or "default", "flags": flags, "compile_s": compile_s, "style_s": style_s,
-             "vs_eager": eager_s / style_s,
-             "mean_abs_diff_vs_eager": float(np.abs(pixels(images) - pixels(eager)).mean())}
+        r = {
+            "mode": mode or "default",
+            "flags": flags,
+            "compile_s": compile_s,
+            "style_s": style_s,
+            "vs_eager": eager_s / style_s,
+            "mean_abs_diff_vs_eager": float(np.abs(pixels(images) - pixels(eager)).mean()),
+        }
         out["variants"][name] = r
-        print(f"  {name}: compile {compile_s:.0f}s, {style_s:.2f}s a style ({r['vs_eager']:.2f}x eager), images "
-              f"{r['mean_abs_diff_vs_eager']:.2f}/255 from eager", flush=True)
+        print(
+            f"  {name}: compile {compile_s:.0f}s, {style_s:.2f}s a style ({r['vs_eager']:.2f}x eager), images "
+            f"{r['mean_abs_diff_vs_eager']:.2f}/255 from eager",
+            flush=True,
+        )
         atomic_write_json(args.out, {"inductor": out})
     return out
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stylexfer.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--arch", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "sd21_architecture.json")
-    p.add_argument("--part", choices=["naive", "stylexfer", "both", "breakdown", "train", "sample", "gpus", "inductor"],
-                   default="both",
-                   help="breakdown: where the stylexfer path's time goes (a few steps, no full workload); "
-                        "train, then sample: the stylexfer path in two commands sharing --work and --out "
-                        "(for machines with a per-command time limit); gpus: the stylexfer path sharded over "
-                        "every visible GPU, one worker process each; inductor: one style's sampling eager and "
-                        "compiled under each of --variants (GPU only)")
-    p.add_argument("--label", default="stylexfer",
-                   help="the row (JSON key) the stylexfer path's result goes to: e.g. cold, warm (same --out)")
-    p.add_argument("--compile-cache", type=Path, default=None, metavar="DIR",
-                   help="torch's compile cache (TORCHINDUCTOR_CACHE_DIR): the same DIR in a second run = warm")
+    p = argparse.ArgumentParser(prog="python -m stylexfer.tools.bench", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--arch",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "sd21_architecture.json",
+    )
+    p.add_argument(
+        "--part",
+        choices=["naive", "stylexfer", "both", "breakdown", "train", "sample", "gpus", "inductor"],
+        default="both",
+        help="breakdown: where the stylexfer path's time goes (a few steps, no full workload); "
+        "train, then sample: the stylexfer path in two commands sharing --work and --out "
+        "(for machines with a per-command time limit); gpus: the stylexfer path sharded over "
+        "every visible GPU, one worker process each; inductor: one style's sampling eager and "
+        "compiled under each of --variants (GPU only)",
+    )
+    p.add_argument(
+        "--label",
+        default="stylexfer",
+        help="the row (JSON key) the stylexfer path's result goes to: e.g. cold, warm (same --out)",
+    )
+    p.add_argument(
+        "--compile-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="torch's compile cache (TORCHINDUCTOR_CACHE_DIR): the same DIR in a second run = warm",
+    )
     p.add_argument("--gpus", type=int, default=0, help="--part gpus: how many GPUs (0 = every visible one)")
-    p.add_argument("--variants", default=",".join(INDUCTOR_VARIANTS),
-                   help=f"--part inductor: which compile settings, comma-separated ({', '.join(INDUCTOR_VARIANTS)})")
+    p.add_argument(
+        "--variants",
+        default=",".join(INDUCTOR_VARIANTS),
+        help=f"--part inductor: which compile settings, comma-separated ({', '.join(INDUCTOR_VARIANTS)})",
+    )
     p.add_argument("--try-fp8", action="store_true", help="breakdown: also time training steps with train.fp8=true")
     p.add_argument("--fp8-steps", type=int, default=200, help="--try-fp8: steps of each loss curve (bf16 and fp8)")
     p.add_argument("--styles", type=int, default=14)
@@ -700,23 +840,45 @@ def main(argv=None) -> int:
     p.add_argument("--sample-steps", type=int, default=40)
     p.add_argument("--sample-batch", type=int, default=25, help="images per pipeline call (sampling and class images)")
     p.add_argument("--naive-steps", type=int, default=20)
-    p.add_argument("--compile", action="store_true",
-                   help="train.compile, prior.compile and sample.compile true for the stylexfer path (else false)")
-    p.add_argument("--try-compile", action="store_true",
-                   help="breakdown: also time compiled training steps and a compiled UNet's sampling")
-    p.add_argument("--try-graphs", action="store_true",
-                   help="breakdown: also time the training step recorded as a CUDA graph (all and half the styles)")
-    p.add_argument("--try-attention", action="store_true",
-                   help="breakdown: also time the (graph-recorded) training step and one style's sampling with each "
-                        "SDPA kernel (flash, cudnn, efficient)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="train.compile, prior.compile and sample.compile true for the stylexfer path (else false)",
+    )
+    p.add_argument(
+        "--try-compile",
+        action="store_true",
+        help="breakdown: also time compiled training steps and a compiled UNet's sampling",
+    )
+    p.add_argument(
+        "--try-graphs",
+        action="store_true",
+        help="breakdown: also time the training step recorded as a CUDA graph (all and half the styles)",
+    )
+    p.add_argument(
+        "--try-attention",
+        action="store_true",
+        help="breakdown: also time the (graph-recorded) training step and one style's sampling with each "
+        "SDPA kernel (flash, cudnn, efficient)",
+    )
     p.add_argument("--naive-images", type=int, default=2)
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="a Hydra override for the stylexfer path's config (repeatable), e.g. train.lora_compute=float32")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Hydra override for the stylexfer path's config (repeatable), e.g. train.lora_compute=float32",
+    )
     p.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="stylexfer-bench-")))
     p.add_argument("--out", type=Path, default=Path("bench.json"))
-    p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="instead: profile N eager training steps and one style's sampling (torch.profiler); print "
-                        "the top ops and ms by part (attention, convolutions, LoRA, ...), write them to --out")
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: profile N eager training steps and one style's sampling (torch.profiler); print "
+        "the top ops and ms by part (attention, convolutions, LoRA, ...), write them to --out",
+    )
     args = p.parse_args(argv)
     import logging
 
@@ -737,18 +899,22 @@ def main(argv=None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     t0 = time.time()
-    from .data import discover_styles
+    from ..data import discover_styles
 
     styles = discover_styles(make_dataset(args.work / "data", args.styles, args.images, args.prompts, args.res))
     cfg = bench_cfg(args, args.override)
     c = None
     if args.part != "gpus":  # the all-GPU path's workers build their own
         c = build_components(args.arch, device, dtype)
-        print(f"built an SD 2.1-shaped model with RANDOM weights on {device} in {time.time() - t0:.0f}s "
-              f"({sum(p.numel() for p in c.unet.parameters()) / 1e6:.0f} M UNet parameters)", flush=True)
+        print(
+            f"built an SD 2.1-shaped model with RANDOM weights on {device} in {time.time() - t0:.0f}s "
+            f"({sum(p.numel() for p in c.unet.parameters()) / 1e6:.0f} M UNet parameters)",
+            flush=True,
+        )
     if args.profile:
-        atomic_write_json(args.out, {"profile": profile(args, c, styles, cfg), "device": _device_name(),
-                                     "versions": _versions()})
+        atomic_write_json(
+            args.out, {"profile": profile(args, c, styles, cfg), "device": _device_name(), "versions": _versions()}
+        )
         return 0
     if args.part == "breakdown":
         atomic_write_json(args.out, {"breakdown": breakdown(args, c, styles, cfg)})
@@ -756,17 +922,28 @@ def main(argv=None) -> int:
     if args.part == "inductor":
         inductor_trial(args, c, styles)
         return 0
-    previous = json.loads(args.out.read_text()) if args.part in ("train", "sample", "naive", "stylexfer", "gpus") and args.out.exists() else {}
-    results = {**previous, "device": _device_name(), "versions": _versions(),
-               "args": {k: str(v) for k, v in vars(args).items()}}
+    previous = (
+        json.loads(args.out.read_text())
+        if args.part in ("train", "sample", "naive", "stylexfer", "gpus") and args.out.exists()
+        else {}
+    )
+    results = {
+        **previous,
+        "device": _device_name(),
+        "versions": _versions(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
     if args.part in ("naive", "both"):
         results["arithmetic"] = arithmetic(args, c, cfg)
         results["naive"] = naive(args, c, styles, cfg)
         print("naive:", json.dumps(results["naive"]), flush=True)
     label = args.label
     if args.part in ("stylexfer", "both"):
-        results[label] = {**stylexfer_path(args, c, styles, cfg), "config": list(args.override),
-                          "compile": bool(args.compile)}
+        results[label] = {
+            **stylexfer_path(args, c, styles, cfg),
+            "config": list(args.override),
+            "compile": bool(args.compile),
+        }
         print(f"{label}:", json.dumps(results[label]), flush=True)
     if args.part in ("train", "sample"):
         part = (train_phase if args.part == "train" else sample_phase)(args, c, styles, cfg)
@@ -784,17 +961,37 @@ def main(argv=None) -> int:
 
 def print_table(results: dict) -> None:
     """Every row of a bench JSON: each path's parts, rate, memory, speed-up over naive, share of the floor."""
-    rows = [("path", "class pool s", "train s", "sample s", "total s", "train samples/s", "peak train GiB",
-             "speed-up", "floor / total")]
+    rows = [
+        (
+            "path",
+            "class pool s",
+            "train s",
+            "sample s",
+            "total s",
+            "train samples/s",
+            "peak train GiB",
+            "speed-up",
+            "floor / total",
+        )
+    ]
     base = results.get("naive", {}).get("total_s")
     floor = results.get("arithmetic", {}).get("floor_s")
     for name, r in results.items():
         if isinstance(r, dict) and "total_s" in r:
             pool = f"{r['class_images_s']:.0f} (in train)" if "class_images_s" in r else "—"
-            rows.append((name + (f" ({r['gpus']} GPUs)" if "gpus" in r else ""), pool, f"{r['train_s']:.0f}",
-                         f"{r['sample_s']:.0f}", f"{r['total_s']:.0f}", f"{r['samples_per_s']:.1f}",
-                         f"{r.get('peak_train_gib', 0):.1f}", f"{base / r['total_s']:.1f}x" if base else "—",
-                         f"{floor / r['total_s']:.0%}" if floor else "—"))
+            rows.append(
+                (
+                    name + (f" ({r['gpus']} GPUs)" if "gpus" in r else ""),
+                    pool,
+                    f"{r['train_s']:.0f}",
+                    f"{r['sample_s']:.0f}",
+                    f"{r['total_s']:.0f}",
+                    f"{r['samples_per_s']:.1f}",
+                    f"{r.get('peak_train_gib', 0):.1f}",
+                    f"{base / r['total_s']:.1f}x" if base else "—",
+                    f"{floor / r['total_s']:.0%}" if floor else "—",
+                )
+            )
     if floor:
         rows.append(("arithmetic floor (1 GPU)", "", "", "", f"{floor:.0f}", "", "", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

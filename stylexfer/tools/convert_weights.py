@@ -2,9 +2,9 @@
 that ``eval.models.lpips`` / ``eval.models.fid`` point to, and LoRA adapters saved as pickles (JDiffusion's
 DreamBooth example writes ``pytorch_lora_weights.bin``).
 
-    python -m stylexfer.convert_weights lpips --backbone squeezenet1_1-b8a52dc0.pth
-    python -m stylexfer.convert_weights fid --src pt_inception-2015-12-05-6726825d.pth
-    python -m stylexfer.convert_weights lora --src style/style_00/pytorch_lora_weights.bin
+    python -m stylexfer.tools.convert_weights lpips --backbone squeezenet1_1-b8a52dc0.pth
+    python -m stylexfer.tools.convert_weights fid --src pt_inception-2015-12-05-6726825d.pth
+    python -m stylexfer.tools.convert_weights lora --src style/style_00/pytorch_lora_weights.bin
 
 Sources (download them on a machine with network access):
 - LPIPS backbone: torchvision's SqueezeNet 1.1 ImageNet weights
@@ -28,8 +28,10 @@ import warnings
 from pathlib import Path
 
 WEIGHTS_DIR = Path(os.environ.get("STYLEXFER_CACHE", Path.home() / ".cache" / "stylexfer")) / "metric-weights"
-DEFAULT_OUT = {"lpips": WEIGHTS_DIR / "lpips-squeeze-v0.1.safetensors",
-               "fid": WEIGHTS_DIR / "fid-inception-2015-12-05.safetensors"}
+DEFAULT_OUT = {
+    "lpips": WEIGHTS_DIR / "lpips-squeeze-v0.1.safetensors",
+    "fid": WEIGHTS_DIR / "fid-inception-2015-12-05.safetensors",
+}
 _ALIAS = re.compile(r"^lin\d+\.")  # lpips keeps lin0..lin6 as aliases of lins.0..6: stored once
 
 
@@ -71,19 +73,21 @@ def lpips_state(backbone: dict, linear: dict) -> dict:
             src = "features." + key.split(".", 2)[2]
             value = backbone.get(src)
         elif key.startswith("lins."):  # lins.2.model.1.weight <- lin2.model.1.weight
-            value = linear.get("lin" + key[len("lins."):])
+            value = linear.get("lin" + key[len("lins.") :])
         else:  # the scaling layer's constant buffers
             value = own
         if value is None or tuple(value.shape) != tuple(own.shape):
-            raise SystemExit(f"error: LPIPS weight {key}: {'missing' if value is None else f'shape {tuple(value.shape)}'} "
-                             f"in the source files (expected {tuple(own.shape)})")
+            raise SystemExit(
+                f"error: LPIPS weight {key}: {'missing' if value is None else f'shape {tuple(value.shape)}'} "
+                f"in the source files (expected {tuple(own.shape)})"
+            )
         state[key] = value.float()
     return state
 
 
 def fid_state(src: dict) -> dict:
     """pytorch-fid InceptionV3 (all four blocks) state dict from the FID Inception weights."""
-    from .metrics import fid_network, fid_structure
+    from ..metrics import fid_network, fid_structure
 
     def loaded():
         net = fid_structure()
@@ -94,7 +98,7 @@ def fid_state(src: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stylexfer.convert_weights", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m stylexfer.tools.convert_weights", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
     lp = sub.add_parser("lpips", help="LPIPS-SqueezeNet v0.1 (eval.models.lpips)")
     lp.add_argument("--backbone", type=Path, required=True, help="torchvision squeezenet1_1-b8a52dc0.pth")
@@ -123,7 +127,9 @@ def main(argv=None) -> int:
         out = _save(state, args.out, {"format": "pt", "net": "lpips-squeeze-v0.1", "backbone": args.backbone.name})
     else:
         state = fid_state(_read_pickle(args.src))
-        out = _save(state, args.out, {"format": "pt", "net": "pytorch-fid InceptionV3 blocks 0-3", "source": args.src.name})
+        out = _save(
+            state, args.out, {"format": "pt", "net": "pytorch-fid InceptionV3 blocks 0-3", "source": args.src.name}
+        )
     print(f"wrote {out} ({len(state)} tensors); set eval.models.{args.what}={out} if it is not the default path")
     return 0
 

@@ -1,4 +1,5 @@
-"""One training step and one sampling step on each backend, on the same model: ``python -m stylexfer.bench_backends``.
+"""One training step and one sampling step on each backend, on the same model:
+``python -m stylexfer.tools.bench_backends``.
 
 The model is the SD 2.1-shaped one with random weights (``--arch``, written once as a diffusers safetensors
 folder so that both backends load the same file) or any diffusers folder (``--model-dir``, e.g. the tiny
@@ -24,13 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .store import atomic_write_json
+from ..store import atomic_write_json
 
-log = logging.getLogger("stylexfer.bench_backends")
+log = logging.getLogger("stylexfer.tools.bench_backends")
 
 
 def write_sd21_folder(arch: Path, folder: Path) -> Path:
-    """The SD 2.1-shaped random-weight model (:func:`stylexfer.bench.build_components`) as a diffusers folder."""
+    """The SD 2.1-shaped random-weight model (:func:`stylexfer.tools.bench.build_components`) as a diffusers folder."""
     from .bench import build_components
 
     if (folder / "unet" / "config.json").exists():
@@ -41,19 +42,23 @@ def write_sd21_folder(arch: Path, folder: Path) -> Path:
         m.save_pretrained(str(tmp / name), safe_serialization=True)
     c.tokenizer.save_pretrained(str(tmp / "tokenizer"))
     (tmp / "scheduler").mkdir(parents=True, exist_ok=True)
-    (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDIMScheduler", **c.scheduler_config}))
+    (tmp / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "DDIMScheduler", **c.scheduler_config})
+    )
     tmp.rename(folder)
     return folder
 
 
 def _style(root: Path, res: int):
-    from .data import Style
+    from ..data import Style
 
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (res, res, 3), dtype=np.uint8)) for _ in range(2)]
-    from .prior import ClassPool
+    from ..prior import ClassPool
 
-    style = Style(id="00", dir=root, image_paths=[], images=images, image_objects=["thing", "object"], objects=["thing"])
+    style = Style(
+        id="00", dir=root, image_paths=[], images=images, image_objects=["thing", "object"], objects=["thing"]
+    )
     pool = ClassPool(key="bench", dir=root, prompts=["an image of thing", "an image of object"], images=images)
     return style, pool
 
@@ -61,12 +66,21 @@ def _style(root: Path, res: int):
 def _cfg(res: int, rank: int, steps: int, device: str):
     from hydra import compose, initialize_config_dir
 
-    from .app import CONFIG_DIR
+    from ..app import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=["+strategy=safe", f"model.resolution={res}", "prior=shared",
-                                                        f"lora.unet_lora_rank={rank}", f"train.steps={steps}",
-                                                        "train.checkpoint_every=0", f"model.device={device}"])
+        return compose(
+            config_name="config",
+            overrides=[
+                "+strategy=safe",
+                f"model.resolution={res}",
+                "prior=shared",
+                f"lora.unet_lora_rank={rank}",
+                f"train.steps={steps}",
+                "train.checkpoint_every=0",
+                f"model.device={device}",
+            ],
+        )
 
 
 def _timed(fn) -> float:
@@ -79,7 +93,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _per_step(run, warm: int, steps: int, repeat: int = 3) -> float:
+def step_seconds(run, warm: int, steps: int, repeat: int = 3) -> float:
     """Seconds per step: the time of ``warm + steps`` steps less that of ``warm`` steps (the set-up cancels),
     each the fastest of ``repeat`` runs, as timeit does: a run slowed by the machine (another process, a
     collection) would otherwise move the difference, on a small model even below zero."""
@@ -107,25 +121,34 @@ def _steps(c, train_style, sampling, device: str, folder: Path, args) -> dict:
 def torch_steps(folder: Path, device: str, dtype: str, args) -> dict:
     from omegaconf import OmegaConf
 
-    from .backends.torch.models import load_components
-    from .backends.torch.sample import sampling
-    from .backends.torch.train import _train_loop
-    from .models import ResolvedModel
+    from ..backends.torch.models import load_components
+    from ..backends.torch.sample import sampling
+    from ..backends.torch.train import train_loop
+    from ..models import ResolvedModel
 
-    mc = OmegaConf.create({"path": str(folder), "revision": None, "variant": None, "local_files_only": True,
-                           "device": device, "dtype": dtype})
-    resolved = ResolvedModel(folder=folder, source=str(folder), identity="bench", random_weights=True,
-                             prediction_type="epsilon")
-    return _steps(load_components(resolved, mc), _train_loop, sampling, device, folder, args)
+    mc = OmegaConf.create(
+        {
+            "path": str(folder),
+            "revision": None,
+            "variant": None,
+            "local_files_only": True,
+            "device": device,
+            "dtype": dtype,
+        }
+    )
+    resolved = ResolvedModel(
+        folder=folder, source=str(folder), identity="bench", random_weights=True, prediction_type="epsilon"
+    )
+    return _steps(load_components(resolved, mc), train_loop, sampling, device, folder, args)
 
 
 def jittor_steps(folder: Path, device: str, args) -> dict:
-    from .backends.jittor import runtime
+    from ..backends.jittor import runtime
 
     runtime.jittor(Path(args.work), device)
-    from .backends.jittor.models import load_components
-    from .backends.jittor.sample import sampling
-    from .backends.jittor.train import train_style
+    from ..backends.jittor.models import load_components
+    from ..backends.jittor.sample import sampling
+    from ..backends.jittor.train import train_style
 
     return _steps(load_components(folder, device), train_style, sampling, device, folder, args)
 
@@ -137,16 +160,18 @@ def _both(train, sample, args) -> dict:
         if key.split("_")[0] not in args.parts.split(","):
             continue
         try:
-            out[key] = _per_step(run, args.warm, args.steps, args.repeat)
+            out[key] = step_seconds(run, args.warm, args.steps, args.repeat)
         except Exception as e:  # noqa: BLE001 - a part that cannot run says why in the table
-            out[key[:-2] + "_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+            out[key[:-2] + "_error"] = (
+                f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+            )
             log.exception("%s failed", key)
         print(key, out, flush=True)
     return out
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stylexfer.bench_backends", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m stylexfer.tools.bench_backends", description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", type=Path, help="SD 2.1's published configs (shared/reference/sd21_architecture.json)")
     p.add_argument("--model-dir", type=Path, help="a diffusers folder instead of the SD 2.1-shaped model")
     p.add_argument("--res", type=int, default=512)
@@ -177,14 +202,25 @@ def main(argv=None) -> int:
             rows[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
             log.exception("%s failed", name)
         print(name, json.dumps(rows), flush=True)
-    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "model": str(args.arch or folder),
-              "res": args.res, "rank": args.rank, "steps": args.steps, "warm": args.warm, "rows": rows}
+    result = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "model": str(args.arch or folder),
+        "res": args.res,
+        "rank": args.rank,
+        "steps": args.steps,
+        "warm": args.warm,
+        "rows": rows,
+    }
     atomic_write_json(args.out, result)
     print(f"\n{result['device']}, {result['model']}, {args.res} px, LoRA rank {args.rank}: seconds per step")
-    print("| backend | training step (1 instance + 1 class sample) | sampling step (1 image, guidance) |\n|---|---|---|")
+    print(
+        "| backend | training step (1 instance + 1 class sample) | sampling step (1 image, guidance) |\n|---|---|---|"
+    )
     for name, r in rows.items():
-        cells = [f"{r[k]:.3f}" if k in r else r.get(k[:-2] + "_error", r.get("error", "")) for k in
-                 ("train_step_s", "sample_step_s")]
+        cells = [
+            f"{r[k]:.3f}" if k in r else r.get(k[:-2] + "_error", r.get("error", ""))
+            for k in ("train_step_s", "sample_step_s")
+        ]
         print(f"| {name} | {cells[0]} | {cells[1]} |")
     return 0
 

@@ -1,0 +1,37 @@
+"""Helpers the tests import (``from helpers import compose``): composing the real config, running the CLI,
+the metric overrides of the tiny metric models. Fixtures stay in ``conftest.py``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+CONF = REPO / "conf"
+
+
+def compose(overrides=(), strategy: str | None = None, hydra: bool = False):
+    """Compose the real config (as the CLI would) without running anything."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import stylexfer.main  # noqa: F401 - registers the schema and the resolvers, as the CLI does
+
+    GlobalHydra.instance().clear()
+    ov = list(overrides) + ([f"+strategy={strategy}"] if strategy else [])
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=ov, return_hydra_config=hydra)
+
+
+def run_cli(args, cwd: Path, timeout: int = 900, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "stylexfer", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def metric_overrides(models: dict) -> list[str]:
+    return [f"eval.models.{k}={v}" for k, v in models.items()]
