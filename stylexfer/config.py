@@ -151,6 +151,38 @@ class SchedulerConfig:
     guidance_scale: float = 7.5
 
 
+class InjectMode(str, Enum):
+    none = "none"  # the sampler as it is
+    # StyleID (Chung et al., CVPR 2024): the style image's keys and values in the decoder's self-attention
+    styleid = "styleid"
+
+
+class InjectReference(str, Enum):
+    cycle = "cycle"  # generated image j takes the style's image j mod R (StyleID: one style image per output)
+    average = "average"  # the style's pixel-average image (the img2img start) for every image
+    all = "all"  # every reference image's keys and values, concatenated along the token axis
+
+
+@dataclass
+class InjectConfig:
+    """Training-free style injection (stylexfer/inject.py, stylexfer/backends/torch/inject.py): in the chosen
+    decoder self-attention layers a generated image keeps its queries and takes keys and values from its
+    reference image at the same timestep (DDIM inversion of that image)."""
+
+    mode: InjectMode = InjectMode.none
+    # query preservation: q = gamma·q_content + (1 − gamma)·q_generated, q_content from a twin sampled in the
+    # same batch from the same start without injection (0 = no twin: half the batch)
+    gamma: float = 0.75
+    temperature: float = 1.5  # attention temperature: the injected layers' logits × T
+    # diffusers module paths of the injected self-attention layers; empty = the decoder's two highest-resolution
+    # levels with attention (SD: up_blocks.2 and up_blocks.3, StyleID's layers 6-11)
+    layers: List[str] = field(default_factory=list)
+    share: float = 1.0  # the share of the sampling steps injected, noisiest first
+    adain_init: bool = True  # the start latent's per-channel mean/std matched to the reference's inverted latent
+    reference: InjectReference = InjectReference.cycle
+    reference_images: Optional[int] = None  # how many of a style's images serve as references (null = all)
+
+
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -315,6 +347,7 @@ class StylexferConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    inject: InjectConfig = field(default_factory=InjectConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -369,6 +402,28 @@ def validate_eval(ev) -> None:
     _check(ev.clip_r_top_k >= 1, "eval.clip_r_top_k", ev.clip_r_top_k, "must be >= 1")
     if ev.clip_r_prompts is not None:
         prompt_list_file(ev)  # a missing file or named list fails here, naming where to put it
+
+
+def validate_inject(inj, backend: str) -> None:
+    """Ranges of the inject group; the layer names are checked against the model by
+    :func:`stylexfer.inject.check_layers` once the model folder is known."""
+    if inj.mode == InjectMode.none:
+        return
+    _check(
+        backend == "torch",
+        "inject.mode",
+        value(inj.mode),
+        f"style injection runs on the PyTorch backend only (backend={backend}; its attention is diffusers')",
+    )
+    _check(0.0 <= inj.gamma <= 1.0, "inject.gamma", inj.gamma, "must be in [0, 1]")
+    _check(inj.temperature > 0, "inject.temperature", inj.temperature, "must be > 0")
+    _check(0.0 < inj.share <= 1.0, "inject.share", inj.share, "must be in (0, 1]")
+    _check(
+        inj.reference_images is None or inj.reference_images >= 1,
+        "inject.reference_images",
+        inj.reference_images,
+        "must be >= 1 or null (all)",
+    )
 
 
 def validate(cfg: DictConfig) -> None:
@@ -455,6 +510,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.sample.images_per_prompt >= 1, "sample.images_per_prompt", cfg.sample.images_per_prompt, "must be >= 1")
     _check(cfg.sample.batch_size >= 1, "sample.batch_size", cfg.sample.batch_size, "must be >= 1")
     validate_eval(cfg.eval)
+    validate_inject(cfg.inject, cfg.backend.name)
     _check(
         cfg.model.dtype in ("auto", "float32", "float16", "bfloat16"),
         "model.dtype",

@@ -20,9 +20,9 @@ from typing import Callable, Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from . import faults
-from .config import InitMode, value
-from .data import Style, average_image
+from . import faults, inject
+from .config import InitMode, InjectReference, value
+from .data import Style, average_image, fit_square
 from .store import atomic_save_image, build_once, stable_hash
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,28 @@ def sample_spec(style: Style, cfg, adapter_key: Optional[str], model_identity: s
         "resolution": cfg.model.resolution,
         "batch_size": cfg.sample.batch_size,
         "dtype": str(cfg.model.dtype),
+        # style injection: present only when on, so the keys of every run without it stay as they were
+        **({"inject": inject.spec(cfg.inject)} if inject.on(cfg.inject) else {}),
     }
+
+
+def injection_request(style: Style, cfg, spec: dict, cache_dir: Path, init) -> tuple[dict, list[int]]:
+    """What the backend needs to inject ``style`` (its reference images, where the store keeps their banks of
+    keys and values) and each job's reference."""
+    inj, res = cfg.inject, cfg.model.resolution
+    n_refs = inject.reference_count(inj, len(style.images))
+    if InjectReference(value(inj.reference)) == InjectReference.average:
+        refs = [init if init is not None else average_image(style.images, res)]
+        prints = ["average:" + style.fingerprint()]
+    else:
+        refs, prints = [fit_square(img, res) for img in style.images[:n_refs]], style.digests[:n_refs]
+    common = {
+        k: spec[k]
+        for k in ("backend", "model", "adapter", "sampler", "steps", "init", "strength", "resolution", "dtype")
+    }
+    bank = stable_hash(inject.bank_spec(spec["inject"], prints, common))
+    request = {"spec": spec["inject"], "references": refs, "bank_dir": Path(cache_dir) / "banks" / bank}
+    return request, inject.job_references(inj, len(sample_jobs(style, cfg)), len(refs))
 
 
 def ensure_samples(
@@ -135,6 +156,14 @@ def ensure_samples(
 
     def build(tmp: Path) -> None:
         init = average_image(style.images, res) if img2img else None
+        extra, refs = {}, None
+        if "inject" in spec:
+            extra["inject"], refs = injection_request(style, cfg, spec, cache_dir, init)
+
+        def chunk(i: int, j: int):
+            prompts, seeds = [b.prompt for b in jobs[i:j]], [b.seed for b in jobs[i:j]]
+            return make(prompts, seeds) if refs is None else make(prompts, seeds, refs[i:j])
+
         with backend.generate(
             sampler=value(cfg.scheduler.name),
             steps=cfg.scheduler.steps,
@@ -145,12 +174,13 @@ def ensure_samples(
             init_image=init,
             strength=cfg.init.strength,
             compile=cfg.sample.compile,
+            **extra,
         ) as make:
             make_in_chunks(
                 partial,
                 names,
                 cfg.sample.batch_size,
-                lambda i, j: make([b.prompt for b in jobs[i:j]], [b.seed for b in jobs[i:j]]),
+                chunk,
                 lambda n: f"sample:{style.id}:{n + 1}",
                 f"sample {style.id}",
             )

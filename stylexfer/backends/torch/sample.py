@@ -165,11 +165,13 @@ def sampling(
     init_image: Optional[Image.Image] = None,
     strength: float = 1.0,
     compile: Optional[bool] = None,
+    inject: Optional[dict] = None,
 ):
     """:meth:`stylexfer.backends.Backend.generate` on the PyTorch backend: one pipeline, the adapter loaded
     (and fused) for the context's duration; the base weights are exactly as before afterwards. With the
     adapter fused (or none), peft's wrappers are swapped for their base layers and the UNet may run compiled
-    for the first call's batch shape (``compile``: null = when the compile cache holds it, :mod:`.compiled`)."""
+    for the first call's batch shape (``compile``: null = when the compile cache holds it, :mod:`.compiled`).
+    ``inject``: style injection (:func:`.inject.injecting`), which samples eagerly."""
     from ...backends import ADAPTER_FILE
     from . import compiled
     from .train import load_peft_adapter, remove_adapters
@@ -191,9 +193,26 @@ def sampling(
         plain = adapter_dir is None or fuse_lora  # no unmerged LoRA branch: plain layers, compilable
         if plain:
             stack.enter_context(plain_layers(pipe))
+        if inject is not None:
+            from .inject import injecting
+
+            if compile:
+                log.info("style injection samples with the eager UNet (its processors read per-step state)")
+            yield stack.enter_context(
+                injecting(
+                    pipe,
+                    c,
+                    inject,
+                    steps=steps,
+                    strength=strength,
+                    img2img=init_image is not None,
+                    run=lambda p, s: generate(pipe, p, s, steps, guidance_scale, resolution, init_image, strength),
+                )
+            )
+            return
         chosen: dict = {}
 
-        def make(prompts, seeds):
+        def make(prompts, seeds, refs=None):
             if plain and "batch" not in chosen:
                 chosen["batch"] = len(prompts)
                 chosen["on"] = compiled.decide_sampling(c, compile, resolution, len(prompts))
