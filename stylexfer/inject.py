@@ -68,11 +68,11 @@ def on(inj) -> bool:
     return InjectMode(value(inj.mode)) != InjectMode.none
 
 
-def check(inj, unet_config: dict, image_counts: dict[str, int]) -> None:
-    """Everything about ``inject`` that needs the model and the data, before any stage runs."""
+def check(inj, model_folder: Path, image_counts: dict[str, int]) -> None:
+    """Everything about ``inject`` that needs the model (its folder) and the data, before any stage runs."""
     if not on(inj):
         return
-    chosen_layers(inj, unet_config)
+    chosen_layers(inj, unet_config_of(model_folder))
     if inj.reference_images is not None:
         short = {sid: n for sid, n in image_counts.items() if n < inj.reference_images}
         if short:

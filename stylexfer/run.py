@@ -83,7 +83,7 @@ def run(cfg: DictConfig) -> dict:
         log.error("style %s skipped: %s", sid, why)
     log.info("data: %d style(s) from %s: %s", len(styles), data_root, ", ".join(s.id for s in styles))
     resolved = resolve_model(cfg.model, cache)
-    inject.check(cfg.inject, inject.unet_config_of(resolved.folder), {s.id: len(s.images) for s in styles})
+    inject.check(cfg.inject, resolved.folder, {s.id: len(s.images) for s in styles})
     # metric weights too: a missing model fails the run now, not after an hour of training
     demo = cfg.model.path is None
     unavailable = preflight(cfg.eval, demo)

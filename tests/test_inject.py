@@ -145,7 +145,7 @@ def test_bad_inject_values_fail_naming_the_key(overrides, message):
 
 
 def test_unknown_layers_and_too_many_references_fail_naming_the_key_and_the_valid_names():
-    pocket = inject.unet_config_of(REPO / "stylexfer" / "assets" / "pocket")
+    pocket = REPO / "stylexfer" / "assets" / "pocket"
     cfg = compose(["inject=styleid", "inject.layers=[up_blocks.9.attentions.0.transformer_blocks.0.attn1]"])
     with pytest.raises(ConfigError, match=r"^inject\.layers=.*valid: up_blocks\.1\.attentions\.0\.transformer_blocks"):
         inject.check(cfg.inject, pocket, {"00": 10})
@@ -155,6 +155,7 @@ def test_unknown_layers_and_too_many_references_fail_naming_the_key_and_the_vali
     ):
         inject.check(cfg.inject, pocket, {"00": 10})
     inject.check(compose(["inject=styleid"]).inject, pocket, {"00": 10})  # the defaults pass
+    inject.check(compose([]).inject, REPO / "nowhere", {"00": 1})  # off: the model folder is not read
 
 
 def test_a_bad_inject_value_on_the_command_line_is_one_line_and_writes_nothing(tmp_path):
