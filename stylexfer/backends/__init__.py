@@ -46,7 +46,7 @@ class TrainOutcome:
     seconds: float = 0.0
 
 
-# make(prompts, seeds) → images: one batched call of the generator a :meth:`Backend.generate` context opened
+# make(prompts, seeds[, refs]) → images: one batched call of the generator a :meth:`Backend.generate` context opened
 MakeImages = Callable[[Sequence[str], Sequence[int]], list[Image.Image]]
 
 
@@ -85,7 +85,9 @@ class Backend(ABC):
         (independent of batch mates), with the base model or the adapter in ``adapter_dir`` loaded; from
         noise, or img2img from ``init_image`` at ``strength``. ``compile``: whether the backend compiles its
         denoiser for the context (null = its own choice; scheduling only, the images are the same up to
-        float rounding). The model is as it was after the context."""
+        float rounding). The model is as it was after the context. A backend that supports style injection
+        also takes ``inject`` (:func:`stylexfer.sample.injection_request`); its ``make`` then takes each
+        prompt's reference index as a third argument (the PyTorch backend; the stages pass neither otherwise)."""
 
     @abstractmethod
     def train(
