@@ -42,7 +42,9 @@ def test_every_strategy_composes_and_validates(strategy):
 
 
 ABLATIONS = sorted(
-    p.stem for p in (CONF.parent / "experiments" / "ablation").glob("*.yaml") if p.stem != "report_table"
+    p.stem
+    for p in (CONF.parent / "experiments" / "ablation").glob("*.yaml")
+    if p.stem not in ("report_table", "injection")  # tables of rows × seeds: tested below
 )
 
 
@@ -229,3 +231,18 @@ def test_the_report_table_preset_is_three_strategies_and_single_changes_to_safe_
         "safe_noise_init": ["init.mode", "init.strength"],
         "safe_strength_07": ["init.strength"],
     }
+
+
+def test_the_injection_table_rows_are_the_safe_strategy_with_or_without_injection():
+    """+ablation=injection: rows (experiments/injection/) × 3 seeds; every row is built on the safe strategy."""
+    cfg = compose(["+ablation=injection"], hydra=True)
+    params = dict(cfg.hydra.sweeper.params)
+    rows = params["+injection"].split(",")
+    assert set(params) == {"+injection", "train.seed"} and params["train.seed"] == "0,1,2"
+    assert {p.stem for p in (CONF.parent / "experiments" / "injection").glob("*.yaml")} == set(rows)
+    for row in rows:
+        c = compose(["+ablation=injection", f"+injection={row}", "train.seed=1"])
+        validate(c)
+        assert c.lora.unet_lora_rank == 32 and c.sample.seed == 1
+        assert (c.inject.mode.value == "styleid") == (row != "safe")
+    assert compose(["+ablation=injection", "+injection=styleid_untrained"]).train.steps == 0
