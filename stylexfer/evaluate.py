@@ -22,7 +22,7 @@ import numpy as np
 
 from .data import Style, generated_images
 from .errors import DataError
-from .models import hub_offline
+from .models import offline_for
 from .registry import suite
 from .report import fmt
 from .scoring import HIGHER_IS_BETTER, METRIC_NAMES, prompt_list_file, score_components
@@ -58,7 +58,7 @@ def evaluate(
     if not present:
         raise DataError(f"images={images_root}: no folder named after a style ({', '.join(s.id for s in styles)})")
     scorer = suite(ev.suite).scorer(
-        ev, device, candidate_prompts(ev, styles), offline=hub_offline() or demo, skip=list(unavailable or {})
+        ev, device, candidate_prompts(ev, styles), offline=offline_for(demo), skip=list(unavailable or {})
     )
     per_style, retrieved, no_fid = {}, [], []
     for s in present:

@@ -50,18 +50,19 @@ def unet_config_of(model_folder: Path) -> dict:
     return json.loads((Path(model_folder) / "unet" / "config.json").read_text())
 
 
-def chosen_layers(inj, unet_config: dict) -> list[str]:
-    """``inject.layers`` (every name checked against the model), or the default; one line naming the key."""
+def chosen_layers(layers: Sequence[str], unet_config: dict) -> list[str]:
+    """``inject.layers`` (every name checked against the model), or the default when empty; one line naming
+    the key."""
     valid = [n for names in self_attention_layers(unet_config) for n in names]
-    if not inj.layers:
+    if not layers:
         return default_layers(unet_config)
-    bad = [n for n in inj.layers if n not in valid]
+    bad = [n for n in layers if n not in valid]
     if bad:
         raise ConfigError(
-            f"inject.layers={list(inj.layers)}: not decoder self-attention layers of this model: {bad}; "
+            f"inject.layers={list(layers)}: not decoder self-attention layers of this model: {bad}; "
             f"valid: {', '.join(valid)}"
         )
-    return list(inj.layers)
+    return list(layers)
 
 
 def on(inj) -> bool:
@@ -72,7 +73,7 @@ def check(inj, model_folder: Path, image_counts: dict[str, int]) -> None:
     """Everything about ``inject`` that needs the model (its folder) and the data, before any stage runs."""
     if not on(inj):
         return
-    chosen_layers(inj, unet_config_of(model_folder))
+    chosen_layers(inj.layers, unet_config_of(model_folder))
     if inj.reference_images is not None:
         short = {sid: n for sid, n in image_counts.items() if n < inj.reference_images}
         if short:

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ModelNotFoundError
-from .models import hub_offline, looks_like_hub_id
+from .models import looks_like_hub_id, offline_for
 from .scoring import FID_BLOCKS, Scorer, frechet_of
 
 MODEL_METRICS = ("dino", "lpips", "clip_r", "fid", "clip_iqa")  # hist needs no weights
@@ -388,11 +388,6 @@ def _load_metric(m: str, path: Path, device: str, ev, candidates: Sequence[str])
     if m == "clip_r":
         return ClipR(path, device, candidates, ev.clip_r_top_k)
     return ClipIqa(path, device)
-
-
-def offline_for(demo: bool) -> bool:
-    """Whether the hub may not be asked: offline mode, or the embedded demo (which never downloads)."""
-    return hub_offline() or demo
 
 
 SUITE = ReferenceSuite()

@@ -42,6 +42,11 @@ def hub_offline(local_files_only: bool = False) -> bool:
     return local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+def offline_for(demo: bool) -> bool:
+    """Whether the hub may not be asked: offline mode, or the embedded demo (which never downloads)."""
+    return hub_offline() or demo
+
+
 def looks_like_hub_id(path: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", path)) and not Path(path).expanduser().exists()
 

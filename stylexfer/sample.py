@@ -135,7 +135,7 @@ def injection_request(style: Style, cfg, spec: dict, cache_dir: Path, init) -> t
     }
     bank = stable_hash(inject.bank_spec(spec["inject"], prints, common))
     request = {"spec": spec["inject"], "references": refs, "bank_dir": Path(cache_dir) / "banks" / bank}
-    return request, inject.job_references(inj, len(sample_jobs(style, cfg)), len(refs))
+    return request, inject.job_references(inj, len(spec["jobs"]), len(refs))
 
 
 def ensure_samples(

@@ -121,11 +121,10 @@ class InjectingProcessor:
         q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         if s.mode == "record":
             s.k[self.layer][s.step], s.v[self.layer][s.step] = k.detach(), v.detach()
-            out = _attend(attn, q, k, v)
-        elif s.step >= s.injected_steps:
-            out = _attend(attn, q, k, v)
-        else:
+        if s.mode == "inject" and s.step < s.injected_steps:
             out = self._inject(attn, q, k, v)
+        else:
+            out = _attend(attn, q, k, v)
         return attn.to_out[1](attn.to_out[0](out))
 
     def _inject(self, attn, q, k, v) -> torch.Tensor:
@@ -292,13 +291,13 @@ def injecting(pipe, c, request: dict, *, steps: int, strength: float, img2img: b
     style injection. ``request``: ``spec`` (:func:`stylexfer.inject.spec`), ``references`` (PIL images at the
     sampling resolution), ``bank_dir`` (where the store keeps their banks, or None); ``run(prompts, seeds)``:
     one pipeline call."""
-    from ...inject import default_layers
+    from ...inject import chosen_layers
 
     spec = request["spec"]
     pipe.scheduler.set_timesteps(steps, device=c.device)
     ts = pipe.get_timesteps(steps, strength, c.device)[0] if img2img else pipe.scheduler.timesteps
     state = Injection(
-        spec["layers"] or default_layers(dict(c.unet.config)),
+        chosen_layers(spec["layers"], dict(c.unet.config)),
         [t.item() for t in ts],
         gamma=spec["gamma"],
         temperature=spec["temperature"],

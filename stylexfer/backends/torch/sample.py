@@ -193,6 +193,10 @@ def sampling(
         plain = adapter_dir is None or fuse_lora  # no unmerged LoRA branch: plain layers, compilable
         if plain:
             stack.enter_context(plain_layers(pipe))
+
+        def run(prompts, seeds):  # one pipeline call with the context's settings
+            return generate(pipe, prompts, seeds, steps, guidance_scale, resolution, init_image, strength)
+
         if inject is not None:
             from .inject import injecting
 
@@ -206,20 +210,20 @@ def sampling(
                     steps=steps,
                     strength=strength,
                     img2img=init_image is not None,
-                    run=lambda p, s: generate(pipe, p, s, steps, guidance_scale, resolution, init_image, strength),
+                    run=run,
                 )
             )
             return
         chosen: dict = {}
 
-        def make(prompts, seeds, refs=None):
+        def make(prompts, seeds):
             if plain and "batch" not in chosen:
                 chosen["batch"] = len(prompts)
                 chosen["on"] = compiled.decide_sampling(c, compile, resolution, len(prompts))
             use = plain and chosen["on"] and len(prompts) == chosen["batch"]
             pipe.unet = compiled.sampling_unet(c) if use else c.unet
             try:
-                images = generate(pipe, prompts, seeds, steps, guidance_scale, resolution, init_image, strength)
+                images = run(prompts, seeds)
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as e:  # noqa: BLE001 - compiling failed (no compiler, say): the same call eagerly
@@ -232,7 +236,7 @@ def sampling(
                 )
                 chosen["on"] = use = False
                 pipe.unet = c.unet
-                images = generate(pipe, prompts, seeds, steps, guidance_scale, resolution, init_image, strength)
+                images = run(prompts, seeds)
             finally:
                 pipe.unet = c.unet
             if use and not chosen.get("marked"):
