@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from .config import register_configs
 from .devices import n_jobs
+from .errors import os_error_line
+from .store import claim_dir
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -40,10 +43,23 @@ def experiments_dir() -> str:
     return str(_first_existing(PACKAGE.parent / "experiments", PACKAGE / "_experiments"))
 
 
+def claim_run_dir(path: str) -> str:
+    """``${stylexfer.claim:PATH}``: the run (or sweep) folder, created exclusively (:func:`stylexfer.store.claim_dir`:
+    ``PATH``, or ``PATH-1``… when another run took it in the same second). Cached, so that Hydra, which reads the
+    key several times (and hands it to every job of a sweep), gets one folder. A folder that cannot be created
+    ends the command in one line naming it."""
+    try:
+        return str(claim_dir(path))
+    except OSError as e:
+        print(f"error: cannot create the run folder: {os_error_line(e)}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 CONFIG_DIR = config_dir()
 register_configs()
 OmegaConf.register_new_resolver("stylexfer.experiments", experiments_dir, replace=True)
 OmegaConf.register_new_resolver("stylexfer.n_jobs", n_jobs, replace=True)
+OmegaConf.register_new_resolver("stylexfer.claim", claim_run_dir, replace=True, use_cache=True)
 
 
 def discard_if_empty(run_dir: Path) -> None:

@@ -8,12 +8,14 @@ output is written.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .errors import ConfigError
 from .scoring import FID_BLOCKS, METRIC_NAMES, prompt_list_file
@@ -390,6 +392,43 @@ def renamed_keys(overrides) -> list[str]:
     return lines
 
 
+def _config_groups() -> list[str]:
+    """The config groups on Hydra's search path (``strategy``, ``ablation``, ``lora``…), when Hydra composed."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        return []
+    return sorted(GlobalHydra.instance().config_loader().list_groups(""))
+
+
+def check_known_keys(cfg: DictConfig, skip: tuple = ("hydra",)) -> None:
+    """Refuse a key that no schema declares (``+stratgy=safe``, ``+lora.unet_lora_rnk=4``: Hydra's ``+`` adds a
+    key even to a typed config) in one line naming it and the nearest valid name. Every node typed by a
+    dataclass is checked against its fields; the config has no free-form node (its extension points are the
+    config groups, composed before this runs)."""
+    groups = [g for g in _config_groups() if g not in skip]
+
+    def walk(node, where: str) -> None:
+        schema = OmegaConf.get_type(node)
+        if not dataclasses.is_dataclass(schema):
+            return
+        known = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            full = f"{where}{key}"
+            if not where and key in skip:
+                continue
+            if key not in known:
+                near = difflib.get_close_matches(str(key), known + ([] if where else groups), n=1)
+                hint = f" (did you mean {where}{near[0]}?)" if near else f"; known: {', '.join(known)}"
+                what = "no such config key or group" if not where else f"no such key in {where.rstrip('.')}"
+                raise ConfigError(f"{full}: {what}{hint}")
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+                walk(child, f"{full}.")
+
+    walk(cfg, "")
+
+
 def _check(ok: bool, key: str, value, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value}: {rule}")
@@ -428,6 +467,7 @@ def validate_inject(inj, backend: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Range checks that types cannot express; raises ConfigError naming the first bad key."""
+    check_known_keys(cfg)
     from .backends import backend_names
 
     _check(cfg.backend.name in backend_names(), "backend.name", cfg.backend.name, f"unknown; known: {backend_names()}")

@@ -1,5 +1,7 @@
 """Errors a user can act on: each message is one line naming the config key or path at fault."""
 
+import errno
+
 
 def first_line(e: BaseException, with_type: bool = False) -> str:
     """The first line of an exception's message (its type name if it has none), for one-line reports."""
@@ -7,6 +9,16 @@ def first_line(e: BaseException, with_type: bool = False) -> str:
     if not text:
         return type(e).__name__
     return f"{type(e).__name__}: {text}" if with_type else text
+
+
+def os_error_line(e: OSError) -> str:
+    """An operating-system error as one line naming the path and the errno (``/store/x: Permission denied
+    (errno 13, EACCES)``)."""
+    name = errno.errorcode.get(e.errno, "?") if e.errno is not None else "?"
+    where = f"{e.filename}: " if e.filename else ""
+    if e.filename2:
+        where = f"{e.filename} -> {e.filename2}: "
+    return f"{where}{e.strerror or e} (errno {e.errno}, {name})"
 
 
 class StylexferError(Exception):
@@ -34,7 +46,7 @@ class TrainingDiverged(StylexferError):
 
 
 class PartialFailure(StylexferError):
-    """Some styles failed (each recorded in the summary with its error); the others finished."""
+    """Styles failed (each recorded in the summary with its error): some, the others finished; or all of them."""
 
     exit_code = 1
 
@@ -43,3 +55,18 @@ class DeviceOutOfMemory(StylexferError):
     """A backend's training pass did not fit on its device (the caller may retry with fewer styles)."""
 
     exit_code = 4
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) reached a single run: raised where the process was, like Ctrl-C, so that every
+    ``finally`` and temporary-file cleanup runs; the entrypoint reports it in one line (exit 128 + signal)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# a file the run had to write or create could not be: the disk or the folder is at fault, not the config
+STORAGE_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST, errno.EIO}
+)

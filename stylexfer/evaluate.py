@@ -154,10 +154,11 @@ def _device(name: str) -> str:
 
 
 def _main(cfg) -> None:
-    from .config import validate_eval
+    from .config import check_known_keys, validate_eval
     from .data import discover_styles
     from .embedded import ensure_demo_data
 
+    check_known_keys(cfg)
     validate_eval(cfg.eval)
     demo = cfg.data.root is None
     missing = preflight(cfg.eval, demo)

@@ -22,7 +22,7 @@ from .backends import BackendFactory, LazyBackend
 from .config import validate
 from .data import discover_styles, load_image
 from .embedded import RANDOM_WEIGHTS_NOTICE, ensure_demo_data
-from .errors import PartialFailure, StylexferError, TrainingDiverged, first_line
+from .errors import STORAGE_ERRNOS, PartialFailure, StylexferError, TrainingDiverged, first_line, os_error_line
 from .evaluate import evaluate, preflight, write_scores
 from .loggers import check as check_loggers
 from .loggers import log_run, write_loss_plot
@@ -31,7 +31,7 @@ from .prior import ensure_pool, pool_key
 from .report import image_grid, write_reports
 from .sample import ensure_samples, sample_spec
 from .shard import ShardJob, ShardOutcome, plan_devices, run_shards
-from .store import atomic_write_json, link_or_copy_tree, reusable, stable_hash
+from .store import atomic_write_json, copy_tree, damage, reusable, stable_hash
 from .train import adapter_stored, ensure_adapter, style_specs, train_in_batches
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ def job_hash(cfg: DictConfig) -> str:
     return stable_hash(c)
 
 
+RUN_MANIFEST = "sha256.json"  # the run folder's copies of adapters and images, with their sha256
+
+
 def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     validate(cfg)
@@ -67,13 +70,21 @@ def run(cfg: DictConfig) -> dict:
     config_hash = job_hash(cfg)
     done = run_dir / "summary.json"
     if done.exists():  # a re-run of a sweep (same hydra.sweep.dir): finished jobs are skipped, never redone
-        previous = json.loads(done.read_text())
+        try:
+            previous = json.loads(done.read_text())
+        except (OSError, ValueError) as e:
+            raise StylexferError(
+                f"{done}: unreadable ({first_line(e)}); refusing to write into that folder (move it away)"
+            ) from None
         if previous.get("config_hash") != config_hash:
             raise StylexferError(
                 f"{run_dir}: already holds a finished run of another config; refusing to overwrite it"
             )
-        log.info("%s: already finished with the same config: skipping", run_dir)
-        return previous
+        why = damage(run_dir, RUN_MANIFEST, extra_ok=True) if (run_dir / RUN_MANIFEST).exists() else None
+        if why is None:
+            log.info("%s: already finished with the same config: skipping", run_dir)
+            return previous
+        log.warning("%s: finished, but %s: mending it from the store", run_dir, why)
 
     data_root = Path(cfg.data.root).expanduser() if cfg.data.root else ensure_demo_data(cache)
     styles, data_errors = discover_styles(
@@ -166,7 +177,7 @@ def run(cfg: DictConfig) -> dict:
         "workers": workers,
         "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
     }
-    grid_rows, curves = [], {}
+    grid_rows, curves, copies, raised = [], {}, {}, {}
     for sid, why in data_errors.items():
         summary["styles"][sid] = {"error": why}
         summary["failed_styles"][sid] = why
@@ -187,36 +198,54 @@ def run(cfg: DictConfig) -> dict:
                 raise TrainingDiverged(batch_failed[style.id])
             grid_rows.append(
                 _run_style(
-                    backend, resolved, styles, style, cfg, cache, run_dir, st, batch_trained, sharded.made, stages
+                    backend,
+                    resolved,
+                    styles,
+                    style,
+                    cfg,
+                    cache,
+                    run_dir,
+                    st,
+                    batch_trained,
+                    sharded.made,
+                    stages,
+                    copies,
                 )
             )
             curves[style.id] = _losses(run_dir / "adapters" / style.id)
         except Exception as e:  # noqa: BLE001 - one style's failure must not cost the others
-            line = first_line(e, with_type=not isinstance(e, StylexferError))
+            raised[style.id] = e
+            line = (
+                os_error_line(e)
+                if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS
+                else first_line(e, with_type=not isinstance(e, StylexferError))
+            )
             if not isinstance(e, StylexferError):
                 log.debug("style %s", style.id, exc_info=True)
             st["error"] = summary["failed_styles"][style.id] = line
-            log.error("style %s failed: %s", style.id, line)
+            log.error("style %s failed: %s", style.id, line.removeprefix(f"style {style.id}: "))
             continue
         faults.checkpoint(f"style:{style.id}")
 
-    t_stage = time.time()
     sampled = [s for s in styles if "images" in summary["styles"][s.id]]
-    if sampled:
-        doc = evaluate(run_dir / "images", sampled, cfg.eval, backend.device, unavailable, demo)
-        write_scores(run_dir, doc, f"stylexfer run `{cfg.name}`: scores")
-        for sid, sc in doc["styles"].items():
-            summary["styles"][sid]["scores"] = sc
-        summary["scores"], summary["unavailable"], summary["metric_models"] = (
-            doc["overall"],
-            doc["unavailable"],
-            doc["models"],
+    if not sampled:  # nothing to show, score or summarise: the run fails by its styles' causes, in one line
+        raise _nothing_made(summary["failed_styles"], raised)
+    atomic_write_json(run_dir / RUN_MANIFEST, dict(sorted(copies.items())))
+    t_stage = time.time()
+    doc = evaluate(run_dir / "images", sampled, cfg.eval, backend.device, unavailable, demo)
+    write_scores(run_dir, doc, f"stylexfer run `{cfg.name}`: scores")
+    for sid, sc in doc["styles"].items():
+        summary["styles"][sid]["scores"] = sc
+    summary["scores"], summary["unavailable"], summary["metric_models"] = (
+        doc["overall"],
+        doc["unavailable"],
+        doc["models"],
+    )
+    if summary["unavailable"]:
+        log.warning(
+            "metrics unavailable (final score not computed): %s",
+            "; ".join(f"{m}: {why}" for m, why in summary["unavailable"].items()),
         )
-        if summary["unavailable"]:
-            log.warning(
-                "metrics unavailable (final score not computed): %s",
-                "; ".join(f"{m}: {why}" for m, why in summary["unavailable"].items()),
-            )
     summary["status"] = "partial" if summary["failed_styles"] else "finished"
     stages["score"] = time.time() - t_stage
     summary["seconds"] = round(time.time() - t0, 2)
@@ -248,6 +277,21 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
+def _nothing_made(failed: dict, raised: dict) -> StylexferError:
+    """The error of a run none of whose styles was made: the one style's own error, or all of them in one
+    line (exit 3 when every style diverged, else 1)."""
+    if len(failed) == 1:
+        sid, why = next(iter(failed.items()))
+        e = raised.get(sid)
+        return (
+            e
+            if isinstance(e, StylexferError)
+            else PartialFailure(why if why.startswith("style ") else f"style {sid}: {why}")
+        )
+    kind = TrainingDiverged if all(isinstance(raised.get(s), TrainingDiverged) for s in failed) else PartialFailure
+    return kind(f"all {len(failed)} styles failed (" + "; ".join(f"{k}: {v}" for k, v in failed.items()) + ")")
+
+
 def _losses(adapter_dir: Path) -> list:
     """The training curve recorded with a style's adapter (also when it was reused from the store)."""
     rec = adapter_dir / "train.json"
@@ -272,9 +316,11 @@ def _run_style(
     batch_trained: dict,
     made_by_shards: set,
     stages: dict,
+    copies: dict,
 ):
     """Train (or reuse) → sample (or reuse) one style; fills ``st``; returns its grid row. Adds the seconds
-    of its training (one style at a time) and sampling to ``stages["train"]`` and ``stages["sample"]``."""
+    of its training (one style at a time) and sampling to ``stages["train"]`` and ``stages["sample"]``, and the
+    sha256 of the files it copies into the run folder to ``copies``."""
     spec_pool, spec = style_specs(resolved.identity, styles, style, cfg)
     pkey = pool_key(spec_pool) if spec_pool else None
     t = time.time()
@@ -308,7 +354,7 @@ def _run_style(
             float(np.mean(result.losses[:20])),
             float(np.mean(result.losses[-20:])),
         )
-    link_or_copy_tree(result.dir, run_dir / "adapters" / style.id)
+    _copy_in(result.dir, run_dir, f"adapters/{style.id}", copies)
     st.update(adapter_key=result.key, reused=result.reused, train_seconds=round(result.seconds, 2), pool=pkey)
 
     sspec = sample_spec(style, cfg, result.key, resolved.identity)
@@ -322,13 +368,18 @@ def _run_style(
         log.info("style %s: images %s found in the store: reusing them", style.id, stable_hash(sspec))
     # images/<style>/ holds exactly the generated images (what is uploaded and scored); the init image
     # of img2img goes to init/<style>/
-    link_or_copy_tree(sdir / "images", run_dir / "images" / style.id)
+    _copy_in(sdir / "images", run_dir, f"images/{style.id}", copies)
     generated = [load_image(run_dir / r.file) for r in records]
     st["images"] = [r.file for r in records]
     st["samples_key"] = stable_hash(sspec)
     avg = []
     if (sdir / "init").is_dir():
-        link_or_copy_tree(sdir / "init", run_dir / "init" / style.id)
+        _copy_in(sdir / "init", run_dir, f"init/{style.id}", copies)
         st["init_image"] = f"init/{style.id}/average.png"
         avg = [("average", load_image(run_dir / st["init_image"]))]
     return style.id, avg + [(r.object, img) for r, img in zip(records, generated)]
+
+
+def _copy_in(entry: Path, run_dir: Path, where: str, copies: dict) -> None:
+    """Copy a store entry (or a folder of one) into the run folder at ``where``; record the copies' sha256."""
+    copies.update({f"{where}/{rel}": digest for rel, digest in copy_tree(entry, run_dir / where).items()})

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -57,14 +58,18 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Any]:
+    """Open ``path`` for writing under a temporary name next to it; on a clean exit the file is flushed,
+    fsync'ed and renamed into place with the mode the umask gives a new file. On any error (a full disk, an
+    interrupt) the temporary file is removed and nothing appears under ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a result file is as readable as main.log
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -72,7 +77,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_file(path) as f:
+        f.write(data)
+    return Path(path)
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give a file written by a library (safetensors writes 0600) the mode the umask gives a new file."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -105,31 +120,50 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+def _files(folder: Path, manifest: str = MANIFEST) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != manifest)
 
 
-def seal(folder: str | os.PathLike) -> None:
-    """Record the sha256 of every file of a store entry being built (call it last, before the rename)."""
+def digests(folder: str | os.PathLike, manifest: str = MANIFEST) -> dict[str, str]:
+    """The sha256 of every file under ``folder`` (but the manifest), by path relative to it."""
     folder = Path(folder)
-    atomic_write_json(
-        folder / MANIFEST, {p.relative_to(folder).as_posix(): file_digest(p, 64) for p in _files(folder)}
-    )
+    return {p.relative_to(folder).as_posix(): file_digest(p, 64) for p in _files(folder, manifest)}
 
 
-def damage(folder: str | os.PathLike) -> Optional[str]:
-    """Why a sealed store entry is not what was written (None when every file is as recorded)."""
+def seal(folder: str | os.PathLike, manifest: str = MANIFEST) -> None:
+    """Record the sha256 of every file of a folder being built (call it last, before the rename). Files a
+    library wrote with its own mode (safetensors: 0600) are given the umask's first."""
     folder = Path(folder)
+    for p in _files(folder, manifest):
+        if not p.is_symlink():
+            follow_umask(p)
+    atomic_write_json(folder / manifest, digests(folder, manifest))
+
+
+def recorded_digests(folder: str | os.PathLike, manifest: str = MANIFEST) -> Optional[dict[str, str]]:
+    """The manifest of ``folder`` (relative path → sha256), or None when it is missing or unreadable."""
     try:
-        recorded = json.loads((folder / MANIFEST).read_text())
+        recorded = json.loads((Path(folder) / manifest).read_text())
     except (OSError, ValueError):
-        return f"{MANIFEST} missing or unreadable"
-    present = {p.relative_to(folder).as_posix() for p in _files(folder)}
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def damage(folder: str | os.PathLike, manifest: str = MANIFEST, extra_ok: bool = False) -> Optional[str]:
+    """Why a sealed folder is not what was written (None when every file is as its manifest records).
+    ``extra_ok``: files the manifest does not list are allowed (a run folder's logs)."""
+    folder = Path(folder)
+    recorded = recorded_digests(folder, manifest)
+    if recorded is None:
+        return f"{manifest} missing or unreadable"
     for name, digest in recorded.items():
-        if name not in present:
+        if not (folder / name).is_file():
             return f"{name} is missing"
         if file_digest(folder / name, 64) != digest:
             return f"{name} differs from what was written"
+    if extra_ok:
+        return None
+    present = {p.relative_to(folder).as_posix() for p in _files(folder, manifest)}
     extra = sorted(present - set(recorded))
     return f"{extra[0]} was not written by the store" if extra else None
 
@@ -195,22 +229,64 @@ def build_once(final: str | os.PathLike, builder: Callable[[Path], None]) -> tup
     return final, True
 
 
-def link_or_copy_tree(src: Path, dst: Path) -> None:
-    """Materialise ``src`` at ``dst`` with hard links where possible (no extra disk), else copies."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for item in src.iterdir():
-        if item.name == MANIFEST:  # the store's own bookkeeping
-            continue
-        target = dst / item.name
-        if item.is_dir():
-            link_or_copy_tree(item, target)
-            continue
-        if target.exists():
-            continue
+def claim_dir(path: str | os.PathLike) -> Path:
+    """Create the folder ``path`` exclusively and return it, or, when it exists already (another run started in
+    the same second, by the same or another config), the first of ``path-1``, ``path-2``… that this call
+    creates. Two processes never get the same folder: ``mkdir`` succeeds for one of them only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count():
+        candidate = path if n == 0 else path.with_name(f"{path.name}-{n}")
         try:
-            os.link(item, target)
-        except OSError:
-            shutil.copy2(item, target)
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError("unreachable")
+
+
+_FICLONE = 0x40049409  # Linux ioctl: share the source's blocks copy-on-write (Btrfs, XFS); an independent copy
+
+
+def _reflink(src, dst) -> bool:
+    try:
+        fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+    except OSError:
+        return False
+    return True
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy ``src`` to ``dst`` atomically (:func:`atomic_file`): a reflink where the filesystem offers one,
+    else the bytes. Never a hard link: the copy stays whole whatever later happens to ``src``."""
+    with open(src, "rb") as inp, atomic_file(dst) as out:
+        if not _reflink(inp, out):
+            shutil.copyfileobj(inp, out, 1 << 20)
+    return Path(dst)
+
+
+def copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, str]:
+    """Materialise the store entry ``src`` at ``dst`` as independent files, each written atomically
+    (:func:`copy_file`). A file already at ``dst`` is kept only when its sha256 is the one the entry recorded
+    (and it is no hard link into the store); a truncated or edited one is copied again. Returns the sha256 of
+    every file, by path relative to ``dst``."""
+    src, dst = Path(src), Path(dst)
+    recorded = recorded_digests(src) or {}
+    out = {}
+    for f in _files(src):
+        rel = f.relative_to(src).as_posix()
+        want = recorded.get(rel) or file_digest(f, 64)
+        target = dst / rel
+        keep = (
+            target.is_file()
+            and not target.is_symlink()
+            and target.stat().st_nlink == 1
+            and file_digest(target, 64) == want
+        )
+        if not keep:
+            copy_file(f, target)
+        out[rel] = want
+    return out
 
 
 # ------------------------------------------------------------------------------ training checkpoints
@@ -224,6 +300,9 @@ def write_checkpoint(folder: Path, step: int, write_tensors: Callable[[Path], No
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write_tensors(tmp / "state.safetensors")
+    with open(tmp / "state.safetensors", "rb+") as f:  # on disk before the rename makes it the checkpoint
+        os.fsync(f.fileno())
+    follow_umask(tmp / "state.safetensors")
     atomic_write_json(tmp / "state.json", meta)
     final = Path(folder) / f"step-{step:07d}"
     os.rename(tmp, final)
