@@ -2,7 +2,7 @@
 
 - **The pocket model** (``model=pocket``, the default): an SD-shaped model pretrained on the pocket world's
   base styles (``stylexfer.world``), shipped in the package as a diffusers folder (safetensors), its
-  files' sha256 checked against ``pocket.json`` every time it is used.
+  files' sha256 (every file: weights, configs, tokenizer) checked against ``sha256.json`` every time it is used.
 - **The tiny model** (``model=tiny``): built on first use under ``paths.cache_dir``. Its UNet and text
   encoder have **random weights** (the VAE is fitted for a few hundred steps on procedural shapes so that
   decoded images keep their colours): it exists to test the machinery quickly; its images mean nothing.
@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import registry
-from .store import atomic_write_json, atomic_write_text, build_once, file_digest, stable_hash
+from .store import FOLDER_MANIFEST, atomic_write_json, atomic_write_text, build_once, damage, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,26 @@ DEMO_VERSION = 2
 DEMO_IDS = ("00", "01", "02")  # the demo's styles as the competition names them: the pocket world's dots, mosaic, neon
 
 
+TINY_SD_DIR = Path(str(resources.files("stylexfer").joinpath("assets", "tiny_sd")))
+_checked: set[str] = set()  # shipped folders already checked by this process
+
+
+def check_shipped(folder: Path, what: str, extra_ok: bool = False) -> Path:
+    """``folder`` after checking every file of it against its ``sha256.json`` (configs and tokenizer files
+    too, not only weights); one ModelNotFoundError line naming the damaged file otherwise."""
+    from .errors import ModelNotFoundError
+
+    folder = Path(folder)
+    if str(folder) not in _checked:
+        why = damage(folder, FOLDER_MANIFEST, extra_ok=extra_ok)
+        if why:
+            raise ModelNotFoundError(f"{what}: {folder}/{why} (a damaged install? reinstall stylexfer)")
+        _checked.add(str(folder))
+    return folder
+
+
 def _asset(name: str) -> dict:
-    text = resources.files("stylexfer").joinpath("assets", "tiny_sd", name).read_text()
+    text = (check_shipped(TINY_SD_DIR, "model=tiny") / name).read_text()
     cfg = json.loads(text)
     return {k: v for k, v in cfg.items() if not k.startswith("_about")}
 
@@ -258,23 +276,7 @@ POCKET_DIR = Path(str(resources.files("stylexfer").joinpath("assets", "pocket"))
 
 
 def pocket_model_dir(folder: Path = POCKET_DIR) -> Path:
-    """The shipped pocket model's diffusers folder, after checking every weight file's sha256 against its
-    ``pocket.json`` (written by ``python -m stylexfer.world pretrain``)."""
-    from .errors import ModelNotFoundError
-
-    folder = Path(folder)
-    record_file = folder / "pocket.json"
-    if not record_file.exists():
-        raise ModelNotFoundError(f"model=pocket: {record_file} is missing (a damaged install? reinstall stylexfer)")
-    for name, digest in json.loads(record_file.read_text())["weights_sha256"].items():
-        f = folder / name
-        why = (
-            "missing"
-            if not f.exists()
-            else "sha256 differs from pocket.json"
-            if file_digest(f, 64) != digest
-            else None
-        )
-        if why:
-            raise ModelNotFoundError(f"model=pocket: {f}: {why} (a damaged install? reinstall stylexfer)")
-    return folder
+    """The pocket model's diffusers folder (the shipped one by default), after checking every file of it
+    (weights, configs, tokenizer) against its ``sha256.json`` (written by ``python -m stylexfer.world
+    pretrain``; the previews beside it are not part of the model)."""
+    return check_shipped(folder, "model=pocket", extra_ok=True)

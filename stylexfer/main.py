@@ -8,18 +8,22 @@ of the sweep go on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from . import faults
 from .app import CONFIG_DIR, discard_if_empty, is_multirun
 from .config import renamed_keys
 from .devices import job_device
-from .errors import StylexferError, first_line
+from .errors import STORAGE_ERRNOS, Interrupted, StylexferError, first_line, os_error_line
 from .store import atomic_write_json
 
 log = logging.getLogger("stylexfer")
@@ -30,23 +34,54 @@ def main(cfg: DictConfig) -> float | None:
     from .run import run
 
     out = Path(cfg.paths.output_dir)
+    sweep_job = is_multirun()
     try:
-        with job_device(cfg.model.device, sweep_job=is_multirun()) as device:
+        with job_device(cfg.model.device, sweep_job=sweep_job) as device, _sigterm_interrupts(not sweep_job):
             cfg.model.device = device
             summary = run(cfg)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Interrupted): every finally has run on the way here
+        if sweep_job:
+            raise
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(
+            f"error: interrupted ({signal.Signals(signum).name}) {faults.describe(faults.last_point())}: "
+            "run the same command to resume (finished stages and the last checkpoint are reused)",
+            file=sys.stderr,
+        )
+        discard_if_empty(out)
+        sys.exit(128 + signum)
     except Exception as e:  # noqa: BLE001 - every failure is reported in one line and recorded
-        line = first_line(e, with_type=not isinstance(e, StylexferError))
-        if is_multirun():
+        storage = isinstance(e, OSError) and e.errno in STORAGE_ERRNOS
+        line = os_error_line(e) if storage else first_line(e, with_type=not isinstance(e, StylexferError))
+        if sweep_job:
             atomic_write_json(out / "error.json", {"error": line, "traceback": traceback.format_exc()})
             log.error("job failed: %s", line)
             raise
-        if not isinstance(e, StylexferError):
+        if not isinstance(e, StylexferError) and not storage:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {line if storage else e}", file=sys.stderr)
         discard_if_empty(out)
-        sys.exit(e.exit_code)
+        sys.exit(1 if storage else e.exit_code)
     scores = summary["scores"]
     return scores.get("final", scores.get("hist"))
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts(on: bool):
+    """While a single run works, SIGTERM interrupts it as Ctrl-C does (:class:`stylexfer.errors.Interrupted`),
+    so that it stops cleanly where it is and says so."""
+    if not on or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cli() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .embedded import ensure_tiny_model, pocket_model_dir
-from .errors import ModelNotFoundError
+from .errors import ModelNotFoundError, first_line
 from .store import stable_hash
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,12 @@ def _identity(folder: Path, extra: Any = None) -> str:
     for comp in ("unet", "vae", "text_encoder", "scheduler", "tokenizer"):
         for f in sorted((folder / comp).iterdir()):
             if f.suffix == ".json":
-                parts[f"{comp}/{f.name}"] = stable_hash(json.loads(f.read_text()))
+                try:
+                    parts[f"{comp}/{f.name}"] = stable_hash(json.loads(f.read_text()))
+                except (ValueError, UnicodeDecodeError) as e:
+                    raise ModelNotFoundError(
+                        f"{f}: not valid JSON ({first_line(e)}): a damaged model folder"
+                    ) from None
             elif f.suffix == ".safetensors":
                 parts[f"{comp}/{f.name}"] = f.stat().st_size
     return stable_hash(parts)

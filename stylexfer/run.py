@@ -31,7 +31,7 @@ from .prior import ensure_pool, pool_key
 from .report import image_grid, write_reports
 from .sample import ensure_samples, sample_spec
 from .shard import ShardJob, ShardOutcome, plan_devices, run_shards
-from .store import atomic_write_json, copy_tree, damage, reusable, stable_hash
+from .store import FOLDER_MANIFEST, atomic_write_json, copy_tree, damage, reusable, stable_hash
 from .train import adapter_stored, ensure_adapter, style_specs, train_in_batches
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def job_hash(cfg: DictConfig) -> str:
     return stable_hash(c)
 
 
-RUN_MANIFEST = "sha256.json"  # the run folder's copies of adapters and images, with their sha256
+RUN_MANIFEST = FOLDER_MANIFEST  # the run folder's copies of adapters and images, with their sha256
 
 
 def run(cfg: DictConfig) -> dict:

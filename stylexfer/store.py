@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Optional
 
 log = logging.getLogger(__name__)
 MANIFEST = ".store-manifest.json"
+FOLDER_MANIFEST = "sha256.json"  # the same record for a shipped model, the judge and a run folder's copies
 _verified: set[str] = set()  # entries this process has already checked (a run asks several times)
 
 
@@ -165,7 +166,7 @@ def damage(folder: str | os.PathLike, manifest: str = MANIFEST, extra_ok: bool =
         return None
     present = {p.relative_to(folder).as_posix() for p in _files(folder, manifest)}
     extra = sorted(present - set(recorded))
-    return f"{extra[0]} was not written by the store" if extra else None
+    return f"{extra[0]} is not in {manifest}" if extra else None
 
 
 def reusable(final: str | os.PathLike) -> bool:

@@ -128,3 +128,33 @@ def test_a_bad_style_fails_alone_and_the_exit_code_says_so(tmp_path, tiny_dir, d
     assert set(k for k, v in s["styles"].items() if "scores" in v) == {"00", "02"}
     first_object = json.loads((root / "02" / "prompt.json").read_text())["0"]
     assert Image.open(run / "images" / "02" / f"{first_object}.png").size == (64, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name,code", [("INT", 130), ("TERM", 143)])
+def test_an_interrupted_run_says_where_it_stopped_and_resumes_without_a_warning(
+    tmp_path, tiny_dir, demo_root, reference, signal_name, code
+):
+    """Ctrl-C (SIGINT) and a scheduler's SIGTERM mid-training: one line saying where the run stopped and that
+    the same command resumes it; the checkpoint is whole; the re-run is bit-identical and warns of nothing."""
+    env = {"STYLEXFER_CACHE": str(tmp_path / "store")}
+    stopped = run_cli(
+        args_for(tiny_dir, demo_root),
+        tmp_path,
+        env_extra={**env, "STYLEXFER_KILL_AT": "train:00:20", "STYLEXFER_KILL_SIGNAL": signal_name},
+    )
+    assert stopped.returncode == code, stopped.stderr[-2000:]
+    errors = [line for line in stopped.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: interrupted (SIG{signal_name}) in style 00's training, its checkpoint of step 20 saved: "
+        "run the same command to resume (finished stages and the last checkpoint are reused)"
+    ]
+    assert "Traceback" not in stopped.stderr and "KeyboardInterrupt" not in stopped.stderr
+    (ckpt,) = (tmp_path / "store").glob("adapters/.partial/*/step-0000020")  # complete, under its final name
+    assert {p.name for p in ckpt.iterdir()} == {"state.safetensors", "state.json"}
+    resumed = run_cli(args_for(tiny_dir, demo_root), tmp_path, env_extra=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming training from their checkpoint at step 20" in resumed.stderr
+    assert "lr_scheduler.step()" not in resumed.stderr and "Warning" not in resumed.stderr
+    (second,) = [d for d in run_dirs(tmp_path) if (d / "summary.json").exists()]
+    assert_same(result_of(second), reference)

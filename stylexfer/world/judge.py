@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..store import file_digest
+from ..store import FOLDER_MANIFEST, damage, file_digest
 from .scene import OBJECTS, Pose
 from .styles import STYLES, render
 
@@ -207,6 +207,10 @@ def save_judge(net: Judge, record: dict, folder: Path) -> Path:
     data = save({k: v.contiguous() for k, v in net.state_dict().items()}, metadata={"format": "pt"})
     path = atomic_write_bytes(Path(folder) / "judge.safetensors", data)
     atomic_write_json(Path(folder) / "judge.json", {**record, "sha256": hashlib.sha256(data).hexdigest()})
+    atomic_write_json(
+        Path(folder) / FOLDER_MANIFEST,
+        {n: file_digest(Path(folder) / n, 64) for n in ("judge.json", "judge.safetensors")},
+    )
     return path
 
 
@@ -220,6 +224,10 @@ def judge_record(folder: Path = ASSETS) -> dict:
             f"{folder}: no pocket judge (judge.safetensors + judge.json); "
             "make one with python -m stylexfer.world judge --out DIR"
         )
+    if Path(folder) == ASSETS or (Path(folder) / FOLDER_MANIFEST).exists():  # the record checked, not only the weights
+        why = damage(folder, FOLDER_MANIFEST, extra_ok=Path(folder) != ASSETS)
+        if why:
+            raise ModelNotFoundError(f"pocket judge: {folder}/{why} (a damaged install? reinstall stylexfer)")
     record = json.loads(rec_path.read_text())
     digest = file_digest(path, 64)
     if digest != record.get("sha256"):

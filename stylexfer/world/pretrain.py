@@ -300,7 +300,7 @@ def pretrain(out: Path, cfg: PretrainConfig, device: str = "cpu") -> dict:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from ..embedded import build_tokenizer
-    from ..store import atomic_write_json, file_digest, stable_hash
+    from ..store import FOLDER_MANIFEST, atomic_write_json, file_digest, seal, stable_hash
 
     t0 = time.time()
     dev = torch.device(device)
@@ -374,6 +374,7 @@ def pretrain(out: Path, cfg: PretrainConfig, device: str = "cpu") -> dict:
         "sizes_mib": {k: round((out / k).stat().st_size / 2**20, 2) for k in weights},
     }
     atomic_write_json(out / "pocket.json", record)
+    seal(out, FOLDER_MANIFEST)  # every file of the model (configs, tokenizer too), checked where it is loaded
     (out / "loss.png").write_bytes(loss_plot(record))
     sample_grid(out, device).save(out / "samples.png")
     return record

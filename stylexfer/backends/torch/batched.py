@@ -46,6 +46,7 @@ from .train import (
     load_checkpoint,
     make_optimizer,
     noisy_from,
+    replay_schedule,
     save_checkpoint,
     style_losses,
 )
@@ -247,8 +248,7 @@ def train_together(
                     if sid in failed:
                         active[s] = 0
                 log.info("styles %s: resuming training from their checkpoint at step %d", ", ".join(ids), start)
-            for _ in range(start):
-                sched.step()
+            replay_schedule(sched, start)
         c.unet.train()
         c.text_encoder.train(train_te)
         every = tr.checkpoint_every if ckpt_dir is not None else 0

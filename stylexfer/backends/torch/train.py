@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -370,6 +371,15 @@ def denoising_loss(
 # state, the data order and the losses so far as JSON: resuming from it continues bit for bit.
 
 
+def replay_schedule(sched, steps: int) -> None:
+    """Bring a learning-rate schedule to ``steps`` (a resumed run: the schedule is a function of the step).
+    PyTorch warns when a scheduler steps before its optimizer, which is what a replay is: not said here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        for _ in range(steps):
+            sched.step()
+
+
 def save_checkpoint(folder: Path, step: int, params, opt, streams: list["Stream"], cycles, losses) -> None:
     from safetensors.torch import save_file
 
@@ -648,8 +658,7 @@ def train_loop(
             if start:
                 losses = saved
                 log.info("style %s: resuming training from its checkpoint at step %d", style.id, start)
-            for _ in range(start):  # the schedule is a function of the step: replay it
-                sched.step()
+            replay_schedule(sched, start)
         every = tr.checkpoint_every if ckpt_dir is not None else 0
         bar = tqdm(
             range(start, tr.steps), desc=f"train {style.id}", unit="step", leave=False, initial=start, total=tr.steps
