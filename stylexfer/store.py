@@ -161,7 +161,7 @@ def damage(folder: str | os.PathLike, manifest: str = MANIFEST, extra_ok: bool =
         if not (folder / name).is_file():
             return f"{name} is missing"
         if file_digest(folder / name, 64) != digest:
-            return f"{name} differs from what was written"
+            return f"{name}: sha256 differs from {manifest}"
     if extra_ok:
         return None
     present = {p.relative_to(folder).as_posix() for p in _files(folder, manifest)}

@@ -187,7 +187,7 @@ def test_a_rerun_into_a_finished_folder_mends_a_damaged_copy(tmp_path):
         f.truncate(1000)
     res = run_cli(args, tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "adapters/00/pytorch_lora_weights.safetensors differs from what was written: mending it" in res.stderr
+    assert "adapters/00/pytorch_lora_weights.safetensors: sha256 differs from sha256.json: mending it" in res.stderr
     assert store.file_digest(weights, 64) == record["adapters/00/pytorch_lora_weights.safetensors"]
     res = run_cli(args, tmp_path)  # now whole: skipped as finished
     assert res.returncode == 0 and "already finished with the same config: skipping" in res.stderr
@@ -289,7 +289,7 @@ def test_a_damaged_pocket_model_file_is_refused_naming_it(tmp_path, name):
     folder2 = tmp_path / "pocket2"
     shutil.copytree(POCKET_DIR, folder2)
     _flip_a_byte(folder2 / name)
-    with pytest.raises(ModelNotFoundError, match=f"{folder2}/{name} differs from what was written"):
+    with pytest.raises(ModelNotFoundError, match=f"{folder2}/{name}: sha256 differs from sha256.json"):
         pocket_model_dir(folder2)
 
 
@@ -300,7 +300,7 @@ def test_a_damaged_tiny_model_config_is_refused_naming_it(tmp_path, monkeypatch)
     shutil.copytree(embedded.TINY_SD_DIR, folder)
     _flip_a_byte(folder / "unet.json")
     monkeypatch.setattr(embedded, "TINY_SD_DIR", folder)
-    with pytest.raises(ModelNotFoundError, match=f"model=tiny: {folder}/unet.json differs"):
+    with pytest.raises(ModelNotFoundError, match=f"model=tiny: {folder}/unet.json: sha256 differs"):
         embedded.tiny_model_spec()
 
 
@@ -313,7 +313,7 @@ def test_a_damaged_judge_record_is_refused_naming_it(tmp_path):
     rec = json.loads((folder / "judge.json").read_text())
     rec["styles"] = list(reversed(rec["styles"]))  # an edit the weights' own sha256 would not see
     (folder / "judge.json").write_text(json.dumps(rec))
-    with pytest.raises(ModelNotFoundError, match=f"{folder}/judge.json differs from what was written"):
+    with pytest.raises(ModelNotFoundError, match=f"{folder}/judge.json: sha256 differs from sha256.json"):
         judge_record(folder)
 
 
