@@ -60,6 +60,9 @@ def test_a_damaged_judge_is_refused(tmp_path):
     data = bytearray((tmp_path / "j" / "judge.safetensors").read_bytes())
     data[-1] ^= 1
     (tmp_path / "j" / "judge.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ModelNotFoundError, match=r"judge.safetensors: sha256 differs from sha256.json"):
+        load_judge(tmp_path / "j")
+    (tmp_path / "j" / "sha256.json").unlink()  # a judge made before manifests: its record still guards it
     with pytest.raises(ModelNotFoundError, match="does not match judge.json"):
         load_judge(tmp_path / "j")
 
