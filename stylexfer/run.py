@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import faults, inject
 from .app import is_multirun
 from .backends import BackendFactory, LazyBackend
+from .card import write_cards
 from .config import validate
 from .data import discover_styles, load_image
 from .embedded import RANDOM_WEIGHTS_NOTICE, ensure_demo_data
@@ -261,6 +262,7 @@ def run(cfg: DictConfig) -> dict:
         grid,
         {sid: [it for it in items if it[0] != "average"] for sid, items in grid_rows},
     )
+    summary["model_cards"] = write_cards(run_dir, summary, grid_rows)
     write_reports(run_dir, summary, grid)
     log.info("run %s in %.1fs: %s", summary["status"], summary["seconds"], run_dir / "summary.md")
     if resolved.random_weights:

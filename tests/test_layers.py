@@ -22,7 +22,7 @@ from helpers.imports import Edge, cycles, edges_of, package_edges
 
 FLOORS = [
     ("base", ["errors", "faults", "devices", "store", "streams", "registry", "scoring"]),
-    ("core", ["config", "data", "models", "embedded", "report", "backends", "app"]),
+    ("core", ["config", "data", "models", "embedded", "report", "card", "backends", "app"]),
     ("stages", ["prior", "sample", "train", "evaluate", "loggers", "inject"]),
     ("plug-ins", ["backends.torch", "backends.jittor", "metrics", "world"]),
     ("run", ["run", "shard"]),
