@@ -116,6 +116,12 @@ def card_text(style_id: str, summary: dict) -> str:
             + "; its own seeds and batching make its images (`images/`), not this call's.",
             "",
         ]
+    if not peft_only:
+        lines += [
+            "For AUTOMATIC1111, ComfyUI and the other tools that read kohya's layout: `python -m stylexfer.export "
+            f"RUN` writes `export/kohya/style_{style_id}.safetensors` (the same weights, the trained alpha).",
+            "",
+        ]
     lines += _scores_section(style_id, summary)
     lines += [f"![samples]({SAMPLES})", ""]
     for title, groups in (("Training", TRAINING_GROUPS), ("Sampling", SAMPLING_GROUPS)):
