@@ -78,3 +78,26 @@ def is_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def swept_values(key: str) -> list[str]:
+    """The values a ``-m`` sweep gives ``key`` (from the command line, read back from the sweep folder's
+    ``multirun.yaml``, or a preset's ``hydra.sweeper.params``), as strings; [] outside a sweep or when the sweep
+    does not sweep ``key``."""
+    if not is_multirun():
+        return []
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hc = HydraConfig.get()
+    sweep = Path(hc.sweep.dir) / "multirun.yaml"
+    task = list(OmegaConf.load(sweep).hydra.overrides.task) if sweep.is_file() else list(hc.overrides.task)
+    params = OmegaConf.to_container(hc.sweeper.params, resolve=False) if hc.sweeper.get("params") else {}
+    found: list[str] = []
+    for ov in OverridesParser.create().parse_overrides(task + [f"{k}={v}" for k, v in params.items()]):
+        if ov.key_or_group != key:
+            continue
+        found = (
+            [str(v) for v in ov.sweep_string_iterator()] if ov.is_sweep_override() else [ov.get_value_element_as_str()]
+        )
+    return found

@@ -48,6 +48,10 @@ class LrSchedule(str, Enum):
     cosine = "cosine"
 
 
+# schedules under which step k of a longer run is step k of a k-step run (train.keep_steps)
+TOTAL_FREE_SCHEDULES = (LrSchedule.constant.value, LrSchedule.constant_with_warmup.value)
+
+
 class Precision(str, Enum):
     no = "no"  # no autocast: the frozen model computes in model.dtype (bf16 on CUDA), the LoRA weights in float32
     fp16 = "fp16"
@@ -213,6 +217,10 @@ class TrainConfig:
     # offset noise: noise_offset × N(0,1) per sample and channel added to the noise (0.05-0.1 usual); 0 = off
     noise_offset: float = 0.0
     checkpoint_every: int = 100  # steps between resumable training checkpoints; 0 = none
+    # steps after which the adapter is also stored under the key a train.steps=k run computes, so that run finds it
+    # (where the learning rate does not depend on the total: constant, constant_with_warmup). null (auto) = in a
+    # -m sweep of train.steps, the sweep's shorter values (the sweep trains once); [] = none
+    keep_steps: Optional[list[int]] = None
     # styles trained together in one batched pass (each sample through its own style's LoRA);
     # 0 = as many as fit (all; halved on a CUDA out-of-memory), 1 = one style at a time
     styles_per_batch: int = 0
@@ -515,6 +523,15 @@ def validate(cfg: DictConfig) -> None:
     _check(tr.batch_size >= 1, "train.batch_size", tr.batch_size, "must be >= 1")
     _check(tr.lr_warmup_steps >= 0, "train.lr_warmup_steps", tr.lr_warmup_steps, "must be >= 0")
     _check(tr.checkpoint_every >= 0, "train.checkpoint_every", tr.checkpoint_every, "must be >= 0 (0 = none)")
+    keep = list(tr.keep_steps or [])
+    _check(all(k >= 1 for k in keep), "train.keep_steps", keep, "every step must be >= 1")
+    _check(
+        not keep or value(tr.lr_scheduler) in TOTAL_FREE_SCHEDULES,
+        "train.keep_steps",
+        keep,
+        f"needs a learning rate that does not depend on train.steps ({' or '.join(TOTAL_FREE_SCHEDULES)}); "
+        f"train.lr_scheduler={value(tr.lr_scheduler)} makes step k of a longer run differ from a k-step run",
+    )
     _check(
         cfg.model.shards >= 0,
         "model.shards",

@@ -17,7 +17,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from . import faults, inject
-from .app import is_multirun
+from .app import is_multirun, swept_values
 from .backends import BackendFactory, LazyBackend
 from .card import write_cards
 from .config import validate
@@ -33,7 +33,7 @@ from .report import image_grid, write_reports
 from .sample import ensure_samples, sample_spec
 from .shard import ShardJob, ShardOutcome, plan_devices, run_shards
 from .store import FOLDER_MANIFEST, atomic_write_json, copy_tree, damage, reusable, stable_hash
-from .train import adapter_stored, ensure_adapter, style_specs, train_in_batches
+from .train import adapter_stored, continues, ensure_adapter, kept_steps, style_specs, train_in_batches
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def job_hash(cfg: DictConfig) -> str:
     c.pop("paths", None)
     c["model"].pop("device", None)
     c["model"].pop("shards", None)
+    c["train"].pop("keep_steps", None)  # scheduling: which adapters a run also keeps, not what it makes
     return stable_hash(c)
 
 
@@ -69,6 +70,14 @@ def run(cfg: DictConfig) -> dict:
     cache = Path(cfg.paths.cache_dir).expanduser()
     run_dir = Path(cfg.paths.output_dir)
     config_hash = job_hash(cfg)
+    if cfg.train.keep_steps is None:  # auto: a sweep of train.steps trains once (the sweep's other values)
+        cfg.train.keep_steps = sorted({int(v) for v in swept_values("train.steps") if int(v) > 0} - {cfg.train.steps})
+        if kept_steps(cfg) or continues(cfg):
+            log.info(
+                "train.keep_steps=%s (the sweep's other train.steps): the shorter runs' adapters are kept on the way, "
+                "the longer runs continue from this one's end",
+                list(cfg.train.keep_steps),
+            )
     done = run_dir / "summary.json"
     if done.exists():  # a re-run of a sweep (same hydra.sweep.dir): finished jobs are skipped, never redone
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -26,16 +27,24 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from .config import PriorMode, value
+from .config import TOTAL_FREE_SCHEDULES, PriorMode, value
 from .data import Style
 from .errors import DeviceOutOfMemory, TrainingDiverged, first_line
 from .prior import ClassPool, ensure_pool, pool_key, pool_objects, pool_spec
-from .store import atomic_write_json, build_once, file_lock, publish, reusable, stable_hash
+from .store import atomic_write_json, build_once, file_lock, latest_checkpoint, publish, reusable, seal, stable_hash
 
 log = logging.getLogger(__name__)
 
 # training settings that change how the work is scheduled, not what it computes
-SCHEDULING_KEYS = ("checkpoint_every", "styles_per_batch", "compile", "compile_mode", "compile_vae", "cuda_graphs")
+SCHEDULING_KEYS = (
+    "checkpoint_every",
+    "styles_per_batch",
+    "compile",
+    "compile_mode",
+    "compile_vae",
+    "cuda_graphs",
+    "keep_steps",
+)
 
 
 @dataclass
@@ -91,6 +100,86 @@ def style_specs(model_identity: str, styles: list[Style], style: Style, cfg) -> 
     return spec_pool, adapter_spec(style, cfg, model_identity, pool_key(spec_pool) if spec_pool else None)
 
 
+def kept_steps(cfg) -> list[int]:
+    """The steps ``k`` < ``train.steps`` after which this run also stores the adapter under a k-step run's key
+    (``train.keep_steps``, resolved by the run), longest first; none where the schedule depends on the total
+    or the frozen layers compute in fp8 (their swap does not survive the mid-training export)."""
+    tr = cfg.train
+    if value(tr.lr_scheduler) not in TOTAL_FREE_SCHEDULES or tr.fp8:
+        return []
+    return sorted({k for k in (tr.keep_steps or []) if 0 < k < tr.steps}, reverse=True)
+
+
+def snapshot_specs(spec: dict, steps: list[int], cache_dir: Path) -> dict[int, dict]:
+    """{k: the adapter spec of the same run at ``train.steps=k``} for the ``steps`` not in the store yet."""
+    out = {}
+    for k in steps:
+        sk = {**spec, "train": {**spec["train"], "steps": k}}
+        if not adapter_stored(sk, cache_dir):
+            out[k] = sk
+    return out
+
+
+def continues(cfg) -> bool:
+    """Whether a longer run will continue from where this one ends (``train.keep_steps`` holds a step beyond
+    ``train.steps``): then the pass's last state is kept in the store for it."""
+    tr = cfg.train
+    free = value(tr.lr_scheduler) in TOTAL_FREE_SCHEDULES and not tr.fp8
+    return free and tr.steps > 0 and any(k > tr.steps for k in (tr.keep_steps or []))
+
+
+def resume_dir(root: Path, kind: str, specs: list[dict]) -> Path:
+    """Where the end states of the runs of ``specs`` (in pass order) are kept, whatever their ``train.steps``."""
+    free = [{**sp, "train": {k: v for k, v in sp["train"].items() if k != "steps"}} for sp in specs]
+    return root / ".resume" / f"{kind}-{stable_hash(free)}"
+
+
+def seed_from_shorter(partial: Path, resume: Path, steps: int) -> int:
+    """Put the latest intact end state of a shorter run (``resume/step-k``, k < ``steps``) into ``partial`` as its
+    checkpoint, when it holds none; the step it resumes from (0: none)."""
+    if latest_checkpoint(partial) is not None or not resume.is_dir():
+        return 0
+    found = [d for d in sorted(resume.glob("step-*")) if int(d.name[5:]) < steps and reusable(d)]
+    if not found:
+        return 0
+    tmp = partial.parent / f".{partial.name}.seed-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(found[-1], tmp / found[-1].name)
+    partial.mkdir(parents=True, exist_ok=True)
+    os.rename(tmp / found[-1].name, partial / found[-1].name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return int(found[-1].name[5:])
+
+
+def keep_state(written: Path, resume: Path) -> None:
+    """Seal the end state a pass wrote (``written/step-N``) and move it to ``resume/step-N``."""
+    for step in written.glob("step-*"):
+        seal(step)
+        resume.mkdir(parents=True, exist_ok=True)
+        if not (resume / step.name).exists():
+            os.rename(step, resume / step.name)
+
+
+def lock_order(specs: list[dict]) -> list[str]:
+    """The store keys of ``specs`` in the one order every job takes their locks in (most steps first, then the
+    key), so jobs that store each other's adapters never wait on each other in a circle."""
+    return [k for _, k in sorted({(-sp["train"]["steps"], stable_hash(sp)) for sp in specs})]
+
+
+def _publish_snapshots(root: Path, style: Style, snaps: dict[int, tuple[dict, Path]], losses, seconds, of: str):
+    """Seal and rename each snapshot folder to its k-step key, with the train record a k-step run writes."""
+    steps = max(1, len(losses))
+    for k, (sk, tmp) in sorted(snaps.items()):
+        if not any(tmp.glob("*.safetensors")):  # before the step this pass resumed from: a shorter run kept it
+            continue
+        rec = _train_record(style, sk, seconds * k / steps, losses[:k])
+        rec["snapshot_of"] = of
+        atomic_write_json(tmp / "train.json", rec)
+        if publish(tmp, root / stable_hash(sk)):
+            log.info(
+                "style %s: kept its adapter at step %d as %s (a train.steps=%d run's)", style.id, k, stable_hash(sk), k
+            )
+
+
 def adapter_stored(spec: dict, cache_dir: Path) -> bool:
     """Whether the adapter is in the store, intact (a damaged entry is set aside: it trains again)."""
     return reusable(Path(cache_dir) / "adapters" / stable_hash(spec))
@@ -110,13 +199,42 @@ def train_style(backend, style: Style, pool: Optional[ClassPool], cfg, spec: dic
     if reusable(target):
         return TrainResult(key=key, dir=target, reused=True)
     result = TrainResult(key=key, dir=target, reused=False)
-    partial = Path(cache_dir) / "adapters" / ".partial" / key
+    root = Path(cache_dir) / "adapters"
+    partial = root / ".partial" / key
 
     def build(tmp: Path) -> None:
-        out = backend.train([style], [pool], cfg, partial, [tmp])
-        if style.id in out.failed:
-            raise TrainingDiverged(out.failed[style.id])
-        result.seconds, result.losses = out.seconds, out.losses[style.id]
+        steps = kept_steps(cfg) if backend.keeps_snapshots else []
+        with contextlib.ExitStack() as locks:  # a shorter run of the same style waits for its adapter, then reuses
+            for k in lock_order(list(snapshot_specs(spec, steps, cache_dir).values())):
+                locks.enter_context(file_lock(root / f".{k}.lock"))
+            specs = snapshot_specs(spec, steps, cache_dir)
+            snaps = {k: (sk, root / f".{stable_hash(sk)}.tmp-{uuid.uuid4().hex[:8]}") for k, sk in specs.items()}
+            resume = resume_dir(root, "style", [spec])
+            state = resume.parent / f".state-{uuid.uuid4().hex[:8]}" if continues(cfg) else None
+            start = seed_from_shorter(partial, resume, cfg.train.steps) if backend.keeps_snapshots else 0
+            if start:
+                log.info("style %s: continuing from step %d, where a train.steps=%d run ended", style.id, start, start)
+            try:
+                for _, d in snaps.values():
+                    d.mkdir(parents=True)
+                out = backend.train(
+                    [style],
+                    [pool],
+                    cfg,
+                    partial,
+                    [tmp],
+                    snapshots={k: [d] for k, (_, d) in snaps.items()} or None,
+                    state_to=state,
+                )
+                if style.id in out.failed:
+                    raise TrainingDiverged(out.failed[style.id])
+                result.seconds, result.losses = out.seconds, out.losses[style.id]
+                _publish_snapshots(root, style, snaps, result.losses, result.seconds, key)
+                if state is not None:
+                    keep_state(state, resume)
+            finally:
+                for d in [d for _, d in snaps.values()] + ([state] if state is not None else []):
+                    shutil.rmtree(d, ignore_errors=True)
         atomic_write_json(tmp / "train.json", _train_record(style, spec, result.seconds, result.losses))
 
     _, built = build_once(target, build)
@@ -144,22 +262,51 @@ def train_group(
     keys = [stable_hash(sp) for sp in specs]
     ckpt = root / ".partial" / f"group-{stable_hash(keys)}"
     tmps = [root / f".{k}.tmp-{uuid.uuid4().hex[:8]}" for k in keys]
-    for t in tmps:
+    # the adapters of the kept steps (train.keep_steps): every style's, at every kept step one of them lacks
+    steps = kept_steps(cfg) if backend.keeps_snapshots else []
+    wanted = [snapshot_specs(sp, steps, cache_dir) for sp in specs]
+    at = sorted({k for w in wanted for k in w}, reverse=True)
+    snaps = [
+        {k: ({**sp, "train": {**sp["train"], "steps": k}}, root / f".snap-{k}-{uuid.uuid4().hex[:8]}") for k in at}
+        for sp in specs
+    ]
+    resume = resume_dir(root, "group", specs)
+    state = resume.parent / f".state-{uuid.uuid4().hex[:8]}" if continues(cfg) and backend.keeps_snapshots else None
+    start = seed_from_shorter(ckpt, resume, cfg.train.steps) if backend.keeps_snapshots else 0
+    if start:
+        log.info(
+            "styles %s: continuing from step %d, where a train.steps=%d run ended",
+            ", ".join(s.id for s in styles),
+            start,
+            start,
+        )
+    for t in tmps + [d for sn in snaps for _, d in sn.values()]:
         t.mkdir(parents=True)
     trained = {}
     try:
-        out = backend.train(styles, pools, cfg, ckpt, tmps)
+        out = backend.train(
+            styles,
+            pools,
+            cfg,
+            ckpt,
+            tmps,
+            snapshots={k: [sn[k][1] for sn in snaps] for k in at} or None,
+            state_to=state,
+        )
+        if state is not None and len(out.failed) < len(styles):
+            keep_state(state, resume)
         share = out.seconds / len(styles)
-        for style, spec, key, tmp in zip(styles, specs, keys, tmps):
+        for style, spec, key, tmp, sn in zip(styles, specs, keys, tmps, snaps):
             if style.id in out.failed:
                 continue
+            _publish_snapshots(root, style, sn, out.losses[style.id], share, key)
             atomic_write_json(
                 tmp / "train.json", _train_record(style, spec, share, out.losses[style.id], [s.id for s in styles])
             )
             publish(tmp, root / key)
             trained[style.id] = (share, out.losses[style.id])
     finally:
-        for t in tmps:
+        for t in tmps + [d for sn in snaps for _, d in sn.values()] + ([state] if state is not None else []):
             shutil.rmtree(t, ignore_errors=True)
     shutil.rmtree(ckpt, ignore_errors=True)
     return trained, out.failed
@@ -192,7 +339,9 @@ def train_in_batches(backend, todo: list[tuple], cfg, cache: Path, pool_for) -> 
     trained, failed = {}, {}
     while todo:
         group, rest = todo[:size], todo[size:]
-        keys = sorted(stable_hash(g[2]) for g in group)
+        steps = kept_steps(cfg) if backend.keeps_snapshots else []
+        kept = [sk for g in group for sk in snapshot_specs(g[2], steps, cache).values()]
+        keys = lock_order([g[2] for g in group] + kept)
         try:
             with contextlib.ExitStack() as locks:  # another job training the same styles: wait, then reuse
                 for k in keys:

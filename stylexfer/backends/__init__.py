@@ -56,6 +56,8 @@ class Backend(ABC):
     name: str = "?"
     # whether :meth:`train` trains several styles in one pass (else the framework hands it one style at a time)
     trains_together: bool = True
+    # whether :meth:`train` writes the adapters of earlier steps (``snapshots``: ``train.keep_steps``)
+    keeps_snapshots: bool = False
 
     @property
     @abstractmethod
@@ -98,11 +100,16 @@ class Backend(ABC):
         ckpt_dir: Optional[Path],
         export_dirs: list[Path],
         clock: Optional[list] = None,
+        snapshots: Optional[dict[int, list[Path]]] = None,
+        state_to: Optional[Path] = None,
     ) -> TrainOutcome:
         """Train ``styles`` (with their class pools, None without prior) in one pass, resuming from and
         checkpointing into ``ckpt_dir``; write each style that did not diverge to its ``export_dirs``
-        entry. ``clock``, if given, gets the time each step's losses reached the host. Raises
-        :class:`stylexfer.errors.DeviceOutOfMemory` when the pass does not fit."""
+        entry. ``clock``, if given, gets the time each step's losses reached the host. For a backend that
+        ``keeps_snapshots``: ``snapshots`` ({step: one folder per style}) also gets each live style's adapter
+        as it is after that step, and ``state_to`` the pass's state after its last step, as a checkpoint a
+        longer run resumes from. Raises :class:`stylexfer.errors.DeviceOutOfMemory` when the pass does not
+        fit."""
 
 
 def backend_names() -> list[str]:
@@ -161,6 +168,10 @@ class LazyBackend(Backend):
     @property
     def trains_together(self) -> bool:
         return self.loaded.trains_together
+
+    @property
+    def keeps_snapshots(self) -> bool:
+        return self.loaded.keeps_snapshots
 
     @property
     def dtype(self) -> str:

@@ -51,7 +51,15 @@ class JittorBackend(Backend):
         return sampling(self.components, **kw)
 
     def train(
-        self, styles, pools, cfg, ckpt_dir: Optional[Path], export_dirs: list[Path], clock: Optional[list] = None
+        self,
+        styles,
+        pools,
+        cfg,
+        ckpt_dir: Optional[Path],
+        export_dirs: list[Path],
+        clock: Optional[list] = None,
+        snapshots=None,  # neither kept here (keeps_snapshots is False): the stages pass none
+        state_to=None,
     ) -> TrainOutcome:
         from .train import train_style
 

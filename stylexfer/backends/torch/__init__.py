@@ -19,6 +19,7 @@ from .sample import sampling
 
 class TorchBackend(Backend):
     name = "torch"
+    keeps_snapshots = True
 
     def __init__(self, resolved, model_cfg, cache_dir: Path):
         self.components: Components = load_components(resolved, model_cfg)
@@ -44,7 +45,15 @@ class TorchBackend(Backend):
         return sampling(self.components, **kw)
 
     def train(
-        self, styles, pools, cfg, ckpt_dir: Optional[Path], export_dirs: list[Path], clock: Optional[list] = None
+        self,
+        styles,
+        pools,
+        cfg,
+        ckpt_dir: Optional[Path],
+        export_dirs: list[Path],
+        clock: Optional[list] = None,
+        snapshots: Optional[dict[int, list[Path]]] = None,
+        state_to: Optional[Path] = None,
     ) -> TrainOutcome:
         from .batched import train_together
         from .train import train_loop
@@ -54,11 +63,16 @@ class TorchBackend(Backend):
         t0 = time.time()
         try:
             if len(styles) > 1:
-                losses, failed, seconds = train_together(c, styles, pools, cfg, ckpt_dir, export_dirs, clock)
+                losses, failed, seconds = train_together(
+                    c, styles, pools, cfg, ckpt_dir, export_dirs, clock, snapshots=snapshots, state_to=state_to
+                )
                 return TrainOutcome(losses=losses, failed=failed, seconds=seconds)
             (style,) = styles
             try:
-                losses, _ = train_loop(c, style, pools[0], cfg, ckpt_dir, export_to=export_dirs[0])
+                snaps = {k: v[0] for k, v in (snapshots or {}).items()}
+                losses, _ = train_loop(
+                    c, style, pools[0], cfg, ckpt_dir, export_to=export_dirs[0], snapshots=snaps, state_to=state_to
+                )
             except TrainingDiverged as e:
                 return TrainOutcome(losses={style.id: []}, failed={style.id: str(e)}, seconds=time.time() - t0)
             return TrainOutcome(losses={style.id: losses}, seconds=time.time() - t0)

@@ -49,6 +49,7 @@ from .train import (
     replay_schedule,
     save_checkpoint,
     style_losses,
+    write_snapshot,
 )
 
 log = logging.getLogger(__name__)
@@ -186,8 +187,12 @@ def train_together(
     ckpt_dir: Optional[Path],
     export_dirs: list[Path],
     clock: Optional[list] = None,
+    snapshots: Optional[dict[int, list[Path]]] = None,
+    state_to: Optional[Path] = None,
 ) -> tuple[dict, dict, float]:
-    """Train every style in one pass; write each finished style's adapter to its ``export_dirs`` entry.
+    """Train every style in one pass; write each finished style's adapter to its ``export_dirs`` entry, each
+    live style's adapter as it is after step ``k`` to its ``snapshots[k]`` entry, and the pass's state after its
+    last step as a checkpoint in ``state_to``.
     Returns ({style id: losses}, {style id: error line of a style that diverged}, seconds). ``clock``, if
     given, gets the time at which each step's losses reached the host (the loop is then at most one step
     ahead of the device), for steady-state step times free of the set-up and export."""
@@ -372,6 +377,9 @@ def train_together(
                         losses[ids[s]].append(values[k])
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{np.mean(values):.4f}")
+                if snapshots and step + 1 in snapshots:
+                    folders = {s: snapshots[step + 1][s] for s in range(n) if alive[s]}
+                    write_snapshot(c, cfg, ad, folders, "lora", train_te)
                 if checkpoint_now:
                     save_checkpoint(
                         ckpt_dir,
@@ -386,6 +394,16 @@ def train_together(
                         faults.checkpoint(f"train:{sid}:{step + 1}")
                     if step + 1 < tr.steps and live_now():
                         pending = ahead.submit(draw_step, c, feeds, live_now())
+        if state_to is not None and any(alive):
+            save_checkpoint(
+                state_to,
+                tr.steps,
+                params,
+                opt,
+                [f.stream for f in feeds],
+                [cy for f in feeds for cy in f.cycles()],
+                {"losses": losses, "failed": failed},
+            )
         ad.router.groups = None
         if compile_now:
             compiled.mark_warm(c, cfg, n)

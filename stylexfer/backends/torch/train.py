@@ -51,7 +51,7 @@ from ...streams import Cycler as _Cycler
 from ...streams import Stream, draw_noise
 from . import fp8
 from .models import Components, encode_prompts, tokenize
-from .multilora import MultiAdapters, Router, inject, restore
+from .multilora import MultiAdapters, Router, inject, reinstate, restore
 from .tensors import to_tensor, to_uint8_tensor, uint8_to_model
 
 log = logging.getLogger(__name__)
@@ -622,9 +622,13 @@ def train_loop(
     cfg,
     ckpt_dir: Optional[Path] = None,
     export_to: Optional[Path] = None,
+    snapshots: Optional[dict[int, Path]] = None,
+    state_to: Optional[Path] = None,
 ) -> tuple[list[float], MultiAdapters]:
-    """Train one style and write its adapter to ``export_to`` if given. The model is left as it was; the
-    trained layers are returned (with the losses) and :func:`stylexfer.multilora.reinstate` puts them back."""
+    """Train one style and write its adapter to ``export_to`` if given, as it is after step ``k`` to
+    ``snapshots[k]``, and the state after the last step as a checkpoint in ``state_to``. The model is left as it
+    was; the trained layers are returned (with the losses) and :func:`stylexfer.multilora.reinstate` puts them
+    back."""
     from diffusers.optimization import get_scheduler
 
     c, tr = components, cfg.train
@@ -692,9 +696,13 @@ def train_loop(
             losses.append(loss.item())
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            if snapshots and step + 1 in snapshots:
+                write_snapshot(c, cfg, ad, {0: snapshots[step + 1]}, kind, train_te)
             if every and (step + 1) % every == 0 and step + 1 < tr.steps:
                 save_checkpoint(ckpt_dir, step + 1, params, opt, [feed.stream], list(feed.cycles()), losses)
                 faults.checkpoint(f"train:{style.id}:{step + 1}")
+        if state_to is not None:
+            save_checkpoint(state_to, tr.steps, params, opt, [feed.stream], list(feed.cycles()), losses)
     except BaseException:
         if ad is None:
             remove_adapters(c)
@@ -710,16 +718,43 @@ def train_loop(
     if ad is None:
         try:
             if export_to is not None:
-                if kind == "dora" and not train_te:  # diffusers' LoRA format carries the UNet's DoRA magnitudes
-                    save_adapter(c, export_to)  # (transformers' loader drops a text encoder's: stylexfer's format)
-                else:
-                    save_peft_adapter(c, export_to, kind)
+                save_peft_kind(c, export_to, kind, train_te)
         finally:
             remove_adapters(c)
         return losses, None
     if export_to is not None:
         export_adapter(c, cfg, ad, 0, export_to)
     return losses, ad
+
+
+def save_peft_kind(c: Components, folder: Path, kind: str, train_te: bool) -> None:
+    """Write the peft adapter now in the model (DoRA, LoHa, LoKr) to ``folder``."""
+    if kind == "dora" and not train_te:  # diffusers' LoRA format carries the UNet's DoRA magnitudes
+        save_adapter(c, folder)  # (transformers' loader drops a text encoder's: stylexfer's format)
+    else:
+        save_peft_adapter(c, folder, kind)
+
+
+def write_snapshot(
+    c: Components, cfg, ad: Optional[MultiAdapters], folders: dict[int, Path], kind: str, train_te: bool
+) -> None:
+    """Write the adapters of slots ``folders`` ({slot: folder}) as they are now, mid-training, in the files the
+    end of training writes; training goes on unchanged (stylexfer's layers are taken out for the export and put
+    back, the same objects: the optimizer, a recorded CUDA graph and the streams are untouched)."""
+    if ad is None:
+        (folder,) = folders.values()
+        save_peft_kind(c, folder, kind, train_te)
+        return
+    router = (ad.router.groups, ad.router.all_slots, ad.router.index)
+    restore(c.unet, ad.unet)
+    restore(c.text_encoder, ad.text_encoder)
+    try:
+        with torch.no_grad():
+            export_adapters(c, cfg, ad, folders)
+    finally:
+        reinstate(c.unet, ad.unet)
+        reinstate(c.text_encoder, ad.text_encoder)
+        ad.router.groups, ad.router.all_slots, ad.router.index = router
 
 
 @dataclass
