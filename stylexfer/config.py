@@ -221,6 +221,9 @@ class TrainConfig:
     # (where the learning rate does not depend on the total: constant, constant_with_warmup). null (auto) = in a
     # -m sweep of train.steps, the sweep's shorter values (the sweep trains once); [] = none
     keep_steps: Optional[list[int]] = None
+    # scores during training: every N steps each style's adapter is kept, and after training sampled with the run's
+    # settings and scored by its eval suite (validation.json, validation.png, the best step per style); 0 = off
+    validate_every: int = 0
     # styles trained together in one batched pass (each sample through its own style's LoRA);
     # 0 = as many as fit (all; halved on a CUDA out-of-memory), 1 = one style at a time
     styles_per_batch: int = 0
@@ -523,6 +526,25 @@ def validate(cfg: DictConfig) -> None:
     _check(tr.batch_size >= 1, "train.batch_size", tr.batch_size, "must be >= 1")
     _check(tr.lr_warmup_steps >= 0, "train.lr_warmup_steps", tr.lr_warmup_steps, "must be >= 0")
     _check(tr.checkpoint_every >= 0, "train.checkpoint_every", tr.checkpoint_every, "must be >= 0 (0 = none)")
+    _check(tr.validate_every >= 0, "train.validate_every", tr.validate_every, "must be >= 0 (0 = off)")
+    _check(
+        tr.validate_every <= tr.steps,
+        "train.validate_every",
+        tr.validate_every,
+        f"is beyond train.steps={tr.steps}: no step to score before the last",
+    )
+    _check(
+        not (tr.validate_every and tr.fp8),
+        "train.validate_every",
+        tr.validate_every,
+        "cannot keep adapters mid-training under train.fp8=true (the fp8 layers are swapped in for the pass)",
+    )
+    _check(
+        not (tr.validate_every and cfg.backend.name == "jittor"),
+        "train.validate_every",
+        tr.validate_every,
+        "the jittor backend keeps no adapters mid-training (backend=torch does)",
+    )
     keep = list(tr.keep_steps or [])
     _check(all(k >= 1 for k in keep), "train.keep_steps", keep, "every step must be >= 1")
     _check(

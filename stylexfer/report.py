@@ -63,6 +63,7 @@ STAGE_NAMES = {
     "train": "class pool and training",
     "sample": "sampling",
     "score": "scoring (metric models included)",
+    "validate": "validation (sampling and scoring the kept adapters)",
 }
 
 
@@ -99,6 +100,12 @@ def write_reports(run_dir: Path, summary: dict, grid: Image.Image | None) -> Non
     lines += ["", "![grid](grid.png)", ""]
     if summary.get("loss_plot"):
         lines += [f"![training loss]({summary['loss_plot']})", ""]
+    if summary.get("validation"):
+        v = summary["validation"]
+        best = ", ".join(f"{sid}: step {k}" for sid, k in v["best_step"].items())
+        lines += [f"Validation every {v['every']} steps ({v['record']}); best step by final score: {best}", ""]
+        if v.get("plot"):
+            lines += [f"![validation]({v['plot']})", ""]
     if summary.get("loggers"):
         lines += ["Loggers: " + "; ".join(f"{k}: `{v}`" for k, v in summary["loggers"].items()), ""]
     atomic_write_text(run_dir / "summary.md", "\n".join(lines))

@@ -33,7 +33,16 @@ from .report import image_grid, write_reports
 from .sample import ensure_samples, sample_spec
 from .shard import ShardJob, ShardOutcome, plan_devices, run_shards
 from .store import FOLDER_MANIFEST, atomic_write_json, copy_tree, damage, reusable, stable_hash
-from .train import adapter_stored, continues, ensure_adapter, kept_steps, style_specs, train_in_batches
+from .train import (
+    adapter_stored,
+    continues,
+    ensure_adapter,
+    kept_steps,
+    style_specs,
+    train_in_batches,
+    validation_steps,
+)
+from .validate import validate_run
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,8 @@ def job_hash(cfg: DictConfig) -> str:
     c["model"].pop("device", None)
     c["model"].pop("shards", None)
     c["train"].pop("keep_steps", None)  # scheduling: which adapters a run also keeps, not what it makes
+    if not c["train"].get("validate_every"):  # off: the job of a run made before it existed
+        c["train"].pop("validate_every", None)
     return stable_hash(c)
 
 
@@ -72,7 +83,7 @@ def run(cfg: DictConfig) -> dict:
     config_hash = job_hash(cfg)
     if cfg.train.keep_steps is None:  # auto: a sweep of train.steps trains once (the sweep's other values)
         cfg.train.keep_steps = sorted({int(v) for v in swept_values("train.steps") if int(v) > 0} - {cfg.train.steps})
-        if kept_steps(cfg) or continues(cfg):
+        if cfg.train.keep_steps and (kept_steps(cfg) or continues(cfg)):
             log.info(
                 "train.keep_steps=%s (the sweep's other train.steps): the shorter runs' adapters are kept on the way, "
                 "the longer runs continue from this one's end",
@@ -246,6 +257,16 @@ def run(cfg: DictConfig) -> dict:
     write_scores(run_dir, doc, f"stylexfer run `{cfg.name}`: scores")
     for sid, sc in doc["styles"].items():
         summary["styles"][sid]["scores"] = sc
+    if validation_steps(cfg):  # the adapters kept every train.validate_every steps, sampled and scored
+        t_val = time.time()
+        specs = {s.id: style_specs(resolved.identity, styles, s, cfg)[1] for s in sampled}
+        final = {s.id: summary["styles"][s.id].get("scores", {}) for s in sampled}
+        summary["validation"], more = validate_run(
+            backend, resolved.identity, sampled, specs, cfg, cache, run_dir, final, unavailable, demo
+        )
+        copies.update(more)
+        atomic_write_json(run_dir / RUN_MANIFEST, dict(sorted(copies.items())))
+        stages["validate"] = time.time() - t_val
     summary["scores"], summary["unavailable"], summary["metric_models"] = (
         doc["overall"],
         doc["unavailable"],

@@ -44,6 +44,7 @@ SCHEDULING_KEYS = (
     "compile_vae",
     "cuda_graphs",
     "keep_steps",
+    "validate_every",
 )
 
 
@@ -100,21 +101,39 @@ def style_specs(model_identity: str, styles: list[Style], style: Style, cfg) -> 
     return spec_pool, adapter_spec(style, cfg, model_identity, pool_key(spec_pool) if spec_pool else None)
 
 
+def total_free(cfg) -> bool:
+    """Whether step k of this run is the k-step run (a learning rate that does not depend on ``train.steps``)."""
+    return value(cfg.train.lr_scheduler) in TOTAL_FREE_SCHEDULES
+
+
+def validation_steps(cfg) -> list[int]:
+    """The steps before the last at which ``train.validate_every`` scores the adapter (none when 0)."""
+    n, steps = cfg.train.validate_every, cfg.train.steps
+    return list(range(n, steps, n)) if n and n > 0 else []
+
+
 def kept_steps(cfg) -> list[int]:
-    """The steps ``k`` < ``train.steps`` after which this run also stores the adapter under a k-step run's key
-    (``train.keep_steps``, resolved by the run), longest first; none where the schedule depends on the total
-    or the frozen layers compute in fp8 (their swap does not survive the mid-training export)."""
+    """The steps ``k`` < ``train.steps`` after which this run also stores its adapters, longest first: those of
+    ``train.keep_steps`` (resolved by the run) where the schedule does not depend on the total, and the validation
+    steps; none where the frozen layers compute in fp8 (their swap does not survive the mid-training export)."""
     tr = cfg.train
-    if value(tr.lr_scheduler) not in TOTAL_FREE_SCHEDULES or tr.fp8:
+    if tr.fp8:
         return []
-    return sorted({k for k in (tr.keep_steps or []) if 0 < k < tr.steps}, reverse=True)
+    keep = {k for k in (tr.keep_steps or []) if 0 < k < tr.steps} if total_free(cfg) else set()
+    return sorted(keep | set(validation_steps(cfg)), reverse=True)
 
 
-def snapshot_specs(spec: dict, steps: list[int], cache_dir: Path) -> dict[int, dict]:
-    """{k: the adapter spec of the same run at ``train.steps=k``} for the ``steps`` not in the store yet."""
+def snapshot_spec(spec: dict, k: int, free: bool) -> dict:
+    """The spec of a run's adapter after step ``k``: the k-step run's (``free``: the schedule does not depend on the
+    total), else this run's own at step k (a key no other run computes)."""
+    return {**spec, "train": {**spec["train"], "steps": k}} if free else {**spec, "snapshot_at": k}
+
+
+def snapshot_specs(spec: dict, steps: list[int], cache_dir: Path, free: bool) -> dict[int, dict]:
+    """{k: :func:`snapshot_spec`} for the ``steps`` not in the store yet."""
     out = {}
     for k in steps:
-        sk = {**spec, "train": {**spec["train"], "steps": k}}
+        sk = snapshot_spec(spec, k, free)
         if not adapter_stored(sk, cache_dir):
             out[k] = sk
     return out
@@ -166,7 +185,8 @@ def lock_order(specs: list[dict]) -> list[str]:
 
 
 def _publish_snapshots(root: Path, style: Style, snaps: dict[int, tuple[dict, Path]], losses, seconds, of: str):
-    """Seal and rename each snapshot folder to its k-step key, with the train record a k-step run writes."""
+    """Seal and rename each snapshot folder to its key (:func:`snapshot_spec`), with the train record a k-step run
+    writes."""
     steps = max(1, len(losses))
     for k, (sk, tmp) in sorted(snaps.items()):
         if not any(tmp.glob("*.safetensors")):  # before the step this pass resumed from: a shorter run kept it
@@ -175,9 +195,8 @@ def _publish_snapshots(root: Path, style: Style, snaps: dict[int, tuple[dict, Pa
         rec["snapshot_of"] = of
         atomic_write_json(tmp / "train.json", rec)
         if publish(tmp, root / stable_hash(sk)):
-            log.info(
-                "style %s: kept its adapter at step %d as %s (a train.steps=%d run's)", style.id, k, stable_hash(sk), k
-            )
+            whose = f"a train.steps={k} run's" if "snapshot_at" not in sk else "for validation"
+            log.info("style %s: kept its adapter at step %d as %s (%s)", style.id, k, stable_hash(sk), whose)
 
 
 def adapter_stored(spec: dict, cache_dir: Path) -> bool:
@@ -205,9 +224,9 @@ def train_style(backend, style: Style, pool: Optional[ClassPool], cfg, spec: dic
     def build(tmp: Path) -> None:
         steps = kept_steps(cfg) if backend.keeps_snapshots else []
         with contextlib.ExitStack() as locks:  # a shorter run of the same style waits for its adapter, then reuses
-            for k in lock_order(list(snapshot_specs(spec, steps, cache_dir).values())):
+            for k in lock_order(list(snapshot_specs(spec, steps, cache_dir, total_free(cfg)).values())):
                 locks.enter_context(file_lock(root / f".{k}.lock"))
-            specs = snapshot_specs(spec, steps, cache_dir)
+            specs = snapshot_specs(spec, steps, cache_dir, total_free(cfg))
             snaps = {k: (sk, root / f".{stable_hash(sk)}.tmp-{uuid.uuid4().hex[:8]}") for k, sk in specs.items()}
             resume = resume_dir(root, "style", [spec])
             state = resume.parent / f".state-{uuid.uuid4().hex[:8]}" if continues(cfg) else None
@@ -264,10 +283,10 @@ def train_group(
     tmps = [root / f".{k}.tmp-{uuid.uuid4().hex[:8]}" for k in keys]
     # the adapters of the kept steps (train.keep_steps): every style's, at every kept step one of them lacks
     steps = kept_steps(cfg) if backend.keeps_snapshots else []
-    wanted = [snapshot_specs(sp, steps, cache_dir) for sp in specs]
+    wanted = [snapshot_specs(sp, steps, cache_dir, total_free(cfg)) for sp in specs]
     at = sorted({k for w in wanted for k in w}, reverse=True)
     snaps = [
-        {k: ({**sp, "train": {**sp["train"], "steps": k}}, root / f".snap-{k}-{uuid.uuid4().hex[:8]}") for k in at}
+        {k: (snapshot_spec(sp, k, total_free(cfg)), root / f".snap-{k}-{uuid.uuid4().hex[:8]}") for k in at}
         for sp in specs
     ]
     resume = resume_dir(root, "group", specs)
@@ -340,7 +359,7 @@ def train_in_batches(backend, todo: list[tuple], cfg, cache: Path, pool_for) -> 
     while todo:
         group, rest = todo[:size], todo[size:]
         steps = kept_steps(cfg) if backend.keeps_snapshots else []
-        kept = [sk for g in group for sk in snapshot_specs(g[2], steps, cache).values()]
+        kept = [sk for g in group for sk in snapshot_specs(g[2], steps, cache, total_free(cfg)).values()]
         keys = lock_order([g[2] for g in group] + kept)
         try:
             with contextlib.ExitStack() as locks:  # another job training the same styles: wait, then reuse

@@ -23,7 +23,7 @@ from helpers.imports import Edge, cycles, edges_of, package_edges
 FLOORS = [
     ("base", ["errors", "faults", "devices", "store", "streams", "registry", "scoring"]),
     ("core", ["config", "data", "models", "embedded", "report", "card", "backends", "app"]),
-    ("stages", ["prior", "sample", "train", "evaluate", "loggers", "inject"]),
+    ("stages", ["prior", "sample", "train", "evaluate", "loggers", "inject", "validate"]),
     ("plug-ins", ["backends.torch", "backends.jittor", "metrics", "world"]),
     ("run", ["run", "shard"]),
     ("commands", ["main", "__main__", "compare", "export", "world.__main__"]),
