@@ -62,8 +62,27 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {line if storage else e}", file=sys.stderr)
         discard_if_empty(out)
         sys.exit(1 if storage else e.exit_code)
-    scores = summary["scores"]
-    return scores.get("final", scores.get("hist"))
+    return objective(summary)
+
+
+def objective(summary: dict) -> float | None:
+    """What the task returns to a sweeper: the run's overall final score. A search (``hydra/sweeper=optuna``,
+    ``+hparams_search=...``) cannot go on without it, so there a missing one fails the trial in one line."""
+    final = summary["scores"].get("final")
+    if final is None and _searching():
+        why = "; ".join(f"{m}: {w}" for m, w in (summary.get("unavailable") or {}).items())
+        raise StylexferError(
+            "a search needs the final score, and this trial has none ("
+            + (why or "a metric was not computed: FID needs 2 images per style, e.g. data.max_objects >= 2")
+            + ")"
+        )
+    return final
+
+
+def _searching() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return is_multirun() and "optuna" in str(HydraConfig.get().sweeper.get("_target_", ""))
 
 
 @contextlib.contextmanager

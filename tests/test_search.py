@@ -1,0 +1,51 @@
+"""``+hparams_search=recipe``: an Optuna search over the recipe through Hydra's sweeper, read back by compare."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from helpers import compose, run_cli
+
+pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason='the search extra: pip install -e ".[search]"')
+
+
+def test_the_search_preset_composes_with_its_space_and_direction():
+    cfg = compose(["+hparams_search=recipe"], hydra=True)
+    sw = cfg.hydra.sweeper
+    assert "optuna" in sw._target_ and sw.direction == "maximize" and sw.n_trials == 20
+    assert set(sw.params) == {"lora.unet_lora_rank", "train.lr", "prior.weight", "init.strength", "train.steps"}
+    assert sw.params["train.lr"] == "tag(log, interval(2e-5, 5e-4))"
+    assert cfg.lora.unet_lora_rank == 32  # the safe strategy underneath
+
+
+@pytest.mark.slow
+def test_a_four_trial_search_ends_with_its_best_trial_and_compare_reads_it(tmp_path, cache_dir):
+    sweep = tmp_path / "search"
+    args = ["-m", "+hparams_search=recipe", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=1", "train.steps=2"]
+    args += ["data.max_objects=2", "prior=none", "scheduler.steps=2", "data.styles=[00]", f"hydra.sweep.dir={sweep}"]
+    res = run_cli(args, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    finals = {}
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()):
+        finals[job.name] = json.loads((job / "summary.json").read_text())["scores"]["final"]
+    assert len(finals) == 4 and all(isinstance(v, float) for v in finals.values())
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(finals.values()), abs=1e-12)
+
+    def matches(job: str) -> bool:
+        overrides = yaml.safe_load((sweep / job / ".hydra" / "overrides.yaml").read_text())
+        values = dict(o.split("=", 1) for o in overrides)
+        return all(float(values[k]) == pytest.approx(float(v)) for k, v in best["best_params"].items())
+
+    (winner,) = [j for j in finals if matches(j)]  # the trial Optuna calls best is the one with the highest score
+    assert finals[winner] == max(finals.values())
+    from stylexfer.compare import main as compare_main
+
+    assert compare_main([str(sweep)]) in (0, None)
+    table = (sweep / "compare.md").read_text()
+    star = [line for line in table.splitlines() if line.startswith("| ★ |")]
+    assert len(star) == 1 and f"| {winner} |" in star[0]
+    assert (sweep / "plot_train-lr_final.png").is_file() and (sweep / "plot_lora-unet_lora_rank_final.png").is_file()
