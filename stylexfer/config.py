@@ -52,6 +52,12 @@ class LrSchedule(str, Enum):
 TOTAL_FREE_SCHEDULES = (LrSchedule.constant.value, LrSchedule.constant_with_warmup.value)
 
 
+class TimestepBias(str, Enum):
+    none = "none"
+    style = "style"
+    content = "content"
+
+
 class Precision(str, Enum):
     no = "no"  # no autocast: the frozen model computes in model.dtype (bf16 on CUDA), the LoRA weights in float32
     fp16 = "fp16"
@@ -216,6 +222,9 @@ class TrainConfig:
     snr_gamma: Optional[float] = None
     # offset noise: noise_offset × N(0,1) per sample and channel added to the noise (0.05-0.1 usual); 0 = off
     noise_offset: float = 0.0
+    # which timesteps the training draws: none = uniform; style = favouring high noise, content = low noise (cubic
+    # sampling, T2I-Adapter §3.4, as ai-toolkit's content_or_style does: stylexfer/streams.py biased_timesteps)
+    timestep_bias: TimestepBias = TimestepBias.none
     checkpoint_every: int = 100  # steps between resumable training checkpoints; 0 = none
     # steps after which the adapter is also stored under the key a train.steps=k run computes, so that run finds it
     # (where the learning rate does not depend on the total: constant, constant_with_warmup). null (auto) = in a

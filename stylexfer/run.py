@@ -67,6 +67,8 @@ def job_hash(cfg: DictConfig) -> str:
     c["train"].pop("keep_steps", None)  # scheduling: which adapters a run also keeps, not what it makes
     if not c["train"].get("validate_every"):  # off: the job of a run made before it existed
         c["train"].pop("validate_every", None)
+    if c["train"].get("timestep_bias") == "none":
+        c["train"].pop("timestep_bias", None)
     return stable_hash(c)
 
 

@@ -40,14 +40,33 @@ class Cycler:
         return out
 
 
-def draw_noise(gen: torch.Generator, shape: tuple, num_train_timesteps: int, noise_offset: float = 0.0):
+def biased_timesteps(u: torch.Tensor, num_train_timesteps: int, bias: str) -> torch.Tensor:
+    """Timesteps from uniform draws ``u`` in [0, 1) favouring high noise (``style``: ``(1 − u³)·T``) or low noise
+    (``content``: ``u³·T``): the cubic sampling of T2I-Adapter (Mou et al. 2023, §3.4) that ai-toolkit's
+    ``content_or_style`` uses. With ``style`` half the draws land above 0.875·T (uniform: above 0.5·T)."""
+    x = u**3 if bias == "content" else 1 - u**3
+    return (x * num_train_timesteps).long().clamp(0, num_train_timesteps - 1)
+
+
+def draw_noise(
+    gen: torch.Generator,
+    shape: tuple,
+    num_train_timesteps: int,
+    noise_offset: float = 0.0,
+    timestep_bias: str = "none",
+):
     """One step's random draws for one style, from its CPU generator (device-independent), in this order:
     the VAE posterior sample's noise, the diffusion noise, the timesteps, and with ``train.noise_offset``
     > 0 a per-channel offset added to the noise (as diffusers' examples do: ``noise_offset × N(0, 1)`` per
-    sample and channel). Without the offset nothing more is drawn, so the streams stay as they were."""
+    sample and channel). Without the offset nothing more is drawn, so the streams stay as they were. The timesteps
+    are uniform integers, or with ``train.timestep_bias`` (style | content) :func:`biased_timesteps` of uniform
+    floats (one draw per sample either way)."""
     eps = torch.randn(shape, generator=gen)
     noise = torch.randn(shape, generator=gen)
-    t = torch.randint(0, num_train_timesteps, (shape[0],), generator=gen)
+    if timestep_bias in ("style", "content"):
+        t = biased_timesteps(torch.rand((shape[0],), generator=gen), num_train_timesteps, timestep_bias)
+    else:
+        t = torch.randint(0, num_train_timesteps, (shape[0],), generator=gen)
     if noise_offset > 0:
         noise = noise + noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=gen)
     return eps, noise, t

@@ -47,6 +47,10 @@ SCHEDULING_KEYS = (
     "validate_every",
 )
 
+# training settings added after adapters were stored: at their default they are left out of the key, so those
+# adapters keep their keys
+DEFAULT_OFF = {"timestep_bias": "none"}
+
 
 @dataclass
 class TrainResult:
@@ -78,7 +82,7 @@ def adapter_spec(style: Style, cfg, model_identity: str, pool_key: Optional[str]
         "train": {
             k: v
             for k, v in OmegaConf.to_container(cfg.train, resolve=True, enum_to_str=True).items()
-            if k not in SCHEDULING_KEYS
+            if k not in SCHEDULING_KEYS and not (k in DEFAULT_OFF and v == DEFAULT_OFF[k])
         },
         "dtype": str(cfg.model.dtype),
     }

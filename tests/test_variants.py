@@ -38,12 +38,32 @@ def test_offset_noise_adds_a_per_channel_constant_and_leaves_the_streams_alone_w
     assert torch.equal(again[1], noise0)
 
 
+def test_timestep_bias_favours_high_or_low_noise_and_leaves_the_default_stream_as_it_was():
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    shape = (20000, 4, 1, 1)
+    eps0, noise0, t0 = draw_noise(g(), shape, 1000)
+    gen = g()  # the default: the same draws, in the same order, as before the option existed
+    assert torch.equal(torch.randn(shape, generator=gen), eps0) and torch.equal(
+        torch.randn(shape, generator=gen), noise0
+    )
+    assert torch.equal(torch.randint(0, 1000, (shape[0],), generator=gen), t0)
+    eps, noise, ts = draw_noise(g(), shape, 1000, timestep_bias="style")
+    _, _, tc = draw_noise(g(), shape, 1000, timestep_bias="content")
+    assert torch.equal(eps, eps0) and torch.equal(noise, noise0)  # only the timesteps differ
+    assert ts.dtype == t0.dtype and int(ts.min()) >= 0 and int(ts.max()) <= 999
+    # (1 - u^3)·T: median 0.875·T; u^3·T: median 0.125·T; uniform: 0.5·T (20000 draws: within 1% of T)
+    assert float(ts.float().median()) == pytest.approx(875, abs=10)
+    assert float(tc.float().median()) == pytest.approx(125, abs=10)
+    assert float(t0.float().median()) == pytest.approx(500, abs=10)
+    assert float((ts >= 900).float().mean()) == pytest.approx(0.1 ** (1 / 3), abs=0.01)  # P(u^3 <= 0.1): 0.46
+
+
 def test_snr_gamma_and_noise_offset_change_training_and_batched_still_equals_one_at_a_time(
     components, demo_root, tmp_path
 ):
     styles = discover_styles(demo_root, styles=["00", "01"], max_objects=2)
     plain = compose(FAST)
-    cfg = compose(FAST + ["train.snr_gamma=5.0", "train.noise_offset=0.1"])
+    cfg = compose(FAST + ["train.snr_gamma=5.0", "train.noise_offset=0.1", "train.timestep_bias=style"])
     base, _ = train_loop(components, styles[1], None, plain)
     one, _ = train_loop(components, styles[1], None, cfg, export_to=tmp_path / "one")
     assert one != pytest.approx(base, rel=1e-3)  # the options reach the loss

@@ -324,7 +324,8 @@ def train_style(
         )
         for step in bar:
             mean, std, prompts = feed.next()
-            eps, noise, t = (x.numpy() for x in draw_noise(feed.stream.torch, mean.shape, n_t, tr_cfg.noise_offset))
+            draws = draw_noise(feed.stream.torch, mean.shape, n_t, tr_cfg.noise_offset, value(tr_cfg.timestep_bias))
+            eps, noise, t = (x.numpy() for x in draws)
             latents = (mean + std * eps) * c.scaling_factor
             a = ac[t].reshape(-1, 1, 1, 1)
             noisy = np.sqrt(a) * latents + np.sqrt(1 - a) * noise

@@ -82,7 +82,8 @@ def draw_step(c: Components, feeds: list[Feed], live: list[int]) -> StepDraw:
             if dist is not None
             else (n, c.latent_channels, px.shape[-2] // c.vae_scale, px.shape[-1] // c.vae_scale)
         )
-        e, z, t = draw_noise(feeds[s].stream.torch, shape, steps, feeds[s].cfg.train.noise_offset)
+        tr = feeds[s].cfg.train
+        e, z, t = draw_noise(feeds[s].stream.torch, shape, steps, tr.noise_offset, value(tr.timestep_bias))
         pixels.append(px), dists.append(dist), prompts.extend(pr), rows.append(n)
         eps.append(e), noise.append(z), ts.append(t)
     pin = (lambda x: x.pin_memory()) if c.device.type == "cuda" else (lambda x: x)

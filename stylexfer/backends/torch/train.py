@@ -332,6 +332,7 @@ def noisy_inputs(
     gen: torch.Generator,
     latent_dist=None,
     noise_offset: float = 0.0,
+    timestep_bias: str = "none",
 ):
     """VAE latents (sampled with ``gen``), noise and a timestep per sample from ``gen``: the noisy
     latents, the timesteps and the target."""
@@ -340,7 +341,7 @@ def noisy_inputs(
         with torch.no_grad():
             latent_dist = c.vae.encode(pixels.to(c.device, dtype=c.vae_dtype)).latent_dist
     eps, noise, t = draw_noise(
-        gen, tuple(latent_dist.mean.shape), c.noise_scheduler.config.num_train_timesteps, noise_offset
+        gen, tuple(latent_dist.mean.shape), c.noise_scheduler.config.num_train_timesteps, noise_offset, timestep_bias
     )
     return noisy_from(c, latent_dist, eps, noise, t)
 
@@ -354,11 +355,12 @@ def denoising_loss(
     latent_dist=None,
     noise_offset: float = 0.0,
     with_t: bool = False,
+    timestep_bias: str = "none",
 ):
     """Per-sample MSE of the model's noise/velocity prediction (the training objective); with ``with_t``
     also the timesteps drawn."""
     c = components
-    noisy, t, target = noisy_inputs(c, pixels, gen, latent_dist, noise_offset)
+    noisy, t, target = noisy_inputs(c, pixels, gen, latent_dist, noise_offset, timestep_bias)
     with autocast_for(c, precision):
         pred = c.unet(noisy.to(c.dtype), t, cond.to(c.dtype)).sample
     mse = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
@@ -684,6 +686,7 @@ def train_loop(
                 latent_dist=dist,
                 noise_offset=tr.noise_offset,
                 with_t=True,
+                timestep_bias=value(tr.timestep_bias),
             )
             loss = style_losses(c, per_sample, t, cfg, 1, use_prior)[0]
             if not torch.isfinite(loss):
