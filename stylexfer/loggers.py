@@ -103,18 +103,35 @@ def log_run(cfg, run_dir: Path, summary: dict, curves: dict, grid, images: dict)
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
     )
+    val = validation_points(run_dir, summary)
     where = {}
     for name in enabled(cfg):
         try:
             where[name] = _LOGGERS[name](
-                cfg.logger[name], run_dir, cfg, hparams, steps, te, te_scale, metrics, grid, images
+                cfg.logger[name], run_dir, cfg, hparams, steps, te, te_scale, metrics, grid, images, val
             )
         except Exception as e:  # noqa: BLE001 - a logger must not cost the run its results
             log.warning("logger %s failed: %s: %s", name, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
     return where
 
 
-def _csv(lc, run_dir: Path, cfg, hparams, steps, te, te_scale, metrics, grid, images) -> str:
+def validation_points(run_dir: Path, summary: dict) -> list[tuple[int, str, str, float]]:
+    """(step, style, metric, value) of every score of a validated run (``train.validate_every``: its
+    validation.json), the last step's included; [] for a run without validation."""
+    v = summary.get("validation")
+    if not v or not (Path(run_dir) / v["record"]).is_file():
+        return []
+    record = json.loads((Path(run_dir) / v["record"]).read_text())
+    return [
+        (int(k), sid, m, float(x))
+        for sid, curve in sorted(record["styles"].items())
+        for k, scores in curve.items()
+        for m, x in scores.items()
+        if isinstance(x, (int, float)) and not isinstance(x, bool) and m != "images"
+    ]
+
+
+def _csv(lc, run_dir: Path, cfg, hparams, steps, te, te_scale, metrics, grid, images, val) -> str:
     import csv
 
     out = run_dir / (lc.dir or "logs/csv")
@@ -131,11 +148,17 @@ def _csv(lc, run_dir: Path, cfg, hparams, steps, te, te_scale, metrics, grid, im
     for key, v in metrics.items():
         w.writerow([*key.split("/", 1), v])
     atomic_write_text(out / "metrics.csv", buf.getvalue())
+    if val:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["step", "style", "metric", "value"])
+        w.writerows(val)
+        atomic_write_text(out / "validation.csv", buf.getvalue())
     atomic_write_json(out / "hparams.json", hparams)
     return str(out)
 
 
-def _tensorboard(lc, run_dir: Path, cfg, hparams, steps, te, te_scale, metrics, grid, images) -> str:
+def _tensorboard(lc, run_dir: Path, cfg, hparams, steps, te, te_scale, metrics, grid, images, val) -> str:
     import numpy as np
     from torch.utils.tensorboard import SummaryWriter
 
@@ -154,6 +177,8 @@ def _tensorboard(lc, run_dir: Path, cfg, hparams, steps, te, te_scale, metrics, 
                 w.add_image(f"samples/{sid}/{obj}", np.asarray(img.convert("RGB")), 0, dataformats="HWC")
         for key, v in metrics.items():
             w.add_scalar(f"metrics/{key}", v, 0)
+        for step, sid, m, v in val:
+            w.add_scalar(f"validation/{m}/{sid}", v, step)
         w.add_hparams(
             {k: v for k, v in hparams.items()},
             {f"hparam/{k}": v for k, v in metrics.items() if k.startswith("overall/")},
@@ -162,7 +187,7 @@ def _tensorboard(lc, run_dir: Path, cfg, hparams, steps, te, te_scale, metrics, 
     return str(out)
 
 
-def _mlflow(lc, run_dir: Path, cfg, hparams, steps, te, te_scale, metrics, grid, images) -> str:
+def _mlflow(lc, run_dir: Path, cfg, hparams, steps, te, te_scale, metrics, grid, images, val) -> str:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
@@ -190,6 +215,7 @@ def _mlflow(lc, run_dir: Path, cfg, hparams, steps, te, te_scale, metrics, grid,
             if te:
                 batch.append(Metric(f"train/text_encoder_lr/{sid}", lr * te_scale, 0, i + 1))
     batch += [Metric(f"metrics/{k}", v, 0, 0) for k, v in metrics.items()]
+    batch += [Metric(f"validation/{m}/{sid}", v, 0, step) for step, sid, m, v in val]
     for i in range(0, len(batch), 1000):
         client.log_batch(rid, metrics=batch[i : i + 1000])
     if grid is not None:

@@ -54,11 +54,9 @@ def test_a_validated_run_scores_each_kept_adapter_as_a_run_of_that_many_steps_wo
     cosine schedule the kept adapters have keys of the run's own (a 2-step run does not find them)."""
     store = {"STYLEXFER_CACHE": str(tmp_path / "store")}
     run = tmp_path / "run"
-    res = run_cli(
-        [*FAST, "data.styles=[00,01]", "train.steps=4", "train.validate_every=2", f"hydra.run.dir={run}"],
-        tmp_path,
-        env_extra=store,
-    )
+    args = [*FAST, "data.styles=[00,01]", "train.steps=4", "train.validate_every=2", "logger=[csv,tensorboard]"]
+    res = run_cli([*args, f"hydra.run.dir={run}"], tmp_path, env_extra=store)
+
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((run / "summary.json").read_text())
     record = json.loads((run / "validation.json").read_text())
@@ -83,6 +81,18 @@ def test_a_validated_run_scores_each_kept_adapter_as_a_run_of_that_many_steps_wo
     ).is_file()
     manifest = json.loads((run / "sha256.json").read_text())
     assert any(k.startswith("validation/step-0000002/images/01/") for k in manifest)
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = list(csv.DictReader((run / "logs/csv/validation.csv").open()))  # the loggers get every metric per step
+    hist = {(r["step"], r["style"]): float(r["value"]) for r in rows if r["metric"] == "hist"}
+    assert hist == {(k, sid): record["styles"][sid][k]["hist"] for sid in ("00", "01") for k in ("2", "4")}
+    ea = EventAccumulator(str(run / "logs/tensorboard"), size_guidance={"scalars": 0})
+    ea.Reload()
+    scalars = ea.Scalars("validation/hist/01")
+    assert [e.step for e in scalars] == [2, 4]
+    assert [e.value for e in scalars] == pytest.approx([record["styles"]["01"][k]["hist"] for k in ("2", "4")])
     with Image.open(run / "validation.png") as im:
         assert im.size[0] >= 400
     assert "![validation](validation.png)" in (run / "summary.md").read_text()
