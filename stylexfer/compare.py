@@ -269,6 +269,12 @@ def plot_sweep(jobs: list[Job], skip: tuple = ()) -> dict[str, bytes]:
             if not any(_number(j.scores.get(metric)) is not None for j in done):
                 continue
             fig, ax = new_axes(6, 4)
+            if len(lines) > 1 and all(len(g) == 1 for g in lines.values()):  # a search: each trial its own point
+                scatter_trials(ax, done, key, metric)
+                out[f"plot_{_safe(key)}_{_safe(metric)}.png"] = axes_png(
+                    fig, ax, key, metric, f"{metric} vs {key}: one point per trial (its job number)", 7
+                )
+                continue
             for n, (label, group) in enumerate(sorted(lines.items())):
                 color = f"C{n % 10}"
                 group = sorted(group, key=lambda j: _parsed(j.overrides[key]))
@@ -296,6 +302,18 @@ def plot_sweep(jobs: list[Job], skip: tuple = ()) -> dict[str, bytes]:
                 fig, ax, key, metric, f"{metric} vs {key} (thin: per style)", 7
             )
     return out
+
+
+def scatter_trials(ax, jobs: list[Job], key: str, metric: str) -> None:
+    """Each job's overall ``metric`` against its ``key`` as one point labelled with the job (a search's trials,
+    which share no value of the other keys: lines through them would join unrelated runs)."""
+    pts = [(_parsed(j.overrides[key]), _number(j.scores.get(metric)), j.name) for j in jobs]
+    pts = [p for p in pts if p[1] is not None]
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color="C0", ms=6, label="trials (overall)")
+    for x, y, label in pts:
+        ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if key.endswith(("lr", "learning_rate")) and all(p[0] > 0 for p in pts):
+        ax.set_xscale("log")
 
 
 def _safe(name: str) -> str:
