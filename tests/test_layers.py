@@ -26,7 +26,7 @@ FLOORS = [
     ("stages", ["prior", "sample", "train", "evaluate", "loggers", "inject", "validate"]),
     ("plug-ins", ["backends.torch", "backends.jittor", "metrics", "world"]),
     ("run", ["run", "shard"]),
-    ("commands", ["main", "__main__", "compare", "export", "world.__main__"]),
+    ("commands", ["main", "__main__", "compare", "export", "search", "world.__main__"]),
     ("tools", ["tools"]),
 ]
 

@@ -21,6 +21,46 @@ def test_the_search_preset_composes_with_its_space_and_direction():
     assert cfg.lora.unet_lora_rank == 32  # the safe strategy underneath
 
 
+@pytest.mark.parametrize(
+    "key, space, says",
+    [
+        ("train.lr", "interval(5e-4, 2e-5)", "an empty range (low 0.0005 is not below high 2e-05)"),
+        ("train.lr", "tag(log, interval(0, 1e-3))", "a log range must be above 0 (low 0"),
+        ("lora.unet_lora_rank", "interval(2.5, 8.5)", "2.5 is not a value of lora.unet_lora_rank (Value '2.5'"),
+        (
+            "lora.unet_lora_rank",
+            "choice(0, 4)",
+            "0 is not a value of lora.unet_lora_rank (lora.unet_lora_rank=0: must",
+        ),
+        ("init.strength", "interval(0.5, 1.5)", "1.5 is not a value of init.strength (init.strength=1.5:"),
+        ("lora.unet_rnk", "choice(4, 8)", "4 is not a value of lora.unet_rnk ("),
+        ("train.steps", "choice(200, oops(1))", "not a search range ("),
+    ],
+)
+def test_a_bad_search_space_is_refused_naming_the_key(key, space, says):
+    from omegaconf import open_dict
+
+    from stylexfer.search import search_problem
+
+    cfg = compose(["+hparams_search=recipe"], hydra=True)
+    assert search_problem(cfg) is None  # the shipped space is good
+    with open_dict(cfg):
+        cfg.hydra.sweeper.params[key] = space
+    problem = search_problem(cfg)
+    assert problem is not None and problem.startswith(f"hydra.sweeper.params.{key}={space}: {says}"), problem
+
+
+def test_the_cli_refuses_a_bad_space_before_any_trial_in_one_line(tmp_path):
+    sweep = tmp_path / "search"
+    args = ["-m", "+hparams_search=recipe", 'hydra.sweeper.params={train.lr:"interval(5e-4,2e-5)"}']
+    res = run_cli([*args, f"hydra.sweep.dir={sweep}"], tmp_path)
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert res.returncode == 2 and lines == [
+        "error: hydra.sweeper.params.train.lr=interval(5e-4,2e-5): an empty range (low 0.0005 is not below high 2e-05)"
+    ]
+    assert not sweep.exists()
+
+
 @pytest.mark.slow
 def test_a_four_trial_search_ends_with_its_best_trial_and_compare_reads_it(tmp_path, cache_dir):
     sweep = tmp_path / "search"
