@@ -109,12 +109,6 @@ def to_kohya(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> tuple[
     return out, meta
 
 
-def export_run(run: Path, fmt: str = "kohya") -> list[Path]:
-    """Write every adapter of the run folder ``run`` in ``fmt``; the files written. Nothing is written unless every
-    adapter converts."""
-    return write_exports(convert_run(run, fmt))
-
-
 def write_exports(converted: list[tuple[Path, bytes]]) -> list[Path]:
     for target, data in converted:
         atomic_write_bytes(target, data)

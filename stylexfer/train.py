@@ -147,8 +147,7 @@ def continues(cfg) -> bool:
     """Whether a longer run will continue from where this one ends (``train.keep_steps`` holds a step beyond
     ``train.steps``): then the pass's last state is kept in the store for it."""
     tr = cfg.train
-    free = value(tr.lr_scheduler) in TOTAL_FREE_SCHEDULES and not tr.fp8
-    return free and tr.steps > 0 and any(k > tr.steps for k in (tr.keep_steps or []))
+    return total_free(cfg) and not tr.fp8 and tr.steps > 0 and any(k > tr.steps for k in (tr.keep_steps or []))
 
 
 def resume_dir(root: Path, kind: str, specs: list[dict]) -> Path:
@@ -186,6 +185,51 @@ def lock_order(specs: list[dict]) -> list[str]:
     """The store keys of ``specs`` in the one order every job takes their locks in (most steps first, then the
     key), so jobs that store each other's adapters never wait on each other in a circle."""
     return [k for _, k in sorted({(-sp["train"]["steps"], stable_hash(sp)) for sp in specs})]
+
+
+@dataclass
+class _Keeping:
+    """What a training pass keeps besides its adapters: per style {k: (spec, folder)} of the kept steps' adapters
+    (:func:`kept_steps`), and the folder its end state goes to for a longer run (None: not kept)."""
+
+    snaps: list[dict[int, tuple[dict, Path]]]
+    state: Optional[Path]
+    resume: Path
+
+    @property
+    def snapshots(self) -> Optional[dict[int, list[Path]]]:
+        """The backend's ``snapshots`` argument: {k: one folder per style}."""
+        return {k: [sn[k][1] for sn in self.snaps] for k in self.snaps[0]} or None
+
+    def folders(self) -> list[Path]:
+        return [d for sn in self.snaps for _, d in sn.values()] + ([self.state] if self.state is not None else [])
+
+
+def _keeping(backend, cfg, cache_dir: Path, kind: str, styles: list[Style], specs: list[dict], ckpt: Path) -> _Keeping:
+    """Set up a pass's kept adapters and end state (their folders made), and put a shorter run's end state into
+    ``ckpt`` to continue from (:func:`seed_from_shorter`). Every style gets a folder at every kept step one of them
+    lacks."""
+    root = Path(cache_dir) / "adapters"
+    keeps = backend.keeps_snapshots
+    steps = kept_steps(cfg) if keeps else []
+    free = total_free(cfg)
+    at = sorted({k for sp in specs for k in snapshot_specs(sp, steps, cache_dir, free)}, reverse=True)
+    snaps = [{k: (snapshot_spec(sp, k, free), root / f".snap-{k}-{uuid.uuid4().hex[:8]}") for k in at} for sp in specs]
+    resume = resume_dir(root, kind, specs)
+    state = resume.parent / f".state-{uuid.uuid4().hex[:8]}" if keeps and continues(cfg) else None
+    start = seed_from_shorter(ckpt, resume, cfg.train.steps) if keeps else 0
+    if start:
+        log.info(
+            "style%s %s: continuing from step %d, where a train.steps=%d run ended",
+            "s" if len(styles) > 1 else "",
+            ", ".join(s.id for s in styles),
+            start,
+            start,
+        )
+    keeping = _Keeping(snaps, state, resume)
+    for d in keeping.folders():
+        d.mkdir(parents=True)
+    return keeping
 
 
 def _publish_snapshots(root: Path, style: Style, snaps: dict[int, tuple[dict, Path]], losses, seconds, of: str):
@@ -230,33 +274,19 @@ def train_style(backend, style: Style, pool: Optional[ClassPool], cfg, spec: dic
         with contextlib.ExitStack() as locks:  # a shorter run of the same style waits for its adapter, then reuses
             for k in lock_order(list(snapshot_specs(spec, steps, cache_dir, total_free(cfg)).values())):
                 locks.enter_context(file_lock(root / f".{k}.lock"))
-            specs = snapshot_specs(spec, steps, cache_dir, total_free(cfg))
-            snaps = {k: (sk, root / f".{stable_hash(sk)}.tmp-{uuid.uuid4().hex[:8]}") for k, sk in specs.items()}
-            resume = resume_dir(root, "style", [spec])
-            state = resume.parent / f".state-{uuid.uuid4().hex[:8]}" if continues(cfg) else None
-            start = seed_from_shorter(partial, resume, cfg.train.steps) if backend.keeps_snapshots else 0
-            if start:
-                log.info("style %s: continuing from step %d, where a train.steps=%d run ended", style.id, start, start)
+            keeping = _keeping(backend, cfg, cache_dir, "style", [style], [spec], partial)
             try:
-                for _, d in snaps.values():
-                    d.mkdir(parents=True)
                 out = backend.train(
-                    [style],
-                    [pool],
-                    cfg,
-                    partial,
-                    [tmp],
-                    snapshots={k: [d] for k, (_, d) in snaps.items()} or None,
-                    state_to=state,
+                    [style], [pool], cfg, partial, [tmp], snapshots=keeping.snapshots, state_to=keeping.state
                 )
                 if style.id in out.failed:
                     raise TrainingDiverged(out.failed[style.id])
                 result.seconds, result.losses = out.seconds, out.losses[style.id]
-                _publish_snapshots(root, style, snaps, result.losses, result.seconds, key)
-                if state is not None:
-                    keep_state(state, resume)
+                _publish_snapshots(root, style, keeping.snaps[0], result.losses, result.seconds, key)
+                if keeping.state is not None:
+                    keep_state(keeping.state, keeping.resume)
             finally:
-                for d in [d for _, d in snaps.values()] + ([state] if state is not None else []):
+                for d in keeping.folders():
                     shutil.rmtree(d, ignore_errors=True)
         atomic_write_json(tmp / "train.json", _train_record(style, spec, result.seconds, result.losses))
 
@@ -285,41 +315,16 @@ def train_group(
     keys = [stable_hash(sp) for sp in specs]
     ckpt = root / ".partial" / f"group-{stable_hash(keys)}"
     tmps = [root / f".{k}.tmp-{uuid.uuid4().hex[:8]}" for k in keys]
-    # the adapters of the kept steps (train.keep_steps): every style's, at every kept step one of them lacks
-    steps = kept_steps(cfg) if backend.keeps_snapshots else []
-    wanted = [snapshot_specs(sp, steps, cache_dir, total_free(cfg)) for sp in specs]
-    at = sorted({k for w in wanted for k in w}, reverse=True)
-    snaps = [
-        {k: (snapshot_spec(sp, k, total_free(cfg)), root / f".snap-{k}-{uuid.uuid4().hex[:8]}") for k in at}
-        for sp in specs
-    ]
-    resume = resume_dir(root, "group", specs)
-    state = resume.parent / f".state-{uuid.uuid4().hex[:8]}" if continues(cfg) and backend.keeps_snapshots else None
-    start = seed_from_shorter(ckpt, resume, cfg.train.steps) if backend.keeps_snapshots else 0
-    if start:
-        log.info(
-            "styles %s: continuing from step %d, where a train.steps=%d run ended",
-            ", ".join(s.id for s in styles),
-            start,
-            start,
-        )
-    for t in tmps + [d for sn in snaps for _, d in sn.values()]:
+    for t in tmps:
         t.mkdir(parents=True)
+    keeping = _keeping(backend, cfg, cache_dir, "group", styles, specs, ckpt)
     trained = {}
     try:
-        out = backend.train(
-            styles,
-            pools,
-            cfg,
-            ckpt,
-            tmps,
-            snapshots={k: [sn[k][1] for sn in snaps] for k in at} or None,
-            state_to=state,
-        )
-        if state is not None and len(out.failed) < len(styles):
-            keep_state(state, resume)
+        out = backend.train(styles, pools, cfg, ckpt, tmps, snapshots=keeping.snapshots, state_to=keeping.state)
+        if keeping.state is not None and len(out.failed) < len(styles):
+            keep_state(keeping.state, keeping.resume)
         share = out.seconds / len(styles)
-        for style, spec, key, tmp, sn in zip(styles, specs, keys, tmps, snaps):
+        for style, spec, key, tmp, sn in zip(styles, specs, keys, tmps, keeping.snaps):
             if style.id in out.failed:
                 continue
             _publish_snapshots(root, style, sn, out.losses[style.id], share, key)
@@ -329,7 +334,7 @@ def train_group(
             publish(tmp, root / key)
             trained[style.id] = (share, out.losses[style.id])
     finally:
-        for t in tmps + [d for sn in snaps for _, d in sn.values()] + ([state] if state is not None else []):
+        for t in tmps + keeping.folders():
             shutil.rmtree(t, ignore_errors=True)
     shutil.rmtree(ckpt, ignore_errors=True)
     return trained, out.failed
