@@ -12,6 +12,9 @@ that is still running or had failed jobs: such rows show their status and the er
 When a seed is swept (an override named ``*.seed``, or ``--over KEY``), a second table averages over it:
 one row per setting of the other keys, every metric as mean ± sample standard deviation over the seeds
 (``compare_seeds.md``/``.csv``), sorted by the mean final score; seeds are then not plotted as an axis.
+
+Where the runs' scores have a diagnostic per object (the world suite's judge attribution), a third table shows
+which objects resist the style: one row per object, one column per setting (``compare_objects.md``/``.csv``).
 """
 
 from __future__ import annotations
@@ -238,6 +241,47 @@ def aggregate(jobs: list[Job], over: list[str]) -> tuple[list[str], list[list[st
     return header, text, [*keys, "n", *[f"{m}_{x}" for m in c.metrics for x in ("mean", "sd")]], rec
 
 
+def object_scores(job: Job) -> dict:
+    """{diagnostic: {object: mean over the job's styles}} from the job's ``scores.json`` (empty without one)."""
+    f = job.dir / "scores.json"
+    if job.status != "finished" or not f.exists():
+        return {}
+    doc = json.loads(f.read_text())
+    return {m: {o: row["mean"] for o, row in rows.items()} for m, rows in doc.get("objects", {}).items()}
+
+
+def objects_table(jobs: list[Job], over: list[str], metric: str = "attribution") -> Optional[tuple]:
+    """Which objects resist the style, across settings: (header, text rows, CSV header, CSV rows); one row per
+    object, one column per setting of the differing overrides but ``over`` (mean ± sd over ``over``), least
+    first by the mean over settings. None when no job has per-object scores."""
+    c = compare_jobs(jobs)
+    keys = [k for k in c.differing if k not in over]
+    groups: dict[str, list[dict]] = {}
+    for j in c.jobs:
+        per = object_scores(j).get(metric)
+        if per:
+            label = " ".join(f"{k}={j.overrides.get(k, '')}" for k in keys) or j.name
+            groups.setdefault(label, []).append(per)
+    if not groups:
+        return None
+    objects = sorted({o for g in groups.values() for per in g for o in per})
+
+    def stats(group, o):
+        vals = [per[o] for per in group if o in per]
+        if not vals:
+            return None, None
+        mean = sum(vals) / len(vals)
+        return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+
+    cells = {o: [stats(g, o) for g in groups.values()] for o in objects}
+    overall = {o: [m for m, _ in cells[o] if m is not None] for o in objects}
+    objects.sort(key=lambda o: (sum(overall[o]) / max(len(overall[o]), 1), o))
+    header = ["object", *groups]
+    text = [[o, *[f"{m:.2f} ± {sd:.2f}" if m is not None else "—" for m, sd in cells[o]]] for o in objects]
+    rec = [[o, *[x for m, sd in cells[o] for x in (m, sd)]] for o in objects]
+    return header, text, ["object", *[f"{g}_{x}" for g in groups for x in ("mean", "sd")]], rec
+
+
 def csv_text(header: list[str], rows: list[list]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -359,6 +403,12 @@ def write_outputs(out: Path, jobs: list[Job], img: Optional[Image.Image], over: 
             atomic_write_text(out / "compare_seeds.md", seeds_markdown(agg, over)),
             atomic_write_text(out / "compare_seeds.csv", csv_text(agg[2], agg[3])),
         ]
+    objs = objects_table(jobs, list(over))
+    if objs:
+        written += [
+            atomic_write_text(out / "compare_objects.md", objects_markdown(objs, over)),
+            atomic_write_text(out / "compare_objects.csv", csv_text(objs[2], objs[3])),
+        ]
     plots = plot_sweep(jobs, skip=tuple(over))
     for name, png in plots.items():
         written.append(atomic_write_bytes(out / name, png))
@@ -377,6 +427,14 @@ def write_outputs(out: Path, jobs: list[Job], img: Optional[Image.Image], over: 
         ]
         page += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in agg[1]]
         page.append("</table>")
+    if objs:
+        page += [
+            "<h3>judge attribution per object (least first)</h3><table><tr>"
+            + "".join(f"<th>{html.escape(h)}</th>" for h in objs[0])
+            + "</tr>"
+        ]
+        page += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in objs[1]]
+        page.append("</table>")
     page += [f"<img src='{html.escape(name)}'>" for name in plots]
     if img is not None:
         b = io.BytesIO()
@@ -389,6 +447,11 @@ def write_outputs(out: Path, jobs: list[Job], img: Optional[Image.Image], over: 
 
 def seeds_markdown(agg, over) -> str:
     return f"Mean ± sample standard deviation over {', '.join(over)}:\n\n" + markdown(agg[0], agg[1])
+
+
+def objects_markdown(objs, over) -> str:
+    how = f"mean ± sd over {', '.join(over)}" if over else "one job each"
+    return f"Judge attribution per object, mean over styles ({how}), least first:\n\n" + markdown(objs[0], objs[1])
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -424,6 +487,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise SystemExit(f"error: --over {k}: not a swept key of these jobs ({', '.join(differing) or 'none'})")
     if over:
         print("\n" + seeds_markdown(aggregate(jobs, list(over)), over), end="")
+    objs = objects_table(jobs, list(over))
+    if objs:
+        print("\n" + objects_markdown(objs, over), end="")
     for path in write_outputs(args.out or sweeps[0], jobs, grid(ordered), over):
         print(f"wrote {path}", file=sys.stderr)
     return 0

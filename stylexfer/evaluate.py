@@ -74,6 +74,9 @@ def evaluate(
         if "clip_r" in scores:
             retrieved.append((scores["clip_r"], len(images)))
         per_style[s.id] = {**scores, **_final(scores), "images": len(images)}
+        by_object = scorer.score_objects(images, s.images, objects)
+        if by_object:
+            per_style[s.id]["per_object"] = by_object
         log.info("scores %s: %s", s.id, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
     ok = [v for v in per_style.values() if "error" not in v]
     overall = {
@@ -91,6 +94,7 @@ def evaluate(
     return {
         "metrics": list(ev.metrics),
         "diagnostics": list(scorer.diagnostics),
+        "objects": objects_across_styles(per_style),
         "models": scorer.models,
         "fid_dims": ev.fid_dims,
         "clip_r_top_k": ev.clip_r_top_k,
@@ -98,6 +102,19 @@ def evaluate(
         "overall": overall,
         "unavailable": {m: why[m] for m in ev.metrics if m in why},
     }
+
+
+def objects_across_styles(per_style: dict) -> dict:
+    """{diagnostic: {object: {style id: value, ..., "mean": mean over the styles that drew it}}}."""
+    out: dict = {}
+    for sid, st in per_style.items():
+        for m, by_object in st.get("per_object", {}).items():
+            for o, v in by_object.items():
+                out.setdefault(m, {}).setdefault(o, {})[sid] = v
+    for by_object in out.values():
+        for row in by_object.values():
+            row["mean"] = float(np.mean(list(row.values())))
+    return {m: dict(sorted(rows.items(), key=lambda kv: (kv[1]["mean"], kv[0]))) for m, rows in out.items()}
 
 
 def _final(scores: dict) -> dict:
@@ -131,6 +148,19 @@ def markdown(doc: dict, title: str) -> str:
             f"Diagnostic (not in the final score): {d} "
             + ", ".join(f"{sid} {fmt(st.get(d))}" for sid, st in doc["styles"].items())
             + f", overall {fmt(ov.get(d))}",
+        ]
+    for d, rows in doc.get("objects", {}).items():
+        sids = list(doc["styles"])
+        lines += [
+            "",
+            f"{d} per object (least first: the objects that resist the style):",
+            "",
+            "| object | " + " | ".join(sids) + " | mean |",
+            "|---|" + "---|" * (len(sids) + 1),
+        ]
+        lines += [
+            f"| {o} | " + " | ".join(fmt(row.get(sid)) for sid in sids) + f" | {fmt(row['mean'])} |"
+            for o, row in rows.items()
         ]
     if doc["unavailable"]:
         lines += ["", "Unavailable (the final score needs all six):"] + [

@@ -133,6 +133,12 @@ class Scorer:
     models: dict  # metric -> the id/path it used
     # scores beside the six that the final score does not use (world suite: the judge's style attribution)
     diagnostics: dict = field(default_factory=dict)
+    # diagnostics per object: name -> f(generated, references, objects=...) -> {object: value}
+    per_object: dict = field(default_factory=dict)
+
+    def score_objects(self, generated, references, objects) -> dict:
+        """{diagnostic: {object: value}} for one style's images (empty where the suite has none)."""
+        return {m: f(generated, references, objects=objects) for m, f in self.per_object.items()}
 
     def score_style(self, generated, references, objects, skip: Sequence[str] = ()) -> dict:
         return {

@@ -138,3 +138,37 @@ def test_a_swept_seed_is_averaged_over_mean_and_sample_sd_best_mean_first(tmp_pa
     assert not (sweep / "compare_seeds.csv").exists() and list(sweep.glob("plot_train-seed_*.png"))
     with pytest.raises(SystemExit, match="--over lora.unet_lora_rank: not a swept key"):
         compare.main([str(sweep), "--over", "lora.unet_lora_rank"])
+
+
+def test_objects_that_resist_the_style_are_one_table_least_first(tmp_path, capsys):
+    """Jobs whose scores.json has attribution per object: compare_objects.{md,csv} has one row per object, one
+    column per setting (mean ± sd over the seeds, best final first), the least-attributed object first; the page
+    shows it."""
+    pd = pytest.importorskip("pandas")
+    sweep = tmp_path / "sw"
+    per_setting = {"none": {"mushroom": 0.0, "cat": 1.0, "umbrella": 0.5}, "styleid": {"mushroom": 0.5, "cat": 1.0}}
+    n = 0
+    for inject, base in per_setting.items():
+        for seed in range(2):
+            job = sweep / str(n)
+            make_job(job, [f"inject={inject}", f"train.seed={seed}"], {"final": 0.2 + n / 100})
+            rows = {o: {"00": v, "01": v, "mean": v + seed / 10} for o, v in base.items()}
+            (job / "scores.json").write_text(json.dumps({"objects": {"attribution": rows}}))
+            n += 1
+    compare.main([str(sweep)])
+    assert "Judge attribution per object" in capsys.readouterr().out
+    df = pd.read_csv(sweep / "compare_objects.csv")
+    assert list(df["object"]) == ["mushroom", "umbrella", "cat"]
+    assert df["inject=none_mean"].tolist() == pytest.approx([0.05, 0.55, 1.05])
+    assert df["inject=none_sd"].tolist() == pytest.approx([0.0707107] * 3)
+    assert df["inject=styleid_mean"].tolist()[0] == pytest.approx(0.55) and pd.isna(df["inject=styleid_mean"][1])
+    md = (sweep / "compare_objects.md").read_text()
+    assert "| object | inject=styleid | inject=none |" in md  # settings in the table's order: best final first
+    assert "| mushroom | 0.55 ± 0.07 | 0.05 ± 0.07 |" in md and "| umbrella | — | 0.55 ± 0.07 |" in md
+    assert "attribution per object" in (sweep / "compare.html").read_text()
+
+
+def test_no_per_object_scores_no_objects_table(tmp_path):
+    rank_sweep(tmp_path / "sw")
+    compare.main([str(tmp_path / "sw")])
+    assert not (tmp_path / "sw" / "compare_objects.md").exists()

@@ -17,11 +17,13 @@ from stylexfer.world import Pose, render
 from stylexfer.world.judge import ASSETS, load_judge
 from stylexfer.world.metrics import (
     WorldJudge,
+    attribution_per_object,
     feature_fid,
     object_retrieval,
     perceptual_distance,
     quality,
     style_similarity,
+    style_attribution,
 )
 
 NAMES = ["bird", "boat", "car", "cat", "cup", "fish", "house", "lamp", "mushroom", "phone"]
@@ -92,6 +94,26 @@ def test_metrics_move_the_right_way_on_damaged_copies(judge):
 
 
 @pytest.mark.slow
+def test_attribution_per_object_finds_the_objects_drawn_in_another_style(judge):
+    """Two of ten objects drawn in another held-out style are the ones at 0; the per-object shares average to the
+    style's attribution (one image per object)."""
+    from stylexfer.world import HELD_OUT_STYLES
+
+    dots, neon = (next(s for s in HELD_OUT_STYLES if s.name == n) for n in ("dots", "neon"))
+    refs = _set(dots, seed=1)
+    generated = _set(dots, seed=2)
+    for i, o in enumerate(NAMES):
+        if o in ("cat", "cup"):
+            generated[i] = _set(neon, seed=2)[i]
+    per = attribution_per_object(judge, generated, refs, objects=NAMES)
+    assert list(per) == sorted(NAMES)
+    assert per["cat"] == 0.0 and per["cup"] == 0.0
+    assert sum(per[o] for o in NAMES if o not in ("cat", "cup")) >= 7  # the judge gets dots right on 7 of 8 or more
+    assert np.mean(list(per.values())) == pytest.approx(style_attribution(judge, generated, refs))
+    twice = attribution_per_object(judge, generated + generated[:2], refs, objects=NAMES + NAMES[:2])
+    assert twice == per  # two images of an object: the share of its images, here the same
+
+
 def test_evaluate_with_the_world_suite_scores_all_six_and_ranks_real_pictures_above_noise(tmp_path):
     """python -m stylexfer.evaluate eval.suite=world: held-out styles' own pictures (other poses) as the
     'generated' images get every metric and a final score, well above pure noise in the same layout."""
@@ -134,5 +156,14 @@ def test_evaluate_with_the_world_suite_scores_all_six_and_ranks_real_pictures_ab
         assert set(doc["overall"]) >= {"dino", "hist", "lpips", "clip_r", "fid", "clip_iqa", "final"}
         assert doc["unavailable"] == {} and "pocket judge" in doc["models"]["dino"]
         finals[name] = doc["overall"]
+        rows = doc["objects"]["attribution"]
+        drawn = {o for st in ("dots", "neon") for o in doc["styles"][st]["per_object"]["attribution"]}
+        assert set(rows) == drawn and (name != "noise" or drawn == set(NAMES[:6]))
+        for r in rows.values():  # each object's styles and their mean
+            assert "mean" in r and set(r) - {"mean"} <= {"dots", "neon"}
+            assert r["mean"] == pytest.approx(np.mean([v for k, v in r.items() if k != "mean"]))
+        means = [r["mean"] for r in rows.values()]
+        assert means == sorted(means)  # least first
+        assert "attribution per object (least first" in (tmp_path / f"eval-{name}" / "scores.md").read_text()
     assert finals["good"]["final"] > 2 * finals["noise"]["final"]
     assert finals["good"]["clip_r"] > 0.8 > finals["noise"]["clip_r"]

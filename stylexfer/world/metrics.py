@@ -108,6 +108,17 @@ def style_attribution(judge: WorldJudge, generated, references, **_) -> float:
     return float((judge(generated)["style"].argmax(1) == ref).float().mean())
 
 
+def attribution_per_object(judge: WorldJudge, generated, references, *, objects: Sequence[str], **_) -> dict:
+    """{object: share of its images the style head assigns to the references' style}: which objects resist
+    the style."""
+    ref = torch.bincount(judge(references)["style"].argmax(1)).argmax()
+    hits = (judge(generated)["style"].argmax(1) == ref).tolist()
+    out: dict[str, list] = {}
+    for o, h in zip(objects, hits):
+        out.setdefault(o, []).append(float(h))
+    return {o: float(np.mean(v)) for o, v in sorted(out.items())}
+
+
 def run_attribution(run_dir, judge: WorldJudge | None = None) -> dict:
     """{style id: attribution} for a finished run's images against its data's images, and their mean."""
     import json
@@ -185,6 +196,7 @@ class WorldSuite:
             unavailable={},
             models=models,
             diagnostics={"attribution": partial(style_attribution, judge)},
+            per_object={"attribution": partial(attribution_per_object, judge)},
         )
 
 
