@@ -22,8 +22,8 @@ from stylexfer.world.metrics import (
     object_retrieval,
     perceptual_distance,
     quality,
-    style_similarity,
     style_attribution,
+    style_similarity,
 )
 
 NAMES = ["bird", "boat", "car", "cat", "cup", "fish", "house", "lamp", "mushroom", "phone"]
@@ -167,3 +167,38 @@ def test_evaluate_with_the_world_suite_scores_all_six_and_ranks_real_pictures_ab
         assert "attribution per object (least first" in (tmp_path / f"eval-{name}" / "scores.md").read_text()
     assert finals["good"]["final"] > 2 * finals["noise"]["final"]
     assert finals["good"]["clip_r"] > 0.8 > finals["noise"]["clip_r"]
+
+
+def test_the_vae_ceiling_of_the_demo_styles_and_a_codec_that_loses_them(tmp_path):
+    """python -m stylexfer.world ceiling: the shipped pocket VAE keeps every demo style (mosaic included: its
+    failure is not the codec's; observed 1.00 for all three); a VAE with random weights in the same layout loses
+    them (observed 0.33: all images fall to one style), so the measure can fail."""
+    import subprocess
+    import sys
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    from stylexfer.embedded import pocket_model_dir
+    from stylexfer.world.check import vae_ceiling
+
+    res = subprocess.run(
+        [sys.executable, "-m", "stylexfer.world", "ceiling", "--out", str(tmp_path / "ceiling.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    rec = json.loads((tmp_path / "ceiling.json").read_text())
+    assert set(rec["styles"]) == {"00", "01", "02"}
+    for r in rec["styles"].values():
+        assert r["raw"] == 1.0 and r["vae"] >= 0.9
+        assert len(r["vae_per_object"]) == 10
+    assert "01: own images 1.00, after the VAE" in res.stdout
+
+    broken = tmp_path / "broken"
+    shutil.copytree(pocket_model_dir() / "unet", broken / "unet")
+    torch.manual_seed(0)
+    AutoencoderKL.from_config(AutoencoderKL.load_config(pocket_model_dir() / "vae")).save_pretrained(broken / "vae")
+    lost = vae_ceiling(folder=broken)
+    assert lost["mean"]["raw"] == 1.0 and lost["mean"]["vae"] < 0.7, lost["mean"]

@@ -1,7 +1,8 @@
 """``python -m stylexfer.world sheet OUT.png`` (every object in every style) | ``styles ROOT`` (held-out styles
 in the competition layout) | ``judge --out DIR`` (train the pocket judge) | ``pretrain --out DIR`` (the pocket
 base model) | ``check [--model DIR]`` (the judge's object accuracy on a base model's samples) |
-``attribution RUN...`` (the judge's style attribution of runs' images)."""
+``attribution RUN...`` (the judge's style attribution of runs' images) | ``ceiling [--model DIR] [--data ROOT]``
+(the attribution of the styles' own images after the VAE's round trip: what no sampler can beat)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,14 @@ def main(argv=None) -> int:
         "to the style of the data's own images)",
     )
     a.add_argument("runs", type=Path, nargs="+", help="run folders (with summary.json and images/)")
+    v = sub.add_parser(
+        "ceiling",
+        help="the judge's attribution of the styles' own images after a round trip through the model's VAE",
+    )
+    v.add_argument("--model", type=Path, default=None, help="a diffusers folder (default: the shipped pocket model)")
+    v.add_argument("--data", type=Path, default=None, help="styles in the competition layout (default: the demo's)")
+    v.add_argument("--device", default="cpu")
+    v.add_argument("--out", type=Path, default=None, help="write the record (JSON) here")
     d = sub.add_parser("styles", help="held-out styles in the competition layout")
     d.add_argument("root", type=Path)
     d.add_argument("--styles", nargs="+", default=list(DEMO_HELD_OUT))
@@ -121,6 +130,20 @@ def main(argv=None) -> int:
         for run in args.runs:
             r = run_attribution(run, judge)
             print(f"{run}: mean {r['mean']:.3f} (" + ", ".join(f"{k} {v:.2f}" for k, v in r["styles"].items()) + ")")
+    elif args.cmd == "ceiling":
+        from ..store import atomic_write_json
+        from .check import vae_ceiling
+
+        rec = vae_ceiling(args.data, args.model, args.device)
+        if args.out:
+            atomic_write_json(args.out, rec)
+        for sid, r in rec["styles"].items():
+            low = [o for o, v in r["vae_per_object"].items() if v < 1]
+            print(
+                f"{sid}: own images {r['raw']:.2f}, after the VAE {r['vae']:.2f}"
+                + (f" (lost: {', '.join(low)})" if low else "")
+            )
+        print(f"mean: own images {rec['mean']['raw']:.2f}, after the VAE {rec['mean']['vae']:.2f} ({rec['model']})")
     elif args.cmd == "sheet":
         sheet(args.size).save(args.out)
         print(f"{args.out}: {len(OBJECTS)} objects x {len(STYLES)} styles")

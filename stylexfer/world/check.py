@@ -8,6 +8,7 @@ base styles only: none of its samples should be attributed to a held-out style).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -83,3 +84,54 @@ def check_grid(images: list, per_object: int):
         for i in range(0, len(images), per_object)
     ]
     return Image.fromarray(np.concatenate(cols, 1))
+
+
+def vae_ceiling(root: Optional[Path] = None, folder: Optional[Path] = None, device: str = "cpu") -> dict:
+    """The attribution no sampler can beat: the judge's attribution of each style's own images, as they are and
+    after a round trip through the model's VAE (encode, decode), against the images as they are; per style and
+    per object. A style that fails after the round trip is lost in the codec, not in training or sampling.
+
+    ``root``: a data folder in the competition layout (default: the embedded demo's styles); ``folder``: a
+    diffusers model folder (default: the shipped pocket model)."""
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from ..data import center_crop, discover_styles, resize_shorter
+    from ..embedded import DEMO_IDS, pocket_model_dir
+    from .dataset import write_demo
+    from .metrics import WorldJudge, attribution_per_object, style_attribution
+
+    folder = Path(folder) if folder else pocket_model_dir()
+    vae = AutoencoderKL.from_pretrained(folder / "vae", use_safetensors=True).to(device).eval()
+    judge = WorldJudge(device)
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    size = unet["sample_size"] * 2 ** (len(vae.config.block_out_channels) - 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        if root is None:
+            root = Path(tmp) / "demo"
+            write_demo(root, DEMO_IDS)
+        styles = discover_styles(Path(root), None)
+        out = {}
+        for s in styles:
+            shown = [center_crop(resize_shorter(i, size), size) for i in s.images]
+            x = torch.stack([torch.from_numpy(np.asarray(i, np.float32)) for i in shown])
+            x = (x.permute(0, 3, 1, 2) / 127.5 - 1).to(device)
+            with torch.no_grad():
+                y = vae.decode(vae.encode(x).latent_dist.mode()).sample
+            arr = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+            trip = [Image.fromarray(a) for a in arr]
+            out[s.id] = {
+                "raw": style_attribution(judge, shown, shown),
+                "vae": style_attribution(judge, trip, shown),
+                "vae_per_object": attribution_per_object(judge, trip, shown, objects=s.image_objects),
+            }
+    return {
+        "model": str(folder),
+        "data": str(root),
+        "judge": judge.label,
+        "styles": out,
+        "mean": {k: float(np.mean([v[k] for v in out.values()])) for k in ("raw", "vae")},
+    }
