@@ -195,6 +195,30 @@ class InjectConfig:
     reference_images: Optional[int] = None  # how many of a style's images serve as references (null = all)
 
 
+class ControlMode(str, Enum):
+    none = "none"  # the sampler as it is
+    canny = "canny"  # a ControlNet on OpenCV's Canny edges of the structure image
+
+
+@dataclass
+class ControlConfig:
+    """Structure control (stylexfer/control.py): a ControlNet holds each object's structure (the edges of a
+    content image) while the style's adapter paints it."""
+
+    mode: ControlMode = ControlMode.none
+    # base = a first pass draws each object with the base model (no adapter, control.base_prompt, the object's
+    # own seed) and its edges condition the second; a folder = content images named by object
+    source: str = "base"
+    base_prompt: str = "an image of {object}"  # the first pass's prompt: the training prompt without the style
+    # a local diffusers ControlNet folder for the base model; null = the shipped pocket ControlNet (model=pocket)
+    model: Optional[str] = None
+    scale: float = 1.0  # the ControlNet residuals' weight (controlnet_conditioning_scale)
+    start: float = 0.0  # the share of the sampling steps before it acts
+    end: float = 1.0  # ... and after which it stops
+    low_threshold: int = 100  # Canny's hysteresis thresholds
+    high_threshold: int = 200
+
+
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -370,6 +394,7 @@ class StylexferConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     inject: InjectConfig = field(default_factory=InjectConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -483,6 +508,32 @@ def validate_inject(inj, backend: str) -> None:
         inj.reference_images,
         "must be >= 1 or null (all)",
     )
+
+
+def validate_control(ctl, backend: str) -> None:
+    """Ranges of the control group; the folders (model, source) are checked once the run starts."""
+    if ctl.mode == ControlMode.none:
+        return
+    _check(
+        backend == "torch",
+        "control.mode",
+        value(ctl.mode),
+        f"structure control runs on the PyTorch backend only (backend={backend}; the ControlNet is diffusers')",
+    )
+    _check(ctl.scale >= 0, "control.scale", ctl.scale, "must be >= 0")
+    _check(
+        0.0 <= ctl.start < ctl.end <= 1.0,
+        "control.start",
+        f"{ctl.start} (end {ctl.end})",
+        "needs 0 <= start < end <= 1",
+    )
+    _check(
+        0 <= ctl.low_threshold <= ctl.high_threshold,
+        "control.low_threshold",
+        ctl.low_threshold,
+        f"needs 0 <= low_threshold <= high_threshold ({ctl.high_threshold})",
+    )
+    _check("{object}" in ctl.base_prompt, "control.base_prompt", ctl.base_prompt, "must contain {object}")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -599,6 +650,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.sample.batch_size >= 1, "sample.batch_size", cfg.sample.batch_size, "must be >= 1")
     validate_eval(cfg.eval)
     validate_inject(cfg.inject, cfg.backend.name)
+    validate_control(cfg.control, cfg.backend.name)
     _check(
         cfg.model.dtype in ("auto", "float32", "float16", "bfloat16"),
         "model.dtype",

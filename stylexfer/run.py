@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from . import faults, inject
+from . import control, faults, inject
 from .app import is_multirun, swept_values
 from .backends import BackendFactory, LazyBackend
 from .card import write_cards
@@ -118,6 +118,7 @@ def run(cfg: DictConfig) -> dict:
     log.info("data: %d style(s) from %s: %s", len(styles), data_root, ", ".join(s.id for s in styles))
     resolved = resolve_model(cfg.model, cache)
     inject.check(cfg.inject, resolved.folder, {s.id: len(s.images) for s in styles})
+    control.check(cfg.control, cfg.model.name, styles)
     # metric weights too: a missing model fails the run now, not after an hour of training
     demo = cfg.model.path is None
     unavailable = preflight(cfg.eval, demo)
@@ -411,6 +412,8 @@ def _run_style(
         _copy_in(sdir / "init", run_dir, f"init/{style.id}", copies)
         st["init_image"] = f"init/{style.id}/average.png"
         avg = [("average", load_image(run_dir / st["init_image"]))]
+    if (sdir / "control").is_dir():  # the control images (structure control)
+        _copy_in(sdir / "control", run_dir, f"control/{style.id}", copies)
     return style.id, avg + [(r.object, img) for r, img in zip(records, generated)]
 
 

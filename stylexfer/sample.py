@@ -20,10 +20,10 @@ from typing import Callable, Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from . import faults, inject
+from . import control, faults, inject
 from .config import InitMode, InjectReference, value
-from .data import Style, average_image, fit_square
-from .store import atomic_save_image, build_once, stable_hash
+from .data import Style, average_image, fit_square, load_image
+from .store import atomic_save_image, build_once, file_digest, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,93 @@ def sample_spec(style: Style, cfg, adapter_key: Optional[str], model_identity: s
         "dtype": str(cfg.model.dtype),
         # style injection: present only when on, so the keys of every run without it stay as they were
         **({"inject": inject.spec(cfg.inject)} if inject.on(cfg.inject) else {}),
+        # structure control: likewise
+        **({"control": control_spec(style, cfg, model_identity)} if control.on(cfg.control) else {}),
     }
+
+
+def structure_jobs(style: Style, cfg) -> list[list]:
+    """The first pass's ``[prompt, seed]`` for each of the style's images (``control.source=base``), in the order
+    of :func:`sample_jobs`: the object's base prompt and a seed of the object's own, not the style's, so that
+    every style (and run) that asks for an object shares its drawing."""
+    return [
+        [cfg.control.base_prompt.format(object=obj), image_seed(cfg.sample.seed, "structure", obj, k)]
+        for obj in style.objects
+        for k in range(cfg.sample.images_per_prompt)
+    ]
+
+
+def structure_settings(cfg, model_identity: str) -> dict:
+    """What determines a first-pass drawing beside its prompt and seed (the key of its stage in the store)."""
+    return {
+        "backend": cfg.backend.name,
+        "model": model_identity,
+        "sampler": value(cfg.scheduler.name),
+        "steps": cfg.scheduler.steps,
+        "guidance_scale": cfg.scheduler.guidance_scale,
+        "resolution": cfg.model.resolution,
+        "batch_size": cfg.sample.batch_size,
+        "dtype": str(cfg.model.dtype),
+    }
+
+
+def control_spec(style: Style, cfg, model_identity: str) -> dict:
+    ctl = cfg.control
+    if ctl.source == "base":
+        structure = {"key": stable_hash(structure_settings(cfg, model_identity)), "jobs": structure_jobs(style, cfg)}
+    else:
+        files = control.content_files(Path(ctl.source), style.objects, style.object_files)
+        structure = {
+            "dir": str(Path(ctl.source).expanduser().resolve()),
+            "digests": [file_digest(files[o]) for o in style.objects],
+        }
+    return control.spec(ctl, control.identity(control.model_folder(ctl, cfg.model.name)), structure)
+
+
+def ensure_structure(backend, cfg, structure: dict, cache_dir: Path) -> list:
+    """The first pass (``control.source=base``): each job's drawing by the base model, from the store's
+    ``structure/<key>/`` where it is there (one file per prompt and seed, written atomically, shared by every
+    style and run), made in batches where it is not."""
+    folder = Path(cache_dir) / "structure" / structure["key"]
+    names = [stable_hash(job, 16) + ".png" for job in structure["jobs"]]
+    todo = sorted({n: job for n, job in zip(names, structure["jobs"]) if not (folder / n).exists()}.items())
+    if todo:
+        log.info("structure: drawing %d object(s) with the base model (first pass, %s)", len(todo), structure["key"])
+        chunk = cfg.sample.batch_size
+        with backend.generate(
+            sampler=value(cfg.scheduler.name),
+            steps=cfg.scheduler.steps,
+            guidance_scale=cfg.scheduler.guidance_scale,
+            resolution=cfg.model.resolution,
+            adapter_dir=None,
+            fuse_lora=cfg.sample.fuse_lora,
+            compile=cfg.sample.compile,
+        ) as make:
+            for i in tqdm(range(0, len(todo), chunk), desc="structure", unit="batch", leave=False):
+                part = todo[i : i + chunk]
+                for (n, _), img in zip(part, make([j[0] for _, j in part], [j[1] for _, j in part])):
+                    atomic_save_image(img, folder / n)
+    return [load_image(folder / n) for n in names]
+
+
+def control_request(backend, style: Style, cfg, spec: dict, cache_dir: Path) -> tuple[dict, list]:
+    """What the backend needs to hold ``style``'s structure (the ControlNet and its settings) and each job's
+    control image: the edges of its first-pass drawing, or of its object's content image."""
+    ctl, res = cfg.control, cfg.model.resolution
+    st = spec["control"]["structure"]
+    if "key" in st:
+        content = ensure_structure(backend, cfg, st, cache_dir)
+    else:
+        files = control.content_files(Path(ctl.source), style.objects, style.object_files)
+        content = [load_image(files[o]) for o in style.objects for _ in range(cfg.sample.images_per_prompt)]
+    controls = [control.control_image(img, ctl, res) for img in content]
+    request = {
+        "model": control.model_folder(ctl, cfg.model.name),
+        "scale": ctl.scale,
+        "start": ctl.start,
+        "end": ctl.end,
+    }
+    return request, controls
 
 
 def injection_request(style: Style, cfg, spec: dict, cache_dir: Path, init) -> tuple[dict, list[int]]:
@@ -156,13 +242,18 @@ def ensure_samples(
 
     def build(tmp: Path) -> None:
         init = average_image(style.images, res) if img2img else None
-        extra, refs = {}, None
+        extra, refs, controls = {}, None, None
         if "inject" in spec:
             extra["inject"], refs = injection_request(style, cfg, spec, cache_dir, init)
+        if "control" in spec:
+            extra["control"], controls = control_request(backend, style, cfg, spec, cache_dir)
 
         def chunk(i: int, j: int):
             prompts, seeds = [b.prompt for b in jobs[i:j]], [b.seed for b in jobs[i:j]]
-            return make(prompts, seeds) if refs is None else make(prompts, seeds, refs[i:j])
+            kw = {"refs": refs[i:j]} if refs is not None else {}
+            if controls is not None:
+                kw["controls"] = controls[i:j]
+            return make(prompts, seeds, **kw)
 
         with backend.generate(
             sampler=value(cfg.scheduler.name),
@@ -189,6 +280,8 @@ def ensure_samples(
             os.replace(partial / n, tmp / "images" / n)
         if init is not None:
             atomic_save_image(init, tmp / "init" / "average.png")
+        for n, img in zip(names, controls or []):  # what held each image's structure
+            atomic_save_image(img, tmp / "control" / n)
 
     path, built = build_once(target, build)
     shutil.rmtree(partial, ignore_errors=True)

@@ -89,7 +89,9 @@ class Backend(ABC):
         denoiser for the context (null = its own choice; scheduling only, the images are the same up to
         float rounding). The model is as it was after the context. A backend that supports style injection
         also takes ``inject`` (:func:`stylexfer.sample.injection_request`); its ``make`` then takes each
-        prompt's reference index as a third argument (the PyTorch backend; the stages pass neither otherwise)."""
+        prompt's reference index as ``refs=`` (the PyTorch backend; the stages pass neither otherwise). Likewise
+        ``control`` (structure control, :func:`stylexfer.sample.control_request`): ``make`` then takes each
+        prompt's control image as ``controls=``."""
 
     @abstractmethod
     def train(

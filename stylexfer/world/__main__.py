@@ -2,7 +2,8 @@
 in the competition layout) | ``judge --out DIR`` (train the pocket judge) | ``pretrain --out DIR`` (the pocket
 base model) | ``check [--model DIR]`` (the judge's object accuracy on a base model's samples) |
 ``attribution RUN...`` (the judge's style attribution of runs' images) | ``ceiling [--model DIR] [--data ROOT]``
-(the attribution of the styles' own images after the VAE's round trip: what no sampler can beat)."""
+(the attribution of the styles' own images after the VAE's round trip: what no sampler can beat) |
+``controlnet --out DIR`` (train the pocket ControlNet on base-style edges; a GPU: minutes)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .controlnet import ControlNetTrainConfig
 from .dataset import DEMO_HELD_OUT, write_styles
 from .pretrain import PretrainConfig
 from .scene import OBJECTS, Pose
@@ -68,6 +70,12 @@ def main(argv=None) -> int:
         "to the style of the data's own images)",
     )
     a.add_argument("runs", type=Path, nargs="+", help="run folders (with summary.json and images/)")
+    n = sub.add_parser("controlnet", help="train the pocket ControlNet on base-style renders' Canny edges (a GPU)")
+    n.add_argument("--out", type=Path, required=True)
+    n.add_argument("--model", type=Path, default=None, help="the base model (default: the shipped pocket model)")
+    n.add_argument("--device", default="cuda")
+    for f in fields(ControlNetTrainConfig):
+        n.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     v = sub.add_parser(
         "ceiling",
         help="the judge's attribution of the styles' own images after a round trip through the model's VAE",
@@ -130,6 +138,19 @@ def main(argv=None) -> int:
         for run in args.runs:
             r = run_attribution(run, judge)
             print(f"{run}: mean {r['mean']:.3f} (" + ", ".join(f"{k} {v:.2f}" for k, v in r["styles"].items()) + ")")
+    elif args.cmd == "controlnet":
+        import logging
+
+        from ..embedded import pocket_model_dir
+        from .controlnet import train_controlnet
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        cfg = ControlNetTrainConfig(**{f.name: getattr(args, f.name) for f in fields(ControlNetTrainConfig)})
+        rec = train_controlnet(args.model or pocket_model_dir(), args.out, cfg, args.device)
+        print(
+            f"{args.out}: {rec['seconds']}; {rec['size_mib']} MiB; final loss {rec['final_loss']}; edge agreement "
+            f"without control {rec['check']['edge_agreement']['without']:.3f}, with {rec['check']['edge_agreement']['with']:.3f}"
+        )
     elif args.cmd == "ceiling":
         from ..store import atomic_write_json
         from .check import vae_ceiling

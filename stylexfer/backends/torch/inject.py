@@ -290,7 +290,7 @@ def injecting(pipe, c, request: dict, *, steps: int, strength: float, img2img: b
     """A ``make(prompts, seeds, refs)`` for :func:`stylexfer.backends.torch.sample.sampling` that samples with
     style injection. ``request``: ``spec`` (:func:`stylexfer.inject.spec`), ``references`` (PIL images at the
     sampling resolution), ``bank_dir`` (where the store keeps their banks, or None); ``run(prompts, seeds)``:
-    one pipeline call."""
+    one pipeline call (``controls=``: its control images, with structure control)."""
     from ...inject import chosen_layers
 
     spec = request["spec"]
@@ -307,7 +307,7 @@ def injecting(pipe, c, request: dict, *, steps: int, strength: float, img2img: b
     with installed(c.unet, state):
         top = fill_banks(c, state, request["references"], list(ts), pipe.scheduler.alphas_cumprod, request["bank_dir"])
 
-        def make(prompts, seeds, refs=None):
+        def make(prompts, seeds, refs=None, controls=None):
             n = len(prompts)
             state.refs = torch.tensor(list(refs) if refs is not None else [0] * n)
             twin = 2 if state.twin else 1
@@ -316,7 +316,8 @@ def injecting(pipe, c, request: dict, *, steps: int, strength: float, img2img: b
             with match:
                 state.mode = "inject"
                 try:
-                    images = run(list(prompts) * twin, list(seeds) * twin)
+                    more = {"controls": list(controls) * twin} if controls is not None else {}
+                    images = run(list(prompts) * twin, list(seeds) * twin, **more)
                 finally:
                     state.mode = None
             return images[rows]

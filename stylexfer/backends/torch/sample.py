@@ -48,11 +48,21 @@ def make_scheduler(name: SamplerName | str, base_config: dict):
     return PNDMScheduler.from_config(config, skip_prk_steps=True)
 
 
-def make_pipeline(components: Components, sampler: SamplerName | str, img2img: bool = False):
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+def make_pipeline(components: Components, sampler: SamplerName | str, img2img: bool = False, controlnet=None):
+    from diffusers import (
+        StableDiffusionControlNetImg2ImgPipeline,
+        StableDiffusionControlNetPipeline,
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionPipeline,
+    )
 
-    cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
+    if controlnet is not None:
+        cls = StableDiffusionControlNetImg2ImgPipeline if img2img else StableDiffusionControlNetPipeline
+        extra = {"controlnet": controlnet}
+    else:
+        cls, extra = (StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline), {}
     pipe = cls(
+        **extra,
         vae=components.vae,
         text_encoder=components.text_encoder,
         tokenizer=components.tokenizer,
@@ -75,8 +85,11 @@ def generate(
     resolution: int,
     init_image: Optional[Image.Image] = None,
     strength: float = 1.0,
+    control: Optional[dict] = None,
+    control_images: Optional[Sequence[Image.Image]] = None,
 ) -> list[Image.Image]:
-    """One batched pipeline call; each image has its own CPU generator (device-independent noise)."""
+    """One batched pipeline call; each image has its own CPU generator (device-independent noise). With a
+    ControlNet pipeline, ``control_images`` (one per prompt) and ``control``'s ``scale``/``start``/``end``."""
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     kwargs = dict(
         prompt=list(prompts),
@@ -85,10 +98,34 @@ def generate(
         generator=generators,
         output_type="pil",
     )
+    if control_images is not None:
+        kwargs.update(
+            controlnet_conditioning_scale=float(control["scale"]),
+            control_guidance_start=float(control["start"]),
+            control_guidance_end=float(control["end"]),
+        )
     with torch.inference_mode():
+        if control_images is not None and init_image is None:
+            return pipe(image=list(control_images), height=resolution, width=resolution, **kwargs).images
+        if control_images is not None:
+            return pipe(
+                image=[init_image] * len(prompts), control_image=list(control_images), strength=strength, **kwargs
+            ).images
         if init_image is None:
             return pipe(height=resolution, width=resolution, **kwargs).images
         return pipe(image=[init_image] * len(prompts), strength=strength, **kwargs).images
+
+
+def load_controlnet(c: Components, folder: Path):
+    """The ControlNet in ``folder`` (diffusers layout, safetensors only) on the components' device and dtype,
+    loaded once per folder."""
+    from diffusers import ControlNetModel
+
+    key = ("controlnet", str(Path(folder).resolve()))
+    if key not in c.extra:
+        net = ControlNetModel.from_pretrained(str(folder), torch_dtype=c.dtype, use_safetensors=True)
+        c.extra[key] = net.to(c.device).eval().requires_grad_(False)
+    return c.extra[key]
 
 
 def fuse_exactly(pipe, adapter_name: str) -> list:
@@ -166,17 +203,21 @@ def sampling(
     strength: float = 1.0,
     compile: Optional[bool] = None,
     inject: Optional[dict] = None,
+    control: Optional[dict] = None,
 ):
     """:meth:`stylexfer.backends.Backend.generate` on the PyTorch backend: one pipeline, the adapter loaded
     (and fused) for the context's duration; the base weights are exactly as before afterwards. With the
     adapter fused (or none), peft's wrappers are swapped for their base layers and the UNet may run compiled
     for the first call's batch shape (``compile``: null = when the compile cache holds it, :mod:`.compiled`).
-    ``inject``: style injection (:func:`.inject.injecting`), which samples eagerly."""
+    ``inject``: style injection (:func:`.inject.injecting`), which samples eagerly. ``control``: structure
+    control (``model``: a ControlNet folder, ``scale``, ``start``, ``end``); ``make`` then takes each prompt's
+    control image (``controls=``), and samples eagerly."""
     from ...backends import ADAPTER_FILE
     from . import compiled
     from .train import load_peft_adapter, remove_adapters
 
-    pipe = make_pipeline(c, sampler, img2img=init_image is not None)
+    net = load_controlnet(c, control["model"]) if control is not None else None
+    pipe = make_pipeline(c, sampler, img2img=init_image is not None, controlnet=net)
     name = "stylexfer"
     base = None
     # LoHa/LoKr files go through peft (diffusers' LoRA loader does not read them); LoRA and DoRA through
@@ -194,14 +235,16 @@ def sampling(
         if plain:
             stack.enter_context(plain_layers(pipe))
 
-        def run(prompts, seeds):  # one pipeline call with the context's settings
-            return generate(pipe, prompts, seeds, steps, guidance_scale, resolution, init_image, strength)
+        def run(prompts, seeds, controls=None):  # one pipeline call with the context's settings
+            return generate(
+                pipe, prompts, seeds, steps, guidance_scale, resolution, init_image, strength, control, controls
+            )
 
+        if compile and (inject is not None or control is not None):
+            log.info("style injection and structure control sample with the eager UNet")
         if inject is not None:
             from .inject import injecting
 
-            if compile:
-                log.info("style injection samples with the eager UNet (its processors read per-step state)")
             yield stack.enter_context(
                 injecting(
                     pipe,
@@ -213,6 +256,9 @@ def sampling(
                     run=run,
                 )
             )
+            return
+        if control is not None:
+            yield run
             return
         chosen: dict = {}
 
