@@ -148,4 +148,3 @@ def spec(ctl, controlnet: str, structure: Optional[str]) -> dict:
         "start": float(ctl.start),
         "end": float(ctl.end),
     }
-

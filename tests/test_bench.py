@@ -325,3 +325,18 @@ def test_the_inductor_variants_name_real_settings_and_the_part_needs_a_gpu(tmp_p
         with pytest.raises(SystemExit, match="--part inductor: .* no CUDA device here"):
             bench.main(["--arch", str(arch), "--part", "inductor", "--work", str(tmp_path / "w")])
         assert not (tmp_path / "w").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_bench_remedies_times_plain_injection_and_control_sampling(tmp_path, capsys):
+    """--part remedies: one style's sampling plain, injected (with its bank's size) and controlled, each in a
+    store of its own, the added seconds per image against plain."""
+    out = tmp_path / "r.json"
+    assert bench.main(small_run(tmp_path, out, 2) + ["--part", "remedies"]) == 0
+    rows = json.loads(out.read_text())["remedies"]["rows"]
+    assert list(rows) == list(bench.REMEDIES)
+    assert all(r["style_s"] > 0 and r["per_image_s"] > 0 for r in rows.values())
+    assert rows["plain"]["bank_gib"] == 0 and rows["plain"]["added_per_image_s"] == 0
+    inj = rows["inject (StyleID defaults: each image its own reference, twin)"]
+    assert inj["bank_gib"] > 0 and rows["inject (the average image)"]["bank_gib"] < inj["bank_gib"]
+    assert "| control (canny; first pass + ControlNet) |" in capsys.readouterr().out

@@ -247,3 +247,21 @@ def test_the_injection_table_rows_are_the_safe_strategy_with_or_without_injectio
         assert c.lora.unet_lora_rank == 32 and c.sample.seed == 1
         assert (c.inject.mode.value == "styleid") == (row != "safe")
     assert compose(["+ablation=injection", "+injection=styleid_untrained"]).train.steps == 0
+
+
+def test_the_control_table_rows_are_the_safe_strategy_with_or_without_control_prior_and_injection():
+    """+ablation=control: rows (experiments/structure/) × 3 seeds; every row is the safe strategy, its name says
+    what it adds (control, no prior, injection) and its config does exactly that."""
+    cfg = compose(["+ablation=control"], hydra=True)
+    params = dict(cfg.hydra.sweeper.params)
+    rows = params["+structure"].split(",")
+    assert set(params) == {"+structure", "train.seed"} and params["train.seed"] == "0,1,2"
+    assert {p.stem for p in (CONF.parent / "experiments" / "structure").glob("*.yaml")} == set(rows)
+    for row in rows:
+        c = compose(["+ablation=control", f"+structure={row}", "train.seed=2"])
+        validate(c)
+        assert c.lora.unet_lora_rank == 32 and c.train.steps == 800 and c.sample.seed == 2
+        assert (c.control.mode.value == "canny") == ("control" in row)
+        assert (c.prior.mode.value == "none") == ("no_prior" in row)
+        assert (c.inject.mode.value == "styleid") == ("styleid" in row)
+        assert c.control.scale == (0.5 if row.endswith("_05") else 1.0)

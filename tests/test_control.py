@@ -189,7 +189,7 @@ def test_folders_the_run_cannot_use_fail_naming_the_key(tmp_path, demo_root):
     Image.new("RGB", (64, 64)).save(content / f"{styles[0].object_files[0]}.png")
     with pytest.raises(ConfigError, match=r"^control\.source=.*content: no content image for " + styles[0].objects[1]):
         control.check(compose(["control=canny", f"control.source={content}"]).control, "pocket", styles)
-    for o, stem in zip(styles[0].objects, styles[0].object_files):
+    for stem in styles[0].object_files:
         Image.new("RGB", (64, 64)).save(content / f"{stem}.png")
     assert control.check(compose(["control=canny", f"control.source={content}"]).control, "pocket", styles)
     with pytest.raises(ConfigError, match=r"^control\.model: required for model=sd21"):

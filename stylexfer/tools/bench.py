@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -793,6 +794,70 @@ def inductor_trial(args, c, styles) -> dict:
     return out
 
 
+REMEDIES = {
+    "plain": [],
+    "inject (StyleID defaults: each image its own reference, twin)": ["inject=styleid"],
+    "inject (the average image)": ["inject=styleid", "inject.reference=average"],
+    "control (canny; first pass + ControlNet)": ["control=canny"],
+}
+
+
+def remedies_trial(args, c, styles) -> dict:
+    """What the remedies cost: one style's sampling (``--prompts`` images from the base weights, img2img at
+    strength 0.9, ``--sample-steps`` steps, eager) plain, with style injection (the inversion and its bank
+    included: a style's first images pay for them), and with structure control (a ControlNet made by
+    ``ControlNetModel.from_unet`` of the same random UNet; the first pass included). Each row runs in a store of
+    its own; ``plain`` runs twice and the second is kept (the first warms the device). Seconds per image, the
+    added seconds per image, the bank's size on disk. Written to --out after every row."""
+    import shutil
+
+    from diffusers import ControlNetModel
+
+    from ..sample import ensure_samples, sample_spec
+
+    s = styles[0]
+    cn_dir = args.work / "controlnet"
+    if not cn_dir.exists():
+        stages = int(math.log2(c.vae_scale))  # stride-2 stages of the conditioning embedding: pixels to latents
+        embedding = (16, 32, 96, 256, 256)[: stages + 1]
+        net = ControlNetModel.from_unet(c.unet, conditioning_embedding_out_channels=embedding)
+        net.save_pretrained(cn_dir, safe_serialization=True)
+    out = {"device": _device_name(), "versions": _versions(), "images": len(s.objects), "rows": {}}
+    for label, extra in [("warm-up", [])] + list(REMEDIES.items()):
+        more = [f"control.model={cn_dir}"] if "control=canny" in extra else []
+        store = args.work / f"store-{len(out['rows'])}-{label.split()[0]}"
+        cfg = bench_cfg(args, [*args.override, *extra, *more, "sample.compile=false", f"paths.cache_dir={store}"])
+        backend = _backend(c, store)
+        _sync()
+        t0 = time.time()
+        _, recs, _ = ensure_samples(backend, s, None, cfg, sample_spec(s, cfg, None, c.model.identity), store)
+        _sync()
+        sec = time.time() - t0
+        banks = (
+            sum(f.stat().st_size for f in (store / "banks").rglob("*.safetensors"))
+            if (store / "banks").exists()
+            else 0
+        )
+        shutil.rmtree(store, ignore_errors=True)
+        if label == "warm-up":
+            continue
+        out["rows"][label] = {"style_s": sec, "per_image_s": sec / len(recs), "bank_gib": banks / 2**30}
+        atomic_write_json(args.out, {"remedies": out})
+    plain = out["rows"]["plain"]["per_image_s"]
+    print(
+        f"one style's sampling, {out['images']} images, {args.sample_steps} steps at {args.res} px ({out['device']})"
+    )
+    print("| row | s per style | s per image | added s per image | bank GiB |\n|---|---|---|---|---|")
+    for label, r in out["rows"].items():
+        r["added_per_image_s"] = r["per_image_s"] - plain
+        print(
+            f"| {label} | {r['style_s']:.1f} | {r['per_image_s']:.2f} | {r['added_per_image_s']:+.2f} | "
+            f"{r['bank_gib']:.2f} |"
+        )
+    atomic_write_json(args.out, {"remedies": out})
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m stylexfer.tools.bench", description=__doc__.splitlines()[0])
     p.add_argument(
@@ -802,13 +867,14 @@ def main(argv=None) -> int:
     )
     p.add_argument(
         "--part",
-        choices=["naive", "stylexfer", "both", "breakdown", "train", "sample", "gpus", "inductor"],
+        choices=["naive", "stylexfer", "both", "breakdown", "train", "sample", "gpus", "inductor", "remedies"],
         default="both",
         help="breakdown: where the stylexfer path's time goes (a few steps, no full workload); "
         "train, then sample: the stylexfer path in two commands sharing --work and --out "
         "(for machines with a per-command time limit); gpus: the stylexfer path sharded over "
         "every visible GPU, one worker process each; inductor: one style's sampling eager and "
-        "compiled under each of --variants (GPU only)",
+        "compiled under each of --variants (GPU only); remedies: one style's sampling plain, with style "
+        "injection and with structure control (their added seconds per image)",
     )
     p.add_argument(
         "--label",
@@ -921,6 +987,9 @@ def main(argv=None) -> int:
         return 0
     if args.part == "inductor":
         inductor_trial(args, c, styles)
+        return 0
+    if args.part == "remedies":
+        remedies_trial(args, c, styles)
         return 0
     previous = (
         json.loads(args.out.read_text())

@@ -147,9 +147,10 @@ def main(argv=None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         cfg = ControlNetTrainConfig(**{f.name: getattr(args, f.name) for f in fields(ControlNetTrainConfig)})
         rec = train_controlnet(args.model or pocket_model_dir(), args.out, cfg, args.device)
+        agree = rec["check"]["edge_agreement"]
         print(
             f"{args.out}: {rec['seconds']}; {rec['size_mib']} MiB; final loss {rec['final_loss']}; edge agreement "
-            f"without control {rec['check']['edge_agreement']['without']:.3f}, with {rec['check']['edge_agreement']['with']:.3f}"
+            f"without control {agree['without']:.3f}, with {agree['with']:.3f}"
         )
     elif args.cmd == "ceiling":
         from ..store import atomic_write_json

@@ -61,7 +61,7 @@ def train_controlnet(model_dir: Path, out: Path, cfg: ControlNetTrainConfig, dev
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from ..store import FOLDER_MANIFEST, atomic_write_json, file_digest, seal
-    from .pretrain import _to_tensor, render_set
+    from .pretrain import pixels_to_tensor, render_set
 
     t0 = time.time()
     dev = torch.device(device)
@@ -89,7 +89,7 @@ def train_controlnet(model_dir: Path, out: Path, cfg: ControlNetTrainConfig, dev
         lat = (
             torch.cat(
                 [
-                    vae.encode(_to_tensor(images[i : i + 512], dev)).latent_dist.mode()
+                    vae.encode(pixels_to_tensor(images[i : i + 512], dev)).latent_dist.mode()
                     for i in range(0, len(images), 512)
                 ]
             )

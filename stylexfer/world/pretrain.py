@@ -132,7 +132,8 @@ def render_set(n: int, seed: int, size: int, workers: int, every_style: bool = F
     return np.concatenate([p[0] for p in parts]), [q for p in parts for q in p[1]]
 
 
-def _to_tensor(arr: np.ndarray, device):
+def pixels_to_tensor(arr: np.ndarray, device):
+    """uint8 pictures (N×H×W×3) as a float tensor in [-1, 1] (N×3×H×W) on ``device``."""
     import torch
 
     return torch.from_numpy(arr).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -155,7 +156,7 @@ def train_vae(
     vae.train()
     losses = []
     for _step in range(cfg.vae_steps):
-        x = _to_tensor(data[g.integers(0, len(data), cfg.vae_batch)], device)
+        x = pixels_to_tensor(data[g.integers(0, len(data), cfg.vae_batch)], device)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         loss = torch.nn.functional.mse_loss(rec, x) + 1e-6 * post.kl().mean()
@@ -167,7 +168,7 @@ def train_vae(
     losses = [float(x) for x in torch.stack(losses).cpu()]  # one transfer, not a sync per step
     vae.eval()
     with torch.no_grad():
-        std = vae.encode(_to_tensor(images[:256], device)).latent_dist.mode().std().item()
+        std = vae.encode(pixels_to_tensor(images[:256], device)).latent_dist.mode().std().item()
     return losses, 1.0 / std
 
 
@@ -191,7 +192,7 @@ def reconstruction_check(vae, size: int, seed: int, device, per_style: int = 32)
                     for i in range(per_style)
                 ]
             )
-            x = _to_tensor(imgs, device)
+            x = pixels_to_tensor(imgs, device)
             rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
             err["held_out" if st.held_out else "base"].append(float(((rec - x) ** 2).mean()))
     return {k: round(float(np.mean(v)), 5) for k, v in err.items()}
@@ -218,7 +219,7 @@ def train_unet(
     with torch.no_grad():  # every picture encoded once (posterior mean and std kept)
         means, stds = [], []
         for i in range(0, len(images), 256):
-            d = vae.encode(_to_tensor(images[i : i + 256], device)).latent_dist
+            d = vae.encode(pixels_to_tensor(images[i : i + 256], device)).latent_dist
             means.append(d.mean)
             stds.append(d.std)
         mean, std = torch.cat(means), torch.cat(stds)
