@@ -217,6 +217,9 @@ class ControlConfig:
     end: float = 1.0  # ... and after which it stops
     low_threshold: int = 100  # Canny's hysteresis thresholds
     high_threshold: int = 200
+    # Gaussian blur (sigma, px at the sampling resolution) of the structure image before Canny: 0 = none; more
+    # keeps the outlines and drops the edges of the first pass's own textures (stripes, checks, grids)
+    blur: float = 0.0
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -533,6 +536,7 @@ def validate_control(ctl, backend: str) -> None:
         ctl.low_threshold,
         f"needs 0 <= low_threshold <= high_threshold ({ctl.high_threshold})",
     )
+    _check(ctl.blur >= 0, "control.blur", ctl.blur, "must be >= 0 (0 = no blur)")
     _check("{object}" in ctl.base_prompt, "control.base_prompt", ctl.base_prompt, "must contain {object}")
 
 

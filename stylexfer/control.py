@@ -38,10 +38,15 @@ def canny(img: Image.Image, low: int = 100, high: int = 200) -> Image.Image:
 
 
 def control_image(img: Image.Image, ctl, resolution: int) -> Image.Image:
-    """The control image of a content picture at the sampling resolution."""
+    """The control image of a content picture at the sampling resolution (blurred first with ``control.blur``)."""
+    from PIL import ImageFilter
+
     from .data import fit_square
 
-    return canny(fit_square(img, resolution), ctl.low_threshold, ctl.high_threshold)
+    img = fit_square(img, resolution)
+    if ctl.blur > 0:
+        img = img.filter(ImageFilter.GaussianBlur(float(ctl.blur)))
+    return canny(img, ctl.low_threshold, ctl.high_threshold)
 
 
 def edge_agreement(img: Image.Image, control: Image.Image, low: int = 100, high: int = 200, tol: int = 1) -> float:
@@ -144,6 +149,7 @@ def spec(ctl, controlnet: str, structure: Optional[str]) -> dict:
         "structure": structure,
         "low_threshold": ctl.low_threshold,
         "high_threshold": ctl.high_threshold,
+        "blur": float(ctl.blur),
         "scale": float(ctl.scale),
         "start": float(ctl.start),
         "end": float(ctl.end),

@@ -11,10 +11,12 @@ from PIL import Image, ImageDraw
 from .store import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
-def image_grid(rows: Sequence[tuple[str, Sequence[tuple[str, Image.Image]]]], cell: int = 128) -> Image.Image:
+def image_grid(
+    rows: Sequence[tuple[str, Sequence[tuple[str, Image.Image]]]], cell: int = 128, label_w: int = 48
+) -> Image.Image:
     """One row per style: its average image (if any) then each generated image, captioned."""
     ncols = max((len(r[1]) for r in rows), default=1)
-    label_w, cap_h = 48, 14
+    cap_h = 14
     grid = Image.new("RGB", (label_w + ncols * cell, len(rows) * (cell + cap_h)), "white")
     draw = ImageDraw.Draw(grid)
     for r, (label, items) in enumerate(rows):

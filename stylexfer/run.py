@@ -6,6 +6,7 @@ any stage writes a file.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -285,6 +286,9 @@ def run(cfg: DictConfig) -> dict:
     summary["seconds"] = round(time.time() - t0, 2)
     summary["stage_seconds"] = {k: round(v, 2) for k, v in stages.items()}
     grid = image_grid(grid_rows)
+    if any("control_images" in summary["styles"].get(sid, {}) for sid, _ in grid_rows):
+        summary["control_grid"] = "control.png"
+        write_control_grid(run_dir, summary)
     if write_loss_plot(run_dir, curves) is not None:
         summary["loss_plot"] = "loss.png"
     summary["loggers"] = log_run(
@@ -412,9 +416,28 @@ def _run_style(
         _copy_in(sdir / "init", run_dir, f"init/{style.id}", copies)
         st["init_image"] = f"init/{style.id}/average.png"
         avg = [("average", load_image(run_dir / st["init_image"]))]
-    if (sdir / "control").is_dir():  # the control images (structure control)
+    if (sdir / "control").is_dir():  # structure control: what the first pass drew, its edges
         _copy_in(sdir / "control", run_dir, f"control/{style.id}", copies)
+        _copy_in(sdir / "content", run_dir, f"content/{style.id}", copies)
+        st["control_images"] = [f"control/{style.id}/{Path(r.file).name}" for r in records]
     return style.id, avg + [(r.object, img) for r, img in zip(records, generated)]
+
+
+def write_control_grid(run_dir: Path, summary: dict) -> None:
+    """``control.png``: per style three rows, what the first pass drew (or the content image), its edges (the
+    control images) and the result."""
+    from .store import atomic_write_bytes
+
+    rows = []
+    for sid, st in summary["styles"].items():
+        if "control_images" not in st:
+            continue
+        names = [Path(f).name for f in st["control_images"]]
+        for what, folder in (("drawn", "content"), ("edges", "control"), ("result", "images")):
+            rows.append((f"{sid} {what}", [(Path(n).stem, load_image(run_dir / folder / sid / n)) for n in names]))
+    buf = io.BytesIO()
+    image_grid(rows, label_w=64).save(buf, format="PNG")
+    atomic_write_bytes(run_dir / "control.png", buf.getvalue())
 
 
 def _copy_in(entry: Path, run_dir: Path, where: str, copies: dict) -> None:

@@ -187,7 +187,8 @@ def ensure_structure(backend, cfg, structure: dict, cache_dir: Path) -> list:
 
 def control_request(backend, style: Style, cfg, spec: dict, cache_dir: Path) -> tuple[dict, list]:
     """What the backend needs to hold ``style``'s structure (the ControlNet and its settings) and each job's
-    control image: the edges of its first-pass drawing, or of its object's content image."""
+    control image: the edges of its first-pass drawing, or of its object's content image. The request's
+    ``content`` (the drawings themselves) is for the stage's record, not the backend."""
     ctl, res = cfg.control, cfg.model.resolution
     st = spec["control"]["structure"]
     if "key" in st:
@@ -197,6 +198,7 @@ def control_request(backend, style: Style, cfg, spec: dict, cache_dir: Path) -> 
         content = [load_image(files[o]) for o in style.objects for _ in range(cfg.sample.images_per_prompt)]
     controls = [control.control_image(img, ctl, res) for img in content]
     request = {
+        "content": [fit_square(img, res) for img in content],
         "model": control.model_folder(ctl, cfg.model.name),
         "scale": ctl.scale,
         "start": ctl.start,
@@ -255,6 +257,9 @@ def ensure_samples(
                 kw["controls"] = controls[i:j]
             return make(prompts, seeds, **kw)
 
+        backend_extra = {k: v for k, v in extra.items() if k != "control"}
+        if "control" in extra:
+            backend_extra["control"] = {k: v for k, v in extra["control"].items() if k != "content"}
         with backend.generate(
             sampler=value(cfg.scheduler.name),
             steps=cfg.scheduler.steps,
@@ -265,7 +270,7 @@ def ensure_samples(
             init_image=init,
             strength=cfg.init.strength,
             compile=cfg.sample.compile,
-            **extra,
+            **backend_extra,
         ) as make:
             make_in_chunks(
                 partial,
@@ -280,8 +285,9 @@ def ensure_samples(
             os.replace(partial / n, tmp / "images" / n)
         if init is not None:
             atomic_save_image(init, tmp / "init" / "average.png")
-        for n, img in zip(names, controls or []):  # what held each image's structure
-            atomic_save_image(img, tmp / "control" / n)
+        for n, img, drawn in zip(names, controls or [], extra.get("control", {}).get("content", [])):
+            atomic_save_image(img, tmp / "control" / n)  # what held each image's structure: the edges
+            atomic_save_image(drawn, tmp / "content" / n)  # ... of this (the first pass's drawing, or the content)
 
     path, built = build_once(target, build)
     shutil.rmtree(partial, ignore_errors=True)

@@ -265,3 +265,4 @@ def test_the_control_table_rows_are_the_safe_strategy_with_or_without_control_pr
         assert (c.prior.mode.value == "none") == ("no_prior" in row)
         assert (c.inject.mode.value == "styleid") == ("styleid" in row)
         assert c.control.scale == (0.5 if row.endswith("_05") else 1.0)
+        assert c.control.blur == (2.0 if "blur" in row else 0.0)

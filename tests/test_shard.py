@@ -145,3 +145,35 @@ def test_two_worker_processes_make_what_one_process_makes(tmp_path, tiny_dir, de
     assert stages["workers"] > stages["train"] + stages["sample"]
     run2 = next((tmp_path / "shards2").glob("experiments/*/*"))
     assert (run2 / "logs" / "shard0.log").exists() and (run2 / "logs" / "shard1.log").exists()
+
+
+@pytest.mark.slow
+def test_both_remedies_in_two_worker_processes_make_what_one_process_makes(tmp_path):
+    """The pocket model with style injection (the average image) and structure control at once: two CPU worker
+    processes end with the images, the control images and the injection banks of one process."""
+    remedies = ["inject=styleid", "inject.reference=average", "control=canny", "eval.metrics=[hist]"]
+    images = {}
+    for shards in (1, 2):
+        cwd = tmp_path / f"shards{shards}"
+        cwd.mkdir()
+        res = run_cli(
+            [*SMALL, *remedies, f"model.shards={shards}"], cwd, env_extra={"STYLEXFER_CACHE": str(cwd / "store")}
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        (run,) = sorted(p for p in cwd.glob("experiments/*/*") if p.is_dir())
+        images[shards] = {
+            str(p.relative_to(run)): np.asarray(Image.open(p), dtype=np.int16)
+            for folder in ("images", "control", "content")
+            for p in sorted((run / folder).rglob("*.png"))
+        }
+        assert (
+            len([p for p in (cwd / "store" / "banks").iterdir() if not p.name.startswith(".")]) == 3
+        )  # a bank a style
+        assert (run / "control.png").is_file()
+        if shards == 2:
+            assert "[shard 1 cpu]" in res.stderr
+    one, two = images[1], images[2]
+    assert one.keys() == two.keys() and sum(k.startswith("control/") for k in one) == 6
+    for k in one:
+        diff = np.abs(one[k] - two[k])
+        assert diff.max() <= 2 and diff.mean() < 0.05, (k, diff.max(), diff.mean())

@@ -1,5 +1,5 @@
 """``python -m stylexfer.tools.seal_assets [--check]``: the shipped folders' ``sha256.json`` (every file of the
-pocket model, the tiny model's configs, the pocket judge), which the loaders check on every use.
+pocket model, the tiny model's configs, the pocket judge, the pocket ControlNet), which the loaders check on every use.
 
 Run it after replacing a shipped file on purpose (a new pocket model from ``python -m stylexfer.world
 pretrain``, an edited ``assets/tiny_sd/*.json``); ``--check`` only compares and exits 1 naming the first
@@ -11,11 +11,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..control import SHIPPED_POCKET as CONTROLNET_DIR
 from ..embedded import POCKET_DIR, TINY_SD_DIR
 from ..store import FOLDER_MANIFEST, atomic_write_json, damage, digests
 from ..world.judge import ASSETS as JUDGE_DIR
 
-SHIPPED = {"pocket model": POCKET_DIR, "tiny model": TINY_SD_DIR, "pocket judge": JUDGE_DIR}
+SHIPPED = {
+    "pocket model": POCKET_DIR,
+    "tiny model": TINY_SD_DIR,
+    "pocket judge": JUDGE_DIR,
+    "pocket ControlNet": CONTROLNET_DIR,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
