@@ -260,7 +260,7 @@ def objects_table(jobs: list[Job], over: list[str], metric: str = "attribution")
     for j in c.jobs:
         per = object_scores(j).get(metric)
         if per:
-            label = " ".join(f"{k}={j.overrides.get(k, '')}" for k in keys) or j.name
+            label = setting_label(j, keys)
             groups.setdefault(label, []).append(per)
     if not groups:
         return None
@@ -382,12 +382,23 @@ def grid(jobs: list[Job], max_images: int = 8) -> Optional[Image.Image]:
         common = files if common is None else [f for f in common if f in set(files)]
     common = (common or [])[:max_images]
     rows = []
+    differing = compare_jobs(jobs).differing
     for j in finished:
         items = [
             (f.split("/", 1)[-1].rsplit(".", 1)[0], Image.open(j.dir / f)) for f in common if (j.dir / f).exists()
         ]
-        rows.append((j.name[-6:], items))
-    return image_grid(rows, cell=96) if common else None
+        rows.append((setting_label(j, differing, short=True)[:24], items))
+    width = 8 + 6 * max((len(label) for label, _ in rows), default=6)
+    return image_grid(rows, cell=96, label_w=min(max(width, 48), 160)) if common else None
+
+
+def setting_label(job: Job, keys: list[str], short: bool = False) -> str:
+    """A job by its values of the differing overrides it sets (``inject=styleid control=canny``; ``short``: the
+    values only), or by its name where it sets none of them (the defaults)."""
+    parts = [(k, job.overrides[k]) for k in keys if job.overrides.get(k, "") != ""]
+    if not parts:
+        return job.name.rsplit("/", 1)[-1] if short else job.name
+    return " ".join(v if short else f"{k}={v}" for k, v in parts)
 
 
 def write_outputs(out: Path, jobs: list[Job], img: Optional[Image.Image], over: tuple = ()) -> list[Path]:
