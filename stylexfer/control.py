@@ -67,18 +67,22 @@ def edge_agreement(img: Image.Image, control: Image.Image, low: int = 100, high:
 
 
 def model_folder(ctl, base_model: str) -> Path:
-    """The ControlNet's local diffusers folder: ``control.model``, or the shipped pocket ControlNet for the pocket
-    model. Missing → one line naming the key, before any training."""
+    """The ControlNet's local diffusers folder: ``control.model`` (a folder, or a hub id found in the Hugging Face
+    cache or, when the hub may be asked, downloaded: configs and safetensors only), or the shipped pocket
+    ControlNet for the pocket model. Missing → one line naming the key, before any training."""
     if ctl.model:
-        folder = Path(str(ctl.model)).expanduser()
-        if folder.is_dir():
-            if not (folder / "config.json").is_file():
-                raise ModelNotFoundError(f"control.model={ctl.model}: no config.json (not a diffusers ControlNet)")
-            return folder
-        raise ModelNotFoundError(
-            f"control.model={ctl.model}: no such folder; a hub id is looked up only online (HF_HUB_OFFLINE unset): "
-            "download it once with `huggingface-cli download <id> --local-dir DIR` and set control.model=DIR"
-        )
+        from .models import hub_offline, hub_snapshot, looks_like_hub_id
+
+        name = str(ctl.model)
+        if looks_like_hub_id(name):  # the Hugging Face cache, or the hub where it may be asked
+            folder = hub_snapshot(name, None, hub_offline(), "control.model", ["config.json", "*.safetensors"])
+        else:
+            folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise ModelNotFoundError(f"control.model={ctl.model}: no such folder (a diffusers ControlNet folder)")
+        if not (folder / "config.json").is_file():
+            raise ModelNotFoundError(f"control.model={ctl.model}: no config.json (not a diffusers ControlNet)")
+        return folder
     if base_model != "pocket":
         raise ConfigError(
             f"control.model: required for model={base_model} (a local diffusers ControlNet folder for that base "

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 from .embedded import ensure_tiny_model, pocket_model_dir
 from .errors import ModelNotFoundError, first_line
@@ -86,6 +86,35 @@ def _identity(folder: Path, extra: Any = None) -> str:
     return stable_hash(parts)
 
 
+def hub_snapshot(
+    repo_id: str, revision: Optional[str], offline: bool, key: str, patterns: Sequence[str] = HUB_PATTERNS
+) -> Path:
+    """The local snapshot of a hub repository (its configs and safetensors only), downloaded unless ``offline``;
+    any failure is one ModelNotFoundError line naming ``key``."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=list(patterns),
+                ignore_patterns=list(PICKLE_SUFFIXES),
+                local_files_only=offline,
+            )
+        )
+    except Exception as e:  # noqa: BLE001 - every hub failure becomes one actionable line
+        why = (
+            "not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1 or "
+            "model.local_files_only=true)"
+            if offline
+            else f"could not be downloaded ({type(e).__name__})"
+        )
+        raise ModelNotFoundError(
+            f"{key}={repo_id}: weights {why}; download them or set {key}=/path/to/a/diffusers/folder"
+        ) from None
+
+
 def resolve_model(model_cfg, cache_dir: str | Path) -> ResolvedModel:
     """Find the model's local folder, downloading a hub snapshot if allowed; fail fast if it is missing."""
     path = model_cfg.path
@@ -101,31 +130,7 @@ def resolve_model(model_cfg, cache_dir: str | Path) -> ResolvedModel:
                 f"set model.path for model.name={model_cfg.name}"
             )
     elif looks_like_hub_id(path):
-        from huggingface_hub import snapshot_download
-
-        offline = hub_offline(model_cfg.local_files_only)
-        try:
-            folder = Path(
-                snapshot_download(
-                    path,
-                    revision=model_cfg.revision,
-                    allow_patterns=HUB_PATTERNS,
-                    ignore_patterns=list(PICKLE_SUFFIXES),
-                    local_files_only=offline,
-                )
-            )
-        except Exception as e:  # noqa: BLE001 - every hub failure becomes one actionable line
-            why = (
-                (
-                    "not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1 or "
-                    "model.local_files_only=true)"
-                )
-                if offline
-                else f"could not be downloaded ({type(e).__name__})"
-            )
-            raise ModelNotFoundError(
-                f"model.path={path}: weights {why}; download them or set model.path=/path/to/a/diffusers/folder"
-            ) from None
+        folder = hub_snapshot(path, model_cfg.revision, hub_offline(model_cfg.local_files_only), "model.path")
         source, extra = path, folder.name  # snapshot folder name = commit hash
     else:
         folder = Path(path).expanduser().resolve()

@@ -223,3 +223,23 @@ def test_a_content_folder_gives_the_structure(tmp_path, demo_root):
     cfg = compose(["control=canny", f"control.source={content}", "data.max_objects=2"])
     spec = control_spec(style, cfg, "m")
     assert spec["structure"]["dir"] == str(content.resolve()) and len(spec["structure"]["digests"]) == 2
+
+
+def test_a_hub_id_is_found_in_the_local_cache_offline_and_missing_is_one_line(tmp_path, monkeypatch):
+    """control.model=<hub id>: read from the Hugging Face cache (here a snapshot holding the shipped pocket
+    ControlNet's files, laid out as huggingface_hub keeps them), offline; not there → one line naming the key."""
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--pocket--controlnet-canny"
+    snap = repo / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        shutil.copy(control.SHIPPED_POCKET / name, snap / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    folder = control.model_folder(compose(["control=canny", "control.model=pocket/controlnet-canny"]).control, "sd21")
+    assert folder == snap and control.identity(folder) == control.identity(control.SHIPPED_POCKET)
+    with pytest.raises(ModelNotFoundError, match=r"^control\.model=pocket/absent: weights not in the local Hugging"):
+        control.model_folder(compose(["control=canny", "control.model=pocket/absent"]).control, "sd21")
