@@ -34,9 +34,11 @@ def test_two_value_sweep_with_joblib_and_the_compare_table(tmp_path, cache_dir, 
 
     out = subprocess.run([sys.executable, "-m", "stylexfer.compare", str(sweep)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    lines = [l for l in out.stdout.splitlines() if l.startswith("|")]
+    first_table = out.stdout.split("\n\n")[0]  # the job table (the per-object one follows)
+    lines = [l for l in first_table.splitlines() if l.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert "lora.unet_lora_rank" in header and "hist" in header and "train.steps" not in header  # only what differs
+    assert "Judge attribution per object" in out.stdout  # the pocket world's scores have it
     rows = [[c.strip() for c in l.strip("|").split("|")] for l in lines[2:]]
     assert len(rows) == 2
     h = header.index("hist")
