@@ -211,6 +211,14 @@ def seed_keys(jobs: list[Job]) -> list[str]:
     return [k for k in compare_jobs(jobs).differing if k.rsplit(".", 1)[-1] == "seed"]
 
 
+def mean_sd(vals: list[float]) -> tuple[Optional[float], Optional[float]]:
+    """The mean and the sample standard deviation (0 for one value; (None, None) for none)."""
+    if not vals:
+        return None, None
+    mean = sum(vals) / len(vals)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+
+
 def aggregate(jobs: list[Job], over: list[str]) -> tuple[list[str], list[list[str]], list[str], list[list]]:
     """Finished jobs grouped by every differing override except ``over``: (Markdown header, text rows with
     "mean ± sd", CSV header, CSV rows with mean and sd columns), best mean first."""
@@ -222,12 +230,7 @@ def aggregate(jobs: list[Job], over: list[str]) -> tuple[list[str], list[list[st
             groups.setdefault(tuple(j.overrides.get(k, "") for k in keys), []).append(j)
 
     def stats(group, m):
-        vals = [v for j in group if (v := _number(j.scores.get(m))) is not None]
-        if not vals:
-            return None, None
-        mean = sum(vals) / len(vals)
-        sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-        return mean, sd
+        return mean_sd([v for j in group if (v := _number(j.scores.get(m))) is not None])
 
     rows = [(setting, group, {m: stats(group, m) for m in c.metrics}) for setting, group in groups.items()]
     if c.rank:  # best mean first, groups without one last
@@ -266,14 +269,7 @@ def objects_table(jobs: list[Job], over: list[str], metric: str = "attribution")
         return None
     objects = sorted({o for g in groups.values() for per in g for o in per})
 
-    def stats(group, o):
-        vals = [per[o] for per in group if o in per]
-        if not vals:
-            return None, None
-        mean = sum(vals) / len(vals)
-        return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-
-    cells = {o: [stats(g, o) for g in groups.values()] for o in objects}
+    cells = {o: [mean_sd([per[o] for per in g if o in per]) for g in groups.values()] for o in objects}
     overall = {o: [m for m, _ in cells[o] if m is not None] for o in objects}
     objects.sort(key=lambda o: (sum(overall[o]) / max(len(overall[o]), 1), o))
     header = ["object", *groups]

@@ -146,6 +146,18 @@ def structure_settings(cfg, model_identity: str) -> dict:
     }
 
 
+def sampler_settings(cfg) -> dict:
+    """The sampling stage's arguments to :meth:`Backend.generate` that come from the config alone."""
+    return {
+        "sampler": value(cfg.scheduler.name),
+        "steps": cfg.scheduler.steps,
+        "guidance_scale": cfg.scheduler.guidance_scale,
+        "resolution": cfg.model.resolution,
+        "fuse_lora": cfg.sample.fuse_lora,
+        "compile": cfg.sample.compile,
+    }
+
+
 def control_spec(style: Style, cfg, model_identity: str) -> dict:
     ctl = cfg.control
     if ctl.source == "base":
@@ -168,27 +180,22 @@ def ensure_structure(backend, cfg, structure: dict, cache_dir: Path) -> list:
     todo = sorted({n: job for n, job in zip(names, structure["jobs"]) if not (folder / n).exists()}.items())
     if todo:
         log.info("structure: drawing %d object(s) with the base model (first pass, %s)", len(todo), structure["key"])
-        chunk = cfg.sample.batch_size
-        with backend.generate(
-            sampler=value(cfg.scheduler.name),
-            steps=cfg.scheduler.steps,
-            guidance_scale=cfg.scheduler.guidance_scale,
-            resolution=cfg.model.resolution,
-            adapter_dir=None,
-            fuse_lora=cfg.sample.fuse_lora,
-            compile=cfg.sample.compile,
-        ) as make:
-            for i in tqdm(range(0, len(todo), chunk), desc="structure", unit="batch", leave=False):
-                part = todo[i : i + chunk]
-                for (n, _), img in zip(part, make([j[0] for _, j in part], [j[1] for _, j in part])):
-                    atomic_save_image(img, folder / n)
+        with backend.generate(**sampler_settings(cfg), adapter_dir=None) as make:
+            make_in_chunks(
+                folder,
+                [n for n, _ in todo],
+                cfg.sample.batch_size,
+                lambda i, j: make([job[0] for _, job in todo[i:j]], [job[1] for _, job in todo[i:j]]),
+                lambda n: f"structure:{n + 1}",
+                "structure",
+            )
     return [load_image(folder / n) for n in names]
 
 
-def control_request(backend, style: Style, cfg, spec: dict, cache_dir: Path) -> tuple[dict, list]:
-    """What the backend needs to hold ``style``'s structure (the ControlNet and its settings) and each job's
-    control image: the edges of its first-pass drawing, or of its object's content image. The request's
-    ``content`` (the drawings themselves) is for the stage's record, not the backend."""
+def control_request(backend, style: Style, cfg, spec: dict, cache_dir: Path) -> tuple[dict, list, list]:
+    """What the backend needs to hold ``style``'s structure (the ControlNet and its settings), each job's
+    control image (the edges of its first-pass drawing, or of its object's content image) and each job's
+    drawing or content image itself (for the stage's record)."""
     ctl, res = cfg.control, cfg.model.resolution
     st = spec["control"]["structure"]
     if "key" in st:
@@ -198,13 +205,12 @@ def control_request(backend, style: Style, cfg, spec: dict, cache_dir: Path) -> 
         content = [load_image(files[o]) for o in style.objects for _ in range(cfg.sample.images_per_prompt)]
     controls = [control.control_image(img, ctl, res) for img in content]
     request = {
-        "content": [fit_square(img, res) for img in content],
         "model": control.model_folder(ctl, cfg.model.name),
         "scale": ctl.scale,
         "start": ctl.start,
         "end": ctl.end,
     }
-    return request, controls
+    return request, controls, [fit_square(img, res) for img in content]
 
 
 def injection_request(style: Style, cfg, spec: dict, cache_dir: Path, init) -> tuple[dict, list[int]]:
@@ -244,11 +250,11 @@ def ensure_samples(
 
     def build(tmp: Path) -> None:
         init = average_image(style.images, res) if img2img else None
-        extra, refs, controls = {}, None, None
+        extra, refs, controls, content = {}, None, None, []
         if "inject" in spec:
             extra["inject"], refs = injection_request(style, cfg, spec, cache_dir, init)
         if "control" in spec:
-            extra["control"], controls = control_request(backend, style, cfg, spec, cache_dir)
+            extra["control"], controls, content = control_request(backend, style, cfg, spec, cache_dir)
 
         def chunk(i: int, j: int):
             prompts, seeds = [b.prompt for b in jobs[i:j]], [b.seed for b in jobs[i:j]]
@@ -257,20 +263,8 @@ def ensure_samples(
                 kw["controls"] = controls[i:j]
             return make(prompts, seeds, **kw)
 
-        backend_extra = {k: v for k, v in extra.items() if k != "control"}
-        if "control" in extra:
-            backend_extra["control"] = {k: v for k, v in extra["control"].items() if k != "content"}
         with backend.generate(
-            sampler=value(cfg.scheduler.name),
-            steps=cfg.scheduler.steps,
-            guidance_scale=cfg.scheduler.guidance_scale,
-            resolution=res,
-            adapter_dir=adapter_dir,
-            fuse_lora=cfg.sample.fuse_lora,
-            init_image=init,
-            strength=cfg.init.strength,
-            compile=cfg.sample.compile,
-            **backend_extra,
+            **sampler_settings(cfg), adapter_dir=adapter_dir, init_image=init, strength=cfg.init.strength, **extra
         ) as make:
             make_in_chunks(
                 partial,
@@ -285,7 +279,7 @@ def ensure_samples(
             os.replace(partial / n, tmp / "images" / n)
         if init is not None:
             atomic_save_image(init, tmp / "init" / "average.png")
-        for n, img, drawn in zip(names, controls or [], extra.get("control", {}).get("content", [])):
+        for n, img, drawn in zip(names, controls or [], content):
             atomic_save_image(img, tmp / "control" / n)  # what held each image's structure: the edges
             atomic_save_image(drawn, tmp / "content" / n)  # ... of this (the first pass's drawing, or the content)
 

@@ -234,14 +234,18 @@ def test_the_report_table_preset_is_three_strategies_and_single_changes_to_safe_
     }
 
 
+def rows_of_seeded_table(ablation: str, group: str) -> list[str]:
+    """The rows of an ablation preset that sweeps ``+<group>`` (every file of experiments/<group>/) × seeds 0-2."""
+    params = dict(compose([f"+ablation={ablation}"], hydra=True).hydra.sweeper.params)
+    rows = params[f"+{group}"].split(",")
+    assert set(params) == {f"+{group}", "train.seed"} and params["train.seed"] == "0,1,2"
+    assert {p.stem for p in (CONF.parent / "experiments" / group).glob("*.yaml")} == set(rows)
+    return rows
+
+
 def test_the_injection_table_rows_are_the_safe_strategy_with_or_without_injection():
     """+ablation=injection: rows (experiments/injection/) × 3 seeds; every row is built on the safe strategy."""
-    cfg = compose(["+ablation=injection"], hydra=True)
-    params = dict(cfg.hydra.sweeper.params)
-    rows = params["+injection"].split(",")
-    assert set(params) == {"+injection", "train.seed"} and params["train.seed"] == "0,1,2"
-    assert {p.stem for p in (CONF.parent / "experiments" / "injection").glob("*.yaml")} == set(rows)
-    for row in rows:
+    for row in rows_of_seeded_table("injection", "injection"):
         c = compose(["+ablation=injection", f"+injection={row}", "train.seed=1"])
         validate(c)
         assert c.lora.unet_lora_rank == 32 and c.sample.seed == 1
@@ -252,12 +256,7 @@ def test_the_injection_table_rows_are_the_safe_strategy_with_or_without_injectio
 def test_the_control_table_rows_are_the_safe_strategy_with_or_without_control_prior_and_injection():
     """+ablation=control: rows (experiments/structure/) × 3 seeds; every row is the safe strategy, its name says
     what it adds (control, no prior, injection) and its config does exactly that."""
-    cfg = compose(["+ablation=control"], hydra=True)
-    params = dict(cfg.hydra.sweeper.params)
-    rows = params["+structure"].split(",")
-    assert set(params) == {"+structure", "train.seed"} and params["train.seed"] == "0,1,2"
-    assert {p.stem for p in (CONF.parent / "experiments" / "structure").glob("*.yaml")} == set(rows)
-    for row in rows:
+    for row in rows_of_seeded_table("control", "structure"):
         c = compose(["+ablation=control", f"+structure={row}", "train.seed=2"])
         validate(c)
         assert c.lora.unet_lora_rank == 32 and c.train.steps == 800 and c.sample.seed == 2

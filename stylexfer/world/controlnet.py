@@ -61,7 +61,7 @@ def train_controlnet(model_dir: Path, out: Path, cfg: ControlNetTrainConfig, dev
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from ..store import FOLDER_MANIFEST, atomic_write_json, file_digest, seal
-    from .pretrain import pixels_to_tensor, render_set
+    from .pretrain import pixels_to_tensor, prompt_ids, render_set
 
     t0 = time.time()
     dev = torch.device(device)
@@ -95,13 +95,7 @@ def train_controlnet(model_dir: Path, out: Path, cfg: ControlNetTrainConfig, dev
             )
             * vae.config.scaling_factor
         )
-        ids = tok(
-            list(prompts) + [""],
-            padding="max_length",
-            max_length=tok.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(dev)
+        ids = torch.cat(prompt_ids(tok, prompts, dev))  # the empty prompt last, encoded with the rest
         emb = torch.cat([te(ids[i : i + 1024])[0] for i in range(0, len(ids), 1024)])
     empty, emb = emb[-1:], emb[:-1]
     cond_all = torch.from_numpy(edges).to(dev).permute(0, 3, 1, 2).float() / 255.0  # ControlNet input in [0, 1]

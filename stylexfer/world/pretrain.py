@@ -139,6 +139,18 @@ def pixels_to_tensor(arr: np.ndarray, device):
     return torch.from_numpy(arr).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+def prompt_ids(tokenizer, prompts: list[str], device):
+    """The prompts' token ids (padded to the tokenizer's length) and the empty prompt's, on ``device``."""
+    ids = tokenizer(
+        list(prompts) + [""],
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
+    return ids[:-1], ids[-1:]
+
+
 def train_vae(
     vae, images: np.ndarray, cfg: PretrainConfig, device, every_style: np.ndarray | None = None
 ) -> tuple[list[float], float]:
@@ -223,15 +235,7 @@ def train_unet(
             means.append(d.mean)
             stds.append(d.std)
         mean, std = torch.cat(means), torch.cat(stds)
-        ids = tokenizer(
-            list(prompts) + [""],
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-    empty = ids[-1:]
-    ids = ids[:-1]
+        ids, empty = prompt_ids(tokenizer, prompts, device)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
     total = [cfg.unet_steps]  # shortened once the first steps' speed shows max_minutes cannot fit them all
