@@ -99,16 +99,18 @@ def vae_ceiling(root: Optional[Path] = None, folder: Optional[Path] = None, devi
     from diffusers import AutoencoderKL
     from PIL import Image
 
-    from ..data import center_crop, discover_styles, resize_shorter
+    from ..data import discover_styles, fit_square
     from ..embedded import DEMO_IDS, pocket_model_dir
     from .dataset import write_demo
     from .metrics import WorldJudge, attribution_per_object, style_attribution
+    from .pretrain import pixels_to_tensor
 
     folder = Path(folder) if folder else pocket_model_dir()
     vae = AutoencoderKL.from_pretrained(folder / "vae", use_safetensors=True).to(device).eval()
     judge = WorldJudge(device)
     unet = json.loads((folder / "unet" / "config.json").read_text())
     size = unet["sample_size"] * 2 ** (len(vae.config.block_out_channels) - 1)
+    data = str(root) if root is not None else "the embedded demo's styles"
     with tempfile.TemporaryDirectory() as tmp:
         if root is None:
             root = Path(tmp) / "demo"
@@ -116,9 +118,8 @@ def vae_ceiling(root: Optional[Path] = None, folder: Optional[Path] = None, devi
         styles = discover_styles(Path(root), None)
         out = {}
         for s in styles:
-            shown = [center_crop(resize_shorter(i, size), size) for i in s.images]
-            x = torch.stack([torch.from_numpy(np.asarray(i, np.float32)) for i in shown])
-            x = (x.permute(0, 3, 1, 2) / 127.5 - 1).to(device)
+            shown = [fit_square(i, size) for i in s.images]
+            x = pixels_to_tensor(np.stack([np.asarray(i, np.uint8) for i in shown]), device)
             with torch.no_grad():
                 y = vae.decode(vae.encode(x).latent_dist.mode()).sample
             arr = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
@@ -130,7 +131,7 @@ def vae_ceiling(root: Optional[Path] = None, folder: Optional[Path] = None, devi
             }
     return {
         "model": str(folder),
-        "data": str(root),
+        "data": data,
         "judge": judge.label,
         "styles": out,
         "mean": {k: float(np.mean([v[k] for v in out.values()])) for k in ("raw", "vae")},
