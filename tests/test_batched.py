@@ -7,9 +7,10 @@ import torch
 from safetensors import safe_open
 
 from helpers import compose
+from stylexfer import feed as feed_mod
 from stylexfer.backends import ADAPTER_FILE
-from stylexfer.backends.torch import batched as batched_mod
-from stylexfer.backends.torch.batched import train_together
+from stylexfer.backends.torch import trainer as trainer_mod
+from stylexfer.backends.torch.trainer import train_styles
 from stylexfer.data import discover_styles
 from stylexfer.prior import ensure_pool, pool_objects, pool_spec
 from stylexfer.train import adapter_spec, train_style
@@ -69,7 +70,8 @@ def sequential(setup, backend, tmp_path_factory):
 def test_batched_training_equals_one_style_at_a_time(setup, sequential, components, tmp_path):
     cfg, styles, pools = setup
     dirs = [tmp_path / s.id for s in styles]
-    losses, failed, _ = train_together(components, styles, pools, cfg, None, dirs)
+    done = train_styles(components, styles, pools, cfg, None, dirs)
+    losses, failed = done.losses, done.failed
     assert failed == {}
     for s, d in zip(styles, dirs):
         (ts, _), seq_losses = sequential[s.id]
@@ -84,14 +86,14 @@ def test_a_styles_adapter_does_not_depend_on_its_batch_mates(setup, sequential, 
     cfg, styles, pools = setup
     pick = [2, 0]
     dirs = [tmp_path / styles[i].id for i in pick]
-    train_together(components, [styles[i] for i in pick], [pools[i] for i in pick], cfg, None, dirs)
+    train_styles(components, [styles[i] for i in pick], [pools[i] for i in pick], cfg, None, dirs)
     for i, d in zip(pick, dirs):
         assert_close_adapters(tensors(d), sequential[styles[i].id][0])
 
 
 def test_a_diverging_style_stops_alone(setup, sequential, components, tmp_path, monkeypatch):
     cfg, styles, pools = setup
-    real = batched_mod.draw_noise
+    real = feed_mod.draw_noise
     calls = {"n": 0}
 
     def poisoned(*a, **k):  # draws are made style by style, step by step (on the look-ahead thread)
@@ -99,9 +101,10 @@ def test_a_diverging_style_stops_alone(setup, sequential, components, tmp_path, 
         calls["n"] += 1
         return (eps, noise * float("nan"), t) if calls["n"] == 8 else (eps, noise, t)  # style 01 at step 3
 
-    monkeypatch.setattr(batched_mod, "draw_noise", poisoned)
+    monkeypatch.setattr(feed_mod, "draw_noise", poisoned)
     dirs = [tmp_path / s.id for s in styles]
-    losses, failed, _ = train_together(components, styles, pools, cfg, None, dirs)
+    done = train_styles(components, styles, pools, cfg, None, dirs)
+    losses, failed = done.losses, done.failed
     assert failed == {"01": "style 01: loss is nan at step 3"}
     assert not (dirs[1] / ADAPTER_FILE).exists() and len(losses["01"]) == 2
     for i in (0, 2):  # the others are exactly what they would have been
@@ -130,7 +133,7 @@ def test_a_failing_batched_pass_falls_back_to_one_style_at_a_time(backend, demo_
 def test_the_compiled_vae_encoder_is_swapped_in_on_cuda_only_and_always_put_back():
     from types import SimpleNamespace
 
-    from stylexfer.backends.torch.batched import CompiledOrPlain, compiled_vae_encoder
+    from stylexfer.backends.torch.trainer import CompiledOrPlain, compiled_vae_encoder
 
     plain = torch.nn.Linear(3, 3)
     cpu = SimpleNamespace(device=torch.device("cpu"), vae=SimpleNamespace(encoder=plain))
@@ -147,7 +150,7 @@ def test_the_compiled_vae_encoder_is_swapped_in_on_cuda_only_and_always_put_back
 
 
 def test_a_failing_compile_falls_back_to_the_plain_module_with_one_warning(caplog):
-    from stylexfer.backends.torch.batched import CompiledOrPlain
+    from stylexfer.backends.torch.trainer import CompiledOrPlain
 
     calls = []
 
@@ -173,7 +176,7 @@ def test_the_loop_clock_times_every_step_and_the_log_gives_the_steady_rate(compo
     styles = discover_styles(demo_root, styles=["00", "01"])
     clock: list = []
     with caplog.at_level("INFO"):
-        train_together(components, styles, [None, None], cfg, None, [tmp_path / s.id for s in styles], clock=clock)
+        train_styles(components, styles, [None, None], cfg, None, [tmp_path / s.id for s in styles], clock=clock)
     assert len(clock) == 6 and clock == sorted(clock)  # one tick per step, when its losses reached the host
     # the first half of a short pass is left out (compiling and autotuning happen there): steps 5-6
     line = next(r.getMessage() for r in caplog.records if "s per step over steps" in r.getMessage())
@@ -184,7 +187,7 @@ def test_the_loop_clock_times_every_step_and_the_log_gives_the_steady_rate(compo
 def test_the_grid_crops_compiled_encoder_takes_only_its_batch_size():
     """Preparing a pass's grid crops: batches of CROP_BATCH go through the one static compiled graph, a
     smaller last batch through the plain encoder (no second compile for one batch)."""
-    from stylexfer.backends.torch.batched import CompiledOrPlain
+    from stylexfer.backends.torch.trainer import CompiledOrPlain
 
     seen = []
     plain = torch.nn.Linear(3, 2)
@@ -209,13 +212,13 @@ def test_a_pass_encodes_every_styles_crops_and_the_shared_pools_once_in_full_bat
     """The grid crops of all the pass's styles and of their shared class pool are one stream of batches: every
     batch but the last is full (one compiled shape on CUDA), and a shared class image is encoded once."""
     cfg, styles, pools = setup
-    monkeypatch.setattr(batched_mod, "CROP_BATCH", 64)
+    monkeypatch.setattr(trainer_mod, "CROP_BATCH", 64)
     calls = []
     real = components.vae.encode
     monkeypatch.setattr(components.vae, "encode", lambda x, *a, **k: calls.append(len(x)) or real(x, *a, **k))
     cfg = compose(OVERRIDES + ["train.steps=1"])
     shared = [pools[0]] * len(styles)  # as a run passes it: one pool object, loaded once
-    train_together(components, styles, shared, cfg, None, [tmp_path / s.id for s in styles])
+    train_styles(components, styles, shared, cfg, None, [tmp_path / s.id for s in styles])
     from stylexfer.data import crop_grid
 
     per_image = 2 * len(crop_grid((67, 67), 64)[0]) ** 2  # 64 px at 1.04: the centre only; flipped or not

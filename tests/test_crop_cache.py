@@ -11,9 +11,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers import compose
+from helpers import compose, train_one
 from stylexfer.backends.torch.tensors import to_tensor
-from stylexfer.backends.torch.train import Feed, train_loop
+from stylexfer.backends.torch.train import Feed
 from stylexfer.data import crop_at, crop_grid, discover_styles, draw_grid_crop, grid_cached_crops
 
 
@@ -57,15 +57,16 @@ def test_cached_posteriors_equal_encoding_the_same_crop_on_the_spot(components, 
     feed = Feed(components, style, None, grid_cfg)
     assert feed.prepare() == 10 * 5 * 5 * 2 and feed.prepare() == 0  # every (image, offset, flip), once
     checked = 0
-    for img in {id(v): v for v in feed.resized.values()}.values():
-        for (key_id, x, y, flip), (mean, std) in feed.crops.items():
-            if key_id != id(img) or (x, y) not in ((0, 0), (16, 32)):
-                continue
-            with torch.no_grad():
-                d = components.vae.encode(to_tensor(crop_at(img, 64, x, y, flip))[None]).latent_dist
-            torch.testing.assert_close(mean, d.mean, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(std, d.std, atol=1e-5, rtol=1e-5)
-            checked += 1
+    for (owner, i, x, y, flip), (mean, std) in feed.crops.items():
+        assert owner == ("style", "00")
+        if (x, y) not in ((0, 0), (16, 32)):
+            continue
+        img = feed.data.resized_image(style.images, i)
+        with torch.no_grad():
+            d = components.vae.encode(to_tensor(crop_at(img, 64, x, y, flip))[None]).latent_dist
+        torch.testing.assert_close(mean, d.mean, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(std, d.std, atol=1e-5, rtol=1e-5)
+        checked += 1
     assert checked == 10 * 2 * 2
 
 
@@ -74,14 +75,13 @@ def test_no_training_step_runs_the_vae(components, demo_root, grid_cfg, monkeypa
     calls = []
     real = components.vae.encode
     monkeypatch.setattr(components.vae, "encode", lambda x, *a, **k: calls.append(len(x)) or real(x, *a, **k))
-    train_loop(components, style, None, grid_cfg)
+    train_one(components, style, cfg=grid_cfg)
     assert sum(calls) == 500 and len(calls) == math.ceil(500 / 64)  # the up-front encoding only
     calls.clear()
-    train_loop(
+    train_one(
         components,
         style,
-        None,
-        compose(
+        cfg=compose(
             [
                 "model.resolution=64",
                 "augmentation=crop_flip",

@@ -100,7 +100,7 @@ def test_training_and_sampling_on_the_gpu_in_bf16(demo_root, gpu_components, gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_batched_training_with_the_compiled_vae_encoder_on_the_gpu(demo_root, gpu_components, tmp_path):
     from helpers import compose
-    from stylexfer.backends.torch.batched import train_together
+    from stylexfer.backends.torch.trainer import train_styles
     from stylexfer.data import discover_styles
 
     c = gpu_components
@@ -117,9 +117,8 @@ def test_batched_training_with_the_compiled_vae_encoder_on_the_gpu(demo_root, gp
                 f"train.compile_vae={str(on).lower()}",
             ]
         )
-        got, failed, _ = train_together(
-            c, styles, [None, None], cfg, None, [tmp_path / f"{on}" / s.id for s in styles]
-        )
+        done = train_styles(c, styles, [None, None], cfg, None, [tmp_path / f"{on}" / s.id for s in styles])
+        got, failed = done.losses, done.failed
         assert not failed and c.vae.encoder is plain  # put back after training
         losses[on] = got
         for s in styles:
@@ -143,7 +142,7 @@ def test_bf16_lora_matmuls_and_batching_stay_within_bf16_noise_on_the_gpu(
 
     from helpers import compose
     from stylexfer.backends import ADAPTER_FILE
-    from stylexfer.backends.torch.batched import train_together
+    from stylexfer.backends.torch.trainer import train_styles
     from stylexfer.data import discover_styles
     from stylexfer.train import adapter_spec, train_style
 
@@ -161,9 +160,8 @@ def test_bf16_lora_matmuls_and_batching_stay_within_bf16_noise_on_the_gpu(
                 f"train.lora_compute={mode}",
             ]
         )
-        losses[mode], failed, _ = train_together(
-            c, styles, [None, None], cfg, None, [tmp_path / mode / s.id for s in styles]
-        )
+        done = train_styles(c, styles, [None, None], cfg, None, [tmp_path / mode / s.id for s in styles])
+        losses[mode], failed = done.losses, done.failed
         assert not failed
         weights[mode] = {s.id: load_file(str(tmp_path / mode / s.id / ADAPTER_FILE)) for s in styles}
     one = train_style(gpu_backend, styles[1], None, cfg, adapter_spec(styles[1], cfg, "gpu", None), tmp_path / "one")
@@ -199,7 +197,7 @@ def test_bf16_lora_matmuls_and_batching_stay_within_bf16_noise_on_the_gpu(
 def test_batched_training_with_the_compiled_unet_on_the_gpu(demo_root, gpu_components, tmp_path):
     """``train.compile=true`` traces the per-style LoRA layer (routing, bf16 matmuls, folded add) with dynamo."""
     from helpers import compose
-    from stylexfer.backends.torch.batched import train_together
+    from stylexfer.backends.torch.trainer import train_styles
     from stylexfer.data import discover_styles
 
     c = gpu_components
@@ -215,9 +213,8 @@ def test_batched_training_with_the_compiled_unet_on_the_gpu(demo_root, gpu_compo
                 f"train.compile={str(on).lower()}",
             ]
         )
-        losses[on], failed, _ = train_together(
-            c, styles, [None, None], cfg, None, [tmp_path / f"{on}" / s.id for s in styles]
-        )
+        done = train_styles(c, styles, [None, None], cfg, None, [tmp_path / f"{on}" / s.id for s in styles])
+        losses[on], failed = done.losses, done.failed
         assert not failed
     for s in styles:
         assert losses[True][s.id] == pytest.approx(losses[False][s.id], rel=0.02)
@@ -255,7 +252,7 @@ def test_the_batched_step_recorded_as_a_cuda_graph_trains_as_the_eager_step(
 
     from helpers import compose
     from stylexfer.backends import ADAPTER_FILE
-    from stylexfer.backends.torch.batched import train_together
+    from stylexfer.backends.torch.trainer import train_styles
     from stylexfer.data import discover_styles
 
     c = gpu_components
@@ -276,9 +273,8 @@ def test_the_batched_step_recorded_as_a_cuda_graph_trains_as_the_eager_step(
         )
         caplog.clear()
         with caplog.at_level(logging.INFO):
-            losses[on], failed, _ = train_together(
-                c, styles, [None, None], cfg, None, [tmp_path / f"{on}" / s.id for s in styles]
-            )
+            done = train_styles(c, styles, [None, None], cfg, None, [tmp_path / f"{on}" / s.id for s in styles])
+            losses[on], failed = done.losses, done.failed
         assert not failed
         assert any("recorded as a CUDA graph" in r.message for r in caplog.records) == on
         assert not any("graph failed" in r.message for r in caplog.records)

@@ -20,7 +20,7 @@ import torch
 from safetensors.numpy import load_file
 from test_resume import assert_same, result_of
 
-from helpers import compose, run_cli
+from helpers import compose, run_cli, train_one
 
 ADAPTER = "pytorch_lora_weights.safetensors"
 
@@ -95,10 +95,8 @@ def test_networks_give_the_same_outputs_as_torch(components, jc):
 
 
 def _torch_train(components, style, pool, overrides, out: Path):
-    from stylexfer.backends.torch.train import train_loop
-
     out.mkdir(parents=True, exist_ok=True)
-    losses, _ = train_loop(components, style, pool, compose(overrides), export_to=out)
+    losses, _ = train_one(components, style, pool=pool, cfg=compose(overrides), export_to=out)
     return losses
 
 

@@ -23,7 +23,7 @@ from helpers.imports import Edge, cycles, edges_of, package_edges
 FLOORS = [
     ("base", ["errors", "faults", "devices", "store", "streams", "registry", "scoring"]),
     ("core", ["config", "data", "models", "embedded", "report", "card", "backends", "app"]),
-    ("stages", ["prior", "sample", "train", "evaluate", "loggers", "inject", "control", "validate"]),
+    ("stages", ["prior", "feed", "sample", "train", "evaluate", "loggers", "inject", "control", "validate"]),
     ("plug-ins", ["backends.torch", "backends.jittor", "metrics", "world"]),
     ("run", ["run", "shard"]),
     ("commands", ["main", "__main__", "compare", "export", "search", "world.__main__"]),

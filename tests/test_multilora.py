@@ -122,14 +122,14 @@ def test_lora_dropout_drops_in_training_only():
 def test_a_batched_pass_refuses_lora_dropout_and_the_run_trains_one_style_at_a_time(
     components, backend, demo_root, tmp_path, caplog
 ):
-    from stylexfer.backends.torch.batched import train_together
+    from stylexfer.backends.torch.trainer import train_styles
     from stylexfer.data import discover_styles
     from stylexfer.train import adapter_spec, train_in_batches
 
     cfg = compose(["prior=none", "train.steps=2", "lora.dropout=0.1"])
     styles = discover_styles(demo_root, styles=["00", "01"])
     with pytest.raises(ValueError, match=r"lora.dropout > 0"):
-        train_together(components, styles, [None, None], cfg, None, [tmp_path / "a", tmp_path / "b"])
+        train_styles(components, styles, [None, None], cfg, None, [tmp_path / "a", tmp_path / "b"])
     assert not any("MultiLora" in type(m).__name__ for m in components.unet.modules())
     with caplog.at_level("INFO"):
         todo = [(s, None, adapter_spec(s, cfg, "tiny", None)) for s in styles]

@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from helpers import compose
+from helpers import compose, train_one
 from stylexfer.backends import ADAPTER_FILE
-from stylexfer.backends.torch.batched import train_together
-from stylexfer.backends.torch.train import draw_noise, snr_weights, train_loop
+from stylexfer.backends.torch.train import draw_noise, snr_weights
+from stylexfer.backends.torch.trainer import train_styles
 from stylexfer.data import discover_styles
 
 FAST = ["prior=none", "augmentation=none", "train.steps=4", "train.lr=1e-3", "lora.unet_lora_rank=4"]
@@ -64,10 +64,11 @@ def test_snr_gamma_and_noise_offset_change_training_and_batched_still_equals_one
     styles = discover_styles(demo_root, styles=["00", "01"], max_objects=2)
     plain = compose(FAST)
     cfg = compose(FAST + ["train.snr_gamma=5.0", "train.noise_offset=0.1", "train.timestep_bias=style"])
-    base, _ = train_loop(components, styles[1], None, plain)
-    one, _ = train_loop(components, styles[1], None, cfg, export_to=tmp_path / "one")
+    base, _ = train_one(components, styles[1], cfg=plain)
+    one, _ = train_one(components, styles[1], cfg=cfg, export_to=tmp_path / "one")
     assert one != pytest.approx(base, rel=1e-3)  # the options reach the loss
-    losses, failed, _ = train_together(components, styles, [None, None], cfg, None, [tmp_path / s.id for s in styles])
+    done = train_styles(components, styles, [None, None], cfg, None, [tmp_path / s.id for s in styles])
+    losses, failed = done.losses, done.failed
     assert not failed and losses["01"] == pytest.approx(one, rel=1e-4, abs=1e-6)
     with (
         safe_open(str(tmp_path / "one" / ADAPTER_FILE), "pt") as a,
@@ -112,7 +113,7 @@ def test_each_adapter_variant_trains_saves_and_samples_the_way_it_was_trained(
         ]
     )
     bare_before = _picture(backend)
-    losses, ad = train_loop(components, style, None, cfg, export_to=tmp_path)
+    losses, ad = train_one(components, style, cfg=cfg, export_to=tmp_path)
     assert ad is None and sum(losses[-10:]) < sum(losses[:10])
     with safe_open(str(tmp_path / ADAPTER_FILE), "pt") as f:
         keys, meta = list(f.keys()), f.metadata() or {}

@@ -499,13 +499,13 @@ def profile(args, c, styles, cfg) -> dict:
     from torch.profiler import ProfilerActivity, schedule
     from torch.profiler import profile as torch_profile
 
-    from ..backends.torch.batched import train_together
     from ..backends.torch.sample import generate
+    from ..backends.torch.trainer import train_styles
 
     cfg.train.steps, cfg.train.cuda_graphs = 4 + args.profile, False
     pool = _shared_pool(c, styles, cfg)
     pools = [pool] * len(styles)
-    train_together(c, styles, pools, cfg, None, [args.work / "prof" / s.id for s in styles])  # cudnn autotune
+    train_styles(c, styles, pools, cfg, None, [args.work / "prof" / s.id for s in styles])  # cudnn autotune
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     with torch_profile(activities=acts, schedule=schedule(wait=3, warmup=1, active=args.profile)) as prof:
@@ -515,11 +515,9 @@ def profile(args, c, styles, cfg) -> dict:
                 super().append(t)
                 prof.step()
 
-        _, failed, _ = train_together(
-            c, styles, pools, cfg, None, [args.work / "prof2" / s.id for s in styles], clock=Clock()
-        )
+        done = train_styles(c, styles, pools, cfg, None, [args.work / "prof2" / s.id for s in styles], clock=Clock())
         _sync()
-    assert not failed, failed
+    assert not done.failed, done.failed
     print(
         f"eager steps profiled: {args.profile} ({len(styles)} styles, {2 * len(styles) * cfg.train.batch_size} "
         f"samples a step; set-up and the first 4 steps left out)"
@@ -578,10 +576,10 @@ def breakdown(args, c, styles, cfg) -> dict:
     """Where the stylexfer path's time goes: host-side data drawing, the VAE, whole training steps (with
     eager and compiled), and one style's sampling (stock LoRA layers,
     fused LoRA, no LoRA)."""
-    from ..backends.torch.batched import compiled_vae_encoder, draw_step, posterior_of, steady_step_s, train_together
     from ..backends.torch.sample import fuse_exactly, generate, unfuse_exactly
     from ..backends.torch.tensors import uint8_to_model
     from ..backends.torch.train import Feed
+    from ..backends.torch.trainer import compiled_vae_encoder, draw_step, posterior_of, steady_step_s, train_styles
 
     out = {}
     pool = _shared_pool(c, styles, cfg)
@@ -629,9 +627,10 @@ def breakdown(args, c, styles, cfg) -> dict:
         clock: list = []
         _sync()
         t = time.time()
-        losses, failed, _ = train_together(
+        done = train_styles(
             c, sub, pools[: len(sub)], cfg, None, [args.work / f"bd-{label}-{n}" / s.id for s in sub], clock=clock
         )
+        losses, failed = done.losses, done.failed
         _sync()
         for k, v in saved.items():
             setattr(cfg.augmentation, k, v)

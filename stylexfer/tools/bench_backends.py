@@ -123,7 +123,7 @@ def torch_steps(folder: Path, device: str, dtype: str, args) -> dict:
 
     from ..backends.torch.models import load_components
     from ..backends.torch.sample import sampling
-    from ..backends.torch.train import train_loop
+    from ..backends.torch.trainer import train_styles
     from ..models import ResolvedModel
 
     mc = OmegaConf.create(
@@ -139,7 +139,11 @@ def torch_steps(folder: Path, device: str, dtype: str, args) -> dict:
     resolved = ResolvedModel(
         folder=folder, source=str(folder), identity="bench", random_weights=True, prediction_type="epsilon"
     )
-    return _steps(load_components(resolved, mc), train_loop, sampling, device, folder, args)
+
+    def one_style(c, style, pool, cfg):
+        train_styles(c, [style], [pool], cfg)
+
+    return _steps(load_components(resolved, mc), one_style, sampling, device, folder, args)
 
 
 def jittor_steps(folder: Path, device: str, args) -> dict:

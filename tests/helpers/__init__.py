@@ -35,3 +35,13 @@ def run_cli(args, cwd: Path, timeout: int = 900, env_extra: dict | None = None) 
 
 def metric_overrides(models: dict) -> list[str]:
     return [f"eval.models.{k}={v}" for k, v in models.items()]
+
+
+def train_one(components, style, cfg, pool=None, export_to: Path | None = None):
+    """One style trained by the PyTorch backend's trainer (a pass of one slot): its losses and the trained layers
+    (None for peft's kinds), the model left as it was."""
+    from stylexfer.backends.torch.trainer import train_styles
+
+    done = train_styles(components, [style], [pool], cfg, export_dirs=[export_to])
+    assert not done.failed, done.failed
+    return done.losses[style.id], done.layers

@@ -1,5 +1,6 @@
 """The Jittor backend's training: DreamBooth-LoRA for one style, the same recipe and the same random draws as the
-PyTorch backend's one-style path (:mod:`stylexfer.backends.torch.train`), so that a style's adapter matches
+PyTorch backend's trainer (:mod:`stylexfer.backends.torch.trainer`), drawn through the same data feed
+(:mod:`stylexfer.feed`), so that a style's adapter matches
 across the two backends within float32 rounding.
 
 Per step: ``train.batch_size`` instance samples (and as many class samples under prior preservation),
@@ -26,21 +27,11 @@ from tqdm.auto import tqdm
 
 from ... import faults
 from ...config import PriorMode, value
-from ...data import (
-    Style,
-    augment,
-    augment_random,
-    augment_resize,
-    can_cache_latents,
-    crop_at,
-    crop_grid,
-    draw_grid_crop,
-    grid_cached_crops,
-)
+from ...data import Style
 from ...errors import ConfigError, TrainingDiverged
+from ...feed import GRID, PER_STEP, DataFeed
 from ...prior import ClassPool
 from ...store import latest_checkpoint, write_checkpoint
-from ...streams import Cycler, Stream, draw_noise
 from . import lora
 from .layers import jt
 from .models import Components, encode_prompts, token_ids
@@ -53,19 +44,25 @@ def _pixels(img) -> np.ndarray:
 
 
 class Feed:
-    """One style's training data, drawn as the PyTorch backend's ``Feed`` draws it (same streams, same order):
-    ``next()`` gives the step's posterior means and standard deviations (numpy) and prompts."""
+    """One style's training data on this backend: :class:`stylexfer.feed.DataFeed` (the draws of the PyTorch
+    backend, in its order) and the posteriors it keeps. ``next()`` gives the step's posterior means and standard
+    deviations (numpy) and prompts."""
 
     def __init__(self, c: Components, style: Style, pool: Optional[ClassPool], cfg):
-        self.c, self.style, self.pool, self.cfg = c, style, pool, cfg
-        self.stream = Stream(cfg.train.seed, style.id)
-        self.prompts = [cfg.data.instance_prompt.format(object=o, style=style.id) for o in style.image_objects]
-        self.inst = Cycler(len(style.images), self.stream.np)
-        self.cls = Cycler(len(pool.images), self.stream.np) if pool is not None else None
-        self.cacheable = can_cache_latents(cfg.augmentation)
-        self.grid = grid_cached_crops(cfg.augmentation)
-        self.resized: dict = {}
-        self.cache: dict = {}  # (tag, image index) or (tag, index, left, top, flip) → (mean, std)
+        self.c, self.style, self.pool = c, style, pool
+        self.data = DataFeed(
+            style,
+            pool,
+            seed=cfg.train.seed,
+            instance_prompt=cfg.data.instance_prompt,
+            batch_size=cfg.train.batch_size,
+            resolution=cfg.model.resolution,
+            augmentation=cfg.augmentation,
+            noise_offset=cfg.train.noise_offset,
+            timestep_bias=value(cfg.train.timestep_bias),
+        )
+        self.stream = self.data.stream
+        self.cache: dict = {}  # the style's grid crops and cached images: key → (mean, std)
         # grid crops of a class pool are the same for every style that shares it: encoded once per model
         # (the PyTorch backend's batched pass shares them the same way)
         self.shared = (
@@ -83,60 +80,37 @@ class Feed:
             out += [(mean[j : j + 1], std[j : j + 1]) for j in range(mean.shape[0])]
         return out
 
-    def _resized_image(self, images, i):
-        if id(images[i]) not in self.resized:
-            self.resized[id(images[i])] = augment_resize(images[i], self.cfg.model.resolution, self.cfg.augmentation)
-        return self.resized[id(images[i])]
-
     def prepare(self) -> int:
         """Encode every grid crop of the style's images and its class pool up front; how many it encoded."""
-        if not self.grid:
-            return 0
-        res, flips = self.cfg.model.resolution, (False, True) if self.cfg.augmentation.hflip else (False,)
         done = 0
         # the style's crops, then the pool's in their own batches: a crop's posterior does not depend on which
         # style encoded the shared pool first (batch composition can change float results)
-        for tag, images in (("i", self.style.images), ("c", self.pool.images if self.pool is not None else [])):
-            cache = self.shared if tag == "c" else self.cache
-            keys, crops = [], []
-            for i in range(len(images)):
-                img = self._resized_image(images, i)
-                lefts, tops = crop_grid(img.size, res)
-                for x in lefts:
-                    for y in tops:
-                        for f in flips:
-                            if (tag, i, x, y, f) not in cache:
-                                keys.append((tag, i, x, y, f))
-                                crops.append(crop_at(img, res, x, y, f))
-            cache.update(zip(keys, self._encode(crops)))
+        for which, cache in (("style", self.cache), ("pool", self.shared)):
+            keys = self.data.grid_todo(cache, which=(which,))
+            cache.update(zip(keys, self._encode([self.data.crop(k) for k in keys])))
             done += len(keys)
         return done
 
-    def _dists(self, images, ids, tag):
-        res, aug, rng = self.cfg.model.resolution, self.cfg.augmentation, self.stream.np
-        if self.grid:
-            keys = [(tag, i, *draw_grid_crop(self._resized_image(images, i).size, res, aug, rng)) for i in ids]
-            cache = self.shared if tag == "c" else self.cache
-            if any(k not in cache for k in keys):
-                self.prepare()
-            return [cache[k] for k in keys]
-        if not self.cacheable:  # the random crop/flip/rotation is encoded every step
-            return self._encode([augment_random(self._resized_image(images, i), res, aug, rng) for i in ids])
-        missing = [i for i in ids if (tag, i) not in self.cache]
-        for i, d in zip(missing, self._encode([augment(images[i], res, aug, rng) for i in missing])):
-            self.cache[(tag, i)] = d
-        return [self.cache[(tag, i)] for i in ids]
+    def cycles(self):
+        return self.data.cycles()
+
+    def _get(self, key):
+        return self.shared[key] if key[0][0] == "pool" and self.data.policy == GRID else self.cache[key]
 
     def next(self):
-        b = self.cfg.train.batch_size
-        ids = self.inst.take(b)
-        dists = self._dists(self.style.images, ids, "i")
-        prompts = [self.prompts[i] for i in ids]
-        if self.cls is not None:
-            cids = self.cls.take(b)
-            dists += self._dists(self.pool.images, cids, "c")
-            prompts += [self.pool.prompts[i] for i in cids]
-        return np.concatenate([d[0] for d in dists]), np.concatenate([d[1] for d in dists]), prompts
+        d = self.data.next(self.cache)
+        if self.data.policy == GRID:
+            if any(x.key not in (self.shared if x.key[0][0] == "pool" else self.cache) for x in d.samples):
+                self.prepare()
+            dists = [self._get(x.key) for x in d.samples]
+        elif self.data.policy == PER_STEP:  # the random crop/flip/rotation is encoded every step
+            dists = self._encode([x.image for x in d.samples])
+        else:
+            new = [x for x in d.samples if x.image is not None]
+            for x, post in zip(new, self._encode([x.image for x in new])):
+                self.cache[x.key] = post
+            dists = [self.cache[x.key] for x in d.samples]
+        return np.concatenate([m for m, _ in dists]), np.concatenate([s for _, s in dists]), d.prompts
 
 
 def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
@@ -251,7 +225,7 @@ def save_checkpoint(folder: Path, step: int, tr: Trainable, opt: AdamW, feed: Fe
         "step": step,
         "adam_t": opt.t,
         "np_state": feed.stream.np.bit_generator.state,
-        "orders": [None if cy is None else [int(i) for i in cy.order] for cy in (feed.inst, feed.cls)],
+        "orders": [None if cy is None else [int(i) for i in cy.order] for cy in feed.cycles()],
         "losses": losses,
     }
     write_checkpoint(folder, step, lambda file: save_file(tensors, str(file)), meta)
@@ -271,7 +245,7 @@ def load_checkpoint(folder: Path, tr: Trainable, opt: AdamW, feed: Feed):
     opt.t = int(meta["adam_t"])
     feed.stream.torch.set_state(torch.from_numpy(tensors["rng.torch"]))
     feed.stream.np.bit_generator.state = meta["np_state"]
-    for cy, order in zip((feed.inst, feed.cls), meta["orders"]):
+    for cy, order in zip(feed.cycles(), meta["orders"]):
         if cy is not None:
             cy.order = list(order)
     return int(meta["step"]), list(meta["losses"])
@@ -324,7 +298,7 @@ def train_style(
         )
         for step in bar:
             mean, std, prompts = feed.next()
-            draws = draw_noise(feed.stream.torch, mean.shape, n_t, tr_cfg.noise_offset, value(tr_cfg.timestep_bias))
+            draws = feed.data.noise(mean.shape, n_t)
             eps, noise, t = (x.numpy() for x in draws)
             latents = (mean + std * eps) * c.scaling_factor
             a = ac[t].reshape(-1, 1, 1, 1)

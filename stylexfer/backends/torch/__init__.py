@@ -1,16 +1,15 @@
 """The PyTorch backend (``backend=torch``, the default): diffusers' Stable Diffusion components, LoRA
 layers that carry one slot per style so that several styles train in one pass (:mod:`.multilora`,
-:mod:`.batched`), peft for the LoRA init and the saved file, diffusers' pipelines for sampling."""
+:mod:`.trainer`), peft for the LoRA init and the saved file, diffusers' pipelines for sampling."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from ...errors import DeviceOutOfMemory, TrainingDiverged
+from ...errors import DeviceOutOfMemory
 from .. import Backend, TrainOutcome
 from .compiled import use_store_cache
 from .models import Components, load_components
@@ -55,27 +54,13 @@ class TorchBackend(Backend):
         snapshots: Optional[dict[int, list[Path]]] = None,
         state_to: Optional[Path] = None,
     ) -> TrainOutcome:
-        from .batched import train_together
-        from .train import train_loop
+        from .trainer import train_styles
 
         c = self.components
         use_store_cache(self.cache_dir, c.device)
-        t0 = time.time()
         try:
-            if len(styles) > 1:
-                losses, failed, seconds = train_together(
-                    c, styles, pools, cfg, ckpt_dir, export_dirs, clock, snapshots=snapshots, state_to=state_to
-                )
-                return TrainOutcome(losses=losses, failed=failed, seconds=seconds)
-            (style,) = styles
-            try:
-                snaps = {k: v[0] for k, v in (snapshots or {}).items()}
-                losses, _ = train_loop(
-                    c, style, pools[0], cfg, ckpt_dir, export_to=export_dirs[0], snapshots=snaps, state_to=state_to
-                )
-            except TrainingDiverged as e:
-                return TrainOutcome(losses={style.id: []}, failed={style.id: str(e)}, seconds=time.time() - t0)
-            return TrainOutcome(losses={style.id: losses}, seconds=time.time() - t0)
+            done = train_styles(c, styles, pools, cfg, ckpt_dir, export_dirs, clock, snapshots, state_to)
         except torch.cuda.OutOfMemoryError as e:
             torch.cuda.empty_cache()
             raise DeviceOutOfMemory(f"{len(styles)} style(s) in one pass: {str(e).splitlines()[0]}") from None
+        return TrainOutcome(losses=done.losses, failed=done.failed, seconds=done.seconds)

@@ -1,4 +1,5 @@
-"""The PyTorch backend's training: DreamBooth-LoRA for one style (the diffusers DreamBooth-LoRA recipe, as modules).
+"""The PyTorch backend's training recipe as pieces (the diffusers DreamBooth-LoRA recipe, as modules); the loop that
+runs them, for one style or many in one pass, is :mod:`.trainer`.
 
 Per step: ``train.batch_size`` instance images of the style (augmented) with their prompts
 (``data.instance_prompt``), plus as many class images with their class prompts when prior
@@ -7,8 +8,8 @@ text encoder with LoRA when ``lora.text_encoder_lora_rank > 0``) predicts the no
 base model's scheduler config says; loss = MSE(instance) + ``prior.weight`` × MSE(class). The text
 encoder's LoRA sits in its own optimizer group at ``train.lr × lora.text_encoder_lr_scale``.
 
-The LoRA layers are :mod:`stylexfer.multilora`'s (here with one slot; the batched pass uses one slot
-per style), initialised as peft initialises them, with matmuls in ``train.lora_compute``'s dtype.
+The LoRA layers are :mod:`stylexfer.multilora`'s (one slot per style of a pass), initialised as peft initialises
+them, with matmuls in ``train.lora_compute``'s dtype.
 All randomness (image order, crops, flips, VAE sampling, noise, timesteps, LoRA init) comes from
 streams seeded by ``(train.seed, style id)``, so a style's adapter does not depend on other styles.
 The adapter is written through peft's layers with ``StableDiffusionPipeline.save_lora_weights`` (safetensors, diffusers
@@ -26,30 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from ... import faults
-from ...config import LoraCompute, Precision, PriorMode, value
-from ...data import (
-    Style,
-    augment,
-    augment_random,
-    augment_resize,
-    can_cache_latents,
-    crop_at,
-    crop_grid,
-    draw_grid_crop,
-    grid_cached_crops,
-)
-from ...errors import TrainingDiverged
+from ...config import LoraCompute, Precision, value
+from ...data import Style
+from ...feed import GRID, PER_STEP, DataFeed
 from ...prior import ClassPool
 from ...store import latest_checkpoint, write_checkpoint
-from ...streams import Cycler as _Cycler
 from ...streams import Stream, draw_noise
-from . import fp8
 from .models import Components, encode_prompts, tokenize
 from .multilora import MultiAdapters, Router, inject, reinstate, restore
 from .tensors import to_tensor, to_uint8_tensor, uint8_to_model
@@ -456,16 +442,17 @@ class TextCache:
         return torch.stack([self.cache[p] for p in prompts])
 
 
-def encode_crops(c: Components, todo: list, crops: dict, resolution: int, batch: int = 64) -> int:
-    """Encode ``todo``'s ``resolution``-px grid crops ((resized image, (image id, left, top, flip)) pairs) with the
-    VAE in batches of ``batch`` into ``crops`` (key → posterior mean, std); returns how many. The next batches
-    are cut and converted to uint8 tensors on worker threads (a few ahead) while the VAE encodes this one."""
+def encode_crops(c: Components, todo: list, crops: dict, batch: int = 64) -> int:
+    """Encode the grid crops ``todo`` ((feed, key) pairs: a :class:`stylexfer.feed.DataFeed` and one of its
+    :meth:`~stylexfer.feed.DataFeed.grid_todo` keys) with the VAE in batches of ``batch`` into ``crops`` (key →
+    posterior mean, std); returns how many. The next batches are cut and
+    converted to uint8 tensors on worker threads (a few ahead) while the VAE encodes this one."""
     if not todo:
         return 0
     cuda = c.device.type == "cuda"
 
     def pixels(chunk):
-        px = torch.stack([to_uint8_tensor(crop_at(img, resolution, *key[1:])) for img, key in chunk])
+        px = torch.stack([to_uint8_tensor(feed.crop(key)) for feed, key in chunk])
         return px.pin_memory() if cuda else px
 
     chunks = [todo[k : k + batch] for k in range(0, len(todo), batch)]
@@ -486,11 +473,13 @@ def encode_crops(c: Components, todo: list, crops: dict, resolution: int, batch:
 
 
 class Feed:
-    """One style's training data: its random streams, image order, augmentation and latent cache.
+    """One style's training data on this backend: :class:`stylexfer.feed.DataFeed` (what a step draws) and the
+    posteriors it keeps.
 
-    ``next()`` gives a step's ``train.batch_size`` instance samples followed by as many class samples
-    (under prior preservation): pixels (or cached VAE posteriors when augmentation is deterministic)
-    and prompts. The batched path and the one-style path draw through the same Feed, in the same order.
+    ``next()`` gives a step's ``train.batch_size`` instance samples followed by as many class samples (under prior
+    preservation): pixels (uint8 (N, 3, H, W) with ``raw``, converted on the device: 4× less to copy) or cached VAE
+    posteriors, and prompts. ``crops`` (grid crop key → posterior) may be shared by the feeds of a pass, so a shared
+    class pool is encoded once; ``resized`` likewise.
     """
 
     def __init__(
@@ -503,106 +492,67 @@ class Feed:
         raw: bool = False,
         crops: Optional[dict] = None,
     ):
-        self.c, self.style, self.pool, self.cfg = c, style, pool, cfg
-        self.raw = raw  # pixels as uint8 (N, 3, H, W), converted on the device (4× less to copy)
-        self.stream = Stream(cfg.train.seed, style.id)
-        self.prompts = [cfg.data.instance_prompt.format(object=o, style=style.id) for o in style.image_objects]
-        self.inst = _Cycler(len(style.images), self.stream.np)
-        self.cls = _Cycler(len(pool.images), self.stream.np) if pool is not None else None
-        self.cacheable = can_cache_latents(cfg.augmentation)
-        self.grid = grid_cached_crops(cfg.augmentation)
-        self.latents: dict = {}
-        self.resized: dict = {} if resized is None else resized
-        # grid-cached crops: (image id, left, top, flip) → posterior (mean, std); shared by the styles of a
-        # batched pass, so a shared class pool is encoded once
-        self.crops: dict = {} if crops is None else crops
+        self.c, self.style, self.pool, self.raw = c, style, pool, raw
+        self.resolution = cfg.model.resolution
+        self.data = DataFeed(
+            style,
+            pool,
+            seed=cfg.train.seed,
+            instance_prompt=cfg.data.instance_prompt,
+            batch_size=cfg.train.batch_size,
+            resolution=cfg.model.resolution,
+            augmentation=cfg.augmentation,
+            noise_offset=cfg.train.noise_offset,
+            timestep_bias=value(cfg.train.timestep_bias),
+            resized=resized,
+        )
+        self.stream = self.data.stream
+        self.latents: dict = {}  # image key → posterior (the ``cached`` policy)
+        self.crops: dict = {} if crops is None else crops  # grid crop key → posterior (the ``grid`` policy)
 
     @property
     def encodes_per_step(self) -> bool:
         """Whether steps run the VAE (random 1-px crops, flips or rotations encoded every step)."""
-        return not (self.cacheable or self.grid)
+        return self.data.policy == PER_STEP
 
-    def prepare(self, batch: int = 64) -> int:
-        """Encode every grid crop of the style's images and its class pool that is not cached yet (all of
-        them, up front, in batches), so that no training step runs the VAE. Returns how many it encoded."""
-        return encode_crops(self.c, self.crop_todo(), self.crops, self.cfg.model.resolution, batch)
-
-    def crop_todo(self, seen: Optional[set] = None) -> list:
-        """The (resized image, crop key) pairs of the style's images and its class pool that are not cached yet
-        nor in ``seen`` (which it extends: several feeds listing into one batch of work share a class pool)."""
-        if not self.grid:
-            return []
-        seen = set() if seen is None else seen
-        res, flips = self.cfg.model.resolution, (False, True) if self.cfg.augmentation.hflip else (False,)
-        todo = []
-        for images in (self.style.images, self.pool.images if self.pool is not None else []):
-            self.resize_all(images)
-            for i in range(len(images)):
-                img = self._resized(images, i)
-                lefts, tops = crop_grid(img.size, res)
-                for key in ((id(img), x, y, f) for x in lefts for y in tops for f in flips):
-                    if key not in self.crops and key not in seen:
-                        seen.add(key)
-                        todo.append((img, key))
-        return todo
-
-    def resize_all(self, images) -> None:
-        """The resize of every image not resized yet, on worker threads (PIL's resampling releases the GIL)."""
-        todo = list({id(img): img for img in images if id(img) not in self.resized}.values())
-        if len(todo) < 2:
-            return
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="stylexfer-resize") as pool:
-            for img, out in zip(todo, pool.map(self._resize, todo)):
-                self.resized[id(img)] = out  # set here, on one thread: a crop key holds the resized image's id
+    @property
+    def resized(self) -> dict:
+        return self.data.resized
 
     def cycles(self):
-        return (self.inst, self.cls)
+        return self.data.cycles()
 
-    def _resize(self, img):
-        return augment_resize(img, self.cfg.model.resolution, self.cfg.augmentation)
+    def crop_todo(self, seen: Optional[set] = None) -> list:
+        """The (feed, key) pairs of grid crops not encoded yet nor in ``seen``."""
+        return [(self.data, key) for key in self.data.grid_todo(self.crops, seen)]
 
-    def _resized(self, images, i):
-        key = id(images[i])  # a shared pool's images are resized once for every style that uses them
-        if key not in self.resized:
-            self.resized[key] = self._resize(images[i])
-        return self.resized[key]
-
-    def _pixels(self, images, ids, tag):
-        res, aug, rng = self.cfg.model.resolution, self.cfg.augmentation, self.stream.np
-        if self.grid:
-            keys = []
-            for i in ids:
-                img = self._resized(images, i)
-                keys.append((id(img), *draw_grid_crop(img.size, res, aug, rng)))
-            if any(k not in self.crops for k in keys):
-                self.prepare()
-            return None, Dist(torch.cat([self.crops[k][0] for k in keys]), torch.cat([self.crops[k][1] for k in keys]))
-        if not self.cacheable:  # the resize is cached, the random crop/flip/rotation is drawn every step
-            convert = to_uint8_tensor if self.raw else to_tensor
-            return torch.stack([convert(augment_random(self._resized(images, i), res, aug, rng)) for i in ids]), None
-        missing = [i for i in ids if (tag, i) not in self.latents]
-        if missing:
-            px = torch.stack([to_tensor(augment(images[i], res, aug, rng)) for i in missing])
-            with torch.no_grad():
-                d = self.c.vae.encode(px.to(self.c.device, dtype=self.c.vae_dtype)).latent_dist
-            for j, i in enumerate(missing):
-                self.latents[(tag, i)] = (d.mean[j : j + 1], d.std[j : j + 1])
-        return None, Dist(
-            torch.cat([self.latents[(tag, i)][0] for i in ids]), torch.cat([self.latents[(tag, i)][1] for i in ids])
-        )
+    def prepare(self, batch: int = 64) -> int:
+        """Encode every grid crop of the style's images and its class pool that is not cached yet (all of them, up
+        front, in batches), so that no training step runs the VAE. Returns how many it encoded."""
+        return encode_crops(self.c, self.crop_todo(), self.crops, batch)
 
     def next(self):
-        b = self.cfg.train.batch_size
-        ids = self.inst.take(b)
-        px, dist = self._pixels(self.style.images, ids, "i")
-        prompts = [self.prompts[i] for i in ids]
-        if self.cls is not None:
-            cids = self.cls.take(b)
-            cpx, cdist = self._pixels(self.pool.images, cids, "c")
-            px = None if px is None else torch.cat([px, cpx])
-            dist = None if dist is None else Dist(torch.cat([dist.mean, cdist.mean]), torch.cat([dist.std, cdist.std]))
-            prompts = prompts + [self.pool.prompts[i] for i in cids]
-        return px, dist, prompts
+        d = self.data.next(self.latents)
+        prompts, samples = d.prompts, d.samples
+        if self.data.policy == GRID:
+            if any(x.key not in self.crops for x in samples):
+                self.prepare()
+            return None, self._dist([self.crops[x.key] for x in samples]), prompts
+        if self.data.policy == PER_STEP:
+            convert = to_uint8_tensor if self.raw else to_tensor
+            return torch.stack([convert(x.image) for x in samples]), None, prompts
+        new = [x for x in samples if x.image is not None]
+        if new:
+            px = torch.stack([to_tensor(x.image) for x in new])
+            with torch.no_grad():
+                post = self.c.vae.encode(px.to(self.c.device, dtype=self.c.vae_dtype)).latent_dist
+            for j, x in enumerate(new):
+                self.latents[x.key] = (post.mean[j : j + 1], post.std[j : j + 1])
+        return None, self._dist([self.latents[x.key] for x in samples]), prompts
+
+    @staticmethod
+    def _dist(parts: list) -> "Dist":
+        return Dist(torch.cat([m for m, _ in parts]), torch.cat([s for _, s in parts]))
 
 
 def make_optimizer(c: Components, groups: list[dict], tr, capturable: bool = False):
@@ -615,119 +565,6 @@ def make_optimizer(c: Components, groups: list[dict], tr, capturable: bool = Fal
         **({"fused": True} if c.device.type == "cuda" else {}),
         **({"capturable": True} if capturable else {}),
     )
-
-
-def train_loop(
-    components: Components,
-    style: Style,
-    pool: Optional[ClassPool],
-    cfg,
-    ckpt_dir: Optional[Path] = None,
-    export_to: Optional[Path] = None,
-    snapshots: Optional[dict[int, Path]] = None,
-    state_to: Optional[Path] = None,
-) -> tuple[list[float], MultiAdapters]:
-    """Train one style and write its adapter to ``export_to`` if given, as it is after step ``k`` to
-    ``snapshots[k]``, and the state after the last step as a checkpoint in ``state_to``. The model is left as it
-    was; the trained layers are returned (with the losses) and :func:`stylexfer.multilora.reinstate` puts them
-    back."""
-    from diffusers.optimization import get_scheduler
-
-    c, tr = components, cfg.train
-    use_prior = pool is not None and value(cfg.prior.mode) != PriorMode.none.value
-    precision = Precision(value(tr.mixed_precision))
-    feed = Feed(c, style, pool if use_prior else None, cfg)
-    feed.prepare()
-    kind = value(cfg.lora.kind)
-    if kind == "lora":  # stylexfer's LoRA layer (one slot), the batched pass's arithmetic
-        ad = inject_adapters(c, cfg, [feed.stream.lora_seed])
-        ad.router.groups, ad.router.all_slots = torch.zeros(1, dtype=torch.long, device=c.device), True
-        groups = ad.groups(tr.lr, tr.lr * cfg.lora.text_encoder_lr_scale)
-    else:  # DoRA, LoHa, LoKr: peft's own layers, float32 weights
-        ad = None
-        groups = add_adapters(c, cfg, feed.stream.lora_seed)
-    params = [p for g in groups for p in g["params"]]
-    train_te = any(g["name"] == "text_encoder" for g in groups)
-    text = TextCache(c, train_te)
-    stack = contextlib.ExitStack()
-    try:
-        c.unet.train()
-        c.text_encoder.train(train_te)
-        opt = make_optimizer(c, groups, tr)
-        sched = get_scheduler(
-            value(tr.lr_scheduler), opt, num_warmup_steps=tr.lr_warmup_steps, num_training_steps=tr.steps
-        )
-        losses: list[float] = []
-        start = 0
-        if ckpt_dir is not None:
-            start, saved = load_checkpoint(ckpt_dir, params, opt, [feed.stream], list(feed.cycles()))
-            if start:
-                losses = saved
-                log.info("style %s: resuming training from its checkpoint at step %d", style.id, start)
-            replay_schedule(sched, start)
-        every = tr.checkpoint_every if ckpt_dir is not None else 0
-        bar = tqdm(
-            range(start, tr.steps), desc=f"train {style.id}", unit="step", leave=False, initial=start, total=tr.steps
-        )
-        if tr.fp8 and (ad is None or not fp8.supported(c.device)):
-            log.warning(
-                "train.fp8=true: not applied here (%s)",
-                "peft's adapter layers" if ad is None else f"{c.device} has no fp8 matrix units",
-            )
-        stack.enter_context(fp8.fp8_linears(c.unet, bool(tr.fp8) and ad is not None and fp8.supported(c.device)))
-        for step in bar:
-            px, dist, prompts = feed.next()
-            per_sample, t = denoising_loss(
-                c,
-                px,
-                text(prompts),
-                feed.stream.torch,
-                precision,
-                latent_dist=dist,
-                noise_offset=tr.noise_offset,
-                with_t=True,
-                timestep_bias=value(tr.timestep_bias),
-            )
-            loss = style_losses(c, per_sample, t, cfg, 1, use_prior)[0]
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"style {style.id}: loss is {loss.item()} at step {step + 1}")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, tr.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-            if snapshots and step + 1 in snapshots:
-                write_snapshot(c, cfg, ad, {0: snapshots[step + 1]}, kind, train_te)
-            if every and (step + 1) % every == 0 and step + 1 < tr.steps:
-                save_checkpoint(ckpt_dir, step + 1, params, opt, [feed.stream], list(feed.cycles()), losses)
-                faults.checkpoint(f"train:{style.id}:{step + 1}")
-        if state_to is not None:
-            save_checkpoint(state_to, tr.steps, params, opt, [feed.stream], list(feed.cycles()), losses)
-    except BaseException:
-        if ad is None:
-            remove_adapters(c)
-        raise
-    finally:
-        stack.close()  # fp8 layers out first: the plain ones go back before the adapters are restored
-        c.unet.eval()
-        c.text_encoder.eval()
-        if ad is not None:
-            ad.router.groups = None
-            restore(c.unet, ad.unet)
-            restore(c.text_encoder, ad.text_encoder)
-    if ad is None:
-        try:
-            if export_to is not None:
-                save_peft_kind(c, export_to, kind, train_te)
-        finally:
-            remove_adapters(c)
-        return losses, None
-    if export_to is not None:
-        export_adapter(c, cfg, ad, 0, export_to)
-    return losses, ad
 
 
 def save_peft_kind(c: Components, folder: Path, kind: str, train_te: bool) -> None:
