@@ -25,31 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import OmegaConf
-
 from .config import TOTAL_FREE_SCHEDULES, PriorMode, value
 from .data import Style
 from .errors import DeviceOutOfMemory, TrainingDiverged, first_line
 from .prior import ClassPool, ensure_pool, pool_key, pool_objects, pool_spec
+from .specs import TrainSpec
 from .store import atomic_write_json, build_once, file_lock, latest_checkpoint, publish, reusable, seal, stable_hash
 
 log = logging.getLogger(__name__)
-
-# training settings that change how the work is scheduled, not what it computes
-SCHEDULING_KEYS = (
-    "checkpoint_every",
-    "styles_per_batch",
-    "compile",
-    "compile_mode",
-    "compile_vae",
-    "cuda_graphs",
-    "keep_steps",
-    "validate_every",
-)
-
-# training settings added after adapters were stored: at their default they are left out of the key, so those
-# adapters keep their keys
-DEFAULT_OFF = {"timestep_bias": "none"}
 
 
 @dataclass
@@ -62,30 +45,9 @@ class TrainResult:
 
 
 def adapter_spec(style: Style, cfg, model_identity: str, pool_key: Optional[str]) -> dict:
-    """Everything that determines a style's adapter (and nothing that only affects sampling/scoring)."""
-    if value(cfg.prior.mode) == PriorMode.none.value:
-        prior = {"mode": "none"}
-    else:
-        prior = {"mode": value(cfg.prior.mode), "weight": cfg.prior.weight, "pool": pool_key}
-    return {
-        "version": 2,
-        "backend": cfg.backend.name,
-        "model": model_identity,
-        "style": style.fingerprint(),
-        "instance_prompt": cfg.data.instance_prompt,
-        "resolution": cfg.model.resolution,
-        "lora": OmegaConf.to_container(cfg.lora, resolve=True, enum_to_str=True),
-        "prior": prior,
-        "augmentation": {
-            k: v for k, v in OmegaConf.to_container(cfg.augmentation, resolve=True).items() if k != "name"
-        },
-        "train": {
-            k: v
-            for k, v in OmegaConf.to_container(cfg.train, resolve=True, enum_to_str=True).items()
-            if k not in SCHEDULING_KEYS and not (k in DEFAULT_OFF and v == DEFAULT_OFF[k])
-        },
-        "dtype": str(cfg.model.dtype),
-    }
+    """Everything that determines a style's adapter (and nothing that only affects sampling/scoring): the store spec
+    of :class:`stylexfer.specs.TrainSpec`, the object the backend trains from."""
+    return TrainSpec.from_config(cfg).adapter_key(style.fingerprint(), model_identity, pool_key)
 
 
 def style_specs(model_identity: str, styles: list[Style], style: Style, cfg) -> tuple[Optional[dict], dict]:
@@ -277,7 +239,13 @@ def train_style(backend, style: Style, pool: Optional[ClassPool], cfg, spec: dic
             keeping = _keeping(backend, cfg, cache_dir, "style", [style], [spec], partial)
             try:
                 out = backend.train(
-                    [style], [pool], cfg, partial, [tmp], snapshots=keeping.snapshots, state_to=keeping.state
+                    [style],
+                    [pool],
+                    TrainSpec.from_config(cfg),
+                    partial,
+                    [tmp],
+                    snapshots=keeping.snapshots,
+                    state_to=keeping.state,
                 )
                 if style.id in out.failed:
                     raise TrainingDiverged(out.failed[style.id])
@@ -320,7 +288,8 @@ def train_group(
     keeping = _keeping(backend, cfg, cache_dir, "group", styles, specs, ckpt)
     trained = {}
     try:
-        out = backend.train(styles, pools, cfg, ckpt, tmps, snapshots=keeping.snapshots, state_to=keeping.state)
+        tspec = TrainSpec.from_config(cfg)
+        out = backend.train(styles, pools, tspec, ckpt, tmps, snapshots=keeping.snapshots, state_to=keeping.state)
         if keeping.state is not None and len(out.failed) < len(styles):
             keep_state(keeping.state, keeping.resume)
         share = out.seconds / len(styles)

@@ -13,6 +13,7 @@ from stylexfer.backends.torch import trainer as trainer_mod
 from stylexfer.backends.torch.trainer import train_styles
 from stylexfer.data import discover_styles
 from stylexfer.prior import ensure_pool, pool_objects, pool_spec
+from stylexfer.specs import TrainSpec
 from stylexfer.train import adapter_spec, train_style
 
 OVERRIDES = [
@@ -70,7 +71,7 @@ def sequential(setup, backend, tmp_path_factory):
 def test_batched_training_equals_one_style_at_a_time(setup, sequential, components, tmp_path):
     cfg, styles, pools = setup
     dirs = [tmp_path / s.id for s in styles]
-    done = train_styles(components, styles, pools, cfg, None, dirs)
+    done = train_styles(components, styles, pools, TrainSpec.from_config(cfg), None, dirs)
     losses, failed = done.losses, done.failed
     assert failed == {}
     for s, d in zip(styles, dirs):
@@ -86,7 +87,9 @@ def test_a_styles_adapter_does_not_depend_on_its_batch_mates(setup, sequential, 
     cfg, styles, pools = setup
     pick = [2, 0]
     dirs = [tmp_path / styles[i].id for i in pick]
-    train_styles(components, [styles[i] for i in pick], [pools[i] for i in pick], cfg, None, dirs)
+    train_styles(
+        components, [styles[i] for i in pick], [pools[i] for i in pick], TrainSpec.from_config(cfg), None, dirs
+    )
     for i, d in zip(pick, dirs):
         assert_close_adapters(tensors(d), sequential[styles[i].id][0])
 
@@ -103,7 +106,7 @@ def test_a_diverging_style_stops_alone(setup, sequential, components, tmp_path, 
 
     monkeypatch.setattr(feed_mod, "draw_noise", poisoned)
     dirs = [tmp_path / s.id for s in styles]
-    done = train_styles(components, styles, pools, cfg, None, dirs)
+    done = train_styles(components, styles, pools, TrainSpec.from_config(cfg), None, dirs)
     losses, failed = done.losses, done.failed
     assert failed == {"01": "style 01: loss is nan at step 3"}
     assert not (dirs[1] / ADAPTER_FILE).exists() and len(losses["01"]) == 2
@@ -176,7 +179,15 @@ def test_the_loop_clock_times_every_step_and_the_log_gives_the_steady_rate(compo
     styles = discover_styles(demo_root, styles=["00", "01"])
     clock: list = []
     with caplog.at_level("INFO"):
-        train_styles(components, styles, [None, None], cfg, None, [tmp_path / s.id for s in styles], clock=clock)
+        train_styles(
+            components,
+            styles,
+            [None, None],
+            TrainSpec.from_config(cfg),
+            None,
+            [tmp_path / s.id for s in styles],
+            clock=clock,
+        )
     assert len(clock) == 6 and clock == sorted(clock)  # one tick per step, when its losses reached the host
     # the first half of a short pass is left out (compiling and autotuning happen there): steps 5-6
     line = next(r.getMessage() for r in caplog.records if "s per step over steps" in r.getMessage())
@@ -218,7 +229,7 @@ def test_a_pass_encodes_every_styles_crops_and_the_shared_pools_once_in_full_bat
     monkeypatch.setattr(components.vae, "encode", lambda x, *a, **k: calls.append(len(x)) or real(x, *a, **k))
     cfg = compose(OVERRIDES + ["train.steps=1"])
     shared = [pools[0]] * len(styles)  # as a run passes it: one pool object, loaded once
-    train_styles(components, styles, shared, cfg, None, [tmp_path / s.id for s in styles])
+    train_styles(components, styles, shared, TrainSpec.from_config(cfg), None, [tmp_path / s.id for s in styles])
     from stylexfer.data import crop_grid
 
     per_image = 2 * len(crop_grid((67, 67), 64)[0]) ** 2  # 64 px at 1.04: the centre only; flipped or not
@@ -231,16 +242,16 @@ def test_exporting_several_slots_through_one_peft_adapter_writes_what_one_at_a_t
     from stylexfer.backends.torch.train import export_adapter, export_adapters, inject_adapters
 
     cfg, styles, _ = setup
-    ad = inject_adapters(components, cfg, [11, 12, 13])
+    ad = inject_adapters(components, TrainSpec.from_config(cfg), [11, 12, 13])
     restore(components.unet, ad.unet)
     restore(components.text_encoder, ad.text_encoder)
     with torch.no_grad():
         for layer in ad.all_layers():
             layer.B.normal_()  # trained-looking slots: B is zero at the start
     together = {s: tmp_path / "together" / str(s) for s in (0, 2)}
-    export_adapters(components, cfg, ad, together)
+    export_adapters(components, TrainSpec.from_config(cfg), ad, together)
     for s, folder in together.items():
-        export_adapter(components, cfg, ad, s, tmp_path / "alone" / str(s))
+        export_adapter(components, TrainSpec.from_config(cfg), ad, s, tmp_path / "alone" / str(s))
         (ta, ma), (tb, mb) = tensors(folder), tensors(tmp_path / "alone" / str(s))
         # the same tensors, bit for bit, and the same metadata (safetensors writes its metadata's keys in a
         # random order, so the files' bytes differ even between two saves of one state dict)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from stylexfer.backends.torch import compiled
+from stylexfer.specs import TrainSpec
 
 
 @pytest.fixture
@@ -20,21 +21,25 @@ def fake_gpu(monkeypatch, tmp_path):
 
 def test_auto_compiles_only_once_this_graph_is_in_the_cache(fake_gpu, compose_cfg, tmp_path):
     cfg = compose_cfg(strategy="safe")
+
+    def spec():  # the spec of the config as it is now
+        return TrainSpec.from_config(cfg)
+
     assert cfg.train.compile is None  # the default: auto
-    assert not compiled.decide(fake_gpu, cfg, 14)  # cold: eager
-    compiled.mark_warm(fake_gpu, cfg, 14)
+    assert not compiled.decide(fake_gpu, spec(), 14)  # cold: eager
+    compiled.mark_warm(fake_gpu, spec(), 14)
     assert (tmp_path / "inductor" / "stylexfer-warm").is_dir()
-    assert compiled.decide(fake_gpu, cfg, 14)  # warm: compiled
-    assert not compiled.decide(fake_gpu, cfg, 7)  # another shape (7 styles per pass) is still cold
+    assert compiled.decide(fake_gpu, spec(), 14)  # warm: compiled
+    assert not compiled.decide(fake_gpu, spec(), 7)  # another shape (7 styles per pass) is still cold
     cfg.lora.unet_lora_rank = 4
-    assert not compiled.decide(fake_gpu, cfg, 14)  # another LoRA rank: another graph
+    assert not compiled.decide(fake_gpu, spec(), 14)  # another LoRA rank: another graph
     cfg.lora.unet_lora_rank = 32
     cfg.train.compile = False
-    assert not compiled.decide(fake_gpu, cfg, 14)  # false: never
+    assert not compiled.decide(fake_gpu, spec(), 14)  # false: never
     cfg.train.compile = True
-    assert compiled.decide(fake_gpu, cfg, 7)  # true: always (and that warms it)
+    assert compiled.decide(fake_gpu, spec(), 7)  # true: always (and that warms it)
     cpu = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32, model=SimpleNamespace(identity="m1"))
-    assert not compiled.decide(cpu, cfg, 14)  # never on CPU
+    assert not compiled.decide(cpu, spec(), 14)  # never on CPU
 
 
 def test_compile_cache_is_per_torch_version_and_gpu_inside_the_store(fake_gpu, tmp_path):
@@ -73,7 +78,7 @@ def test_the_compile_mode_is_scheduling_not_arithmetic_and_a_typo_fails(compose_
     validate(b)
     assert str(adapter_spec(style, a, "m", None)) == str(adapter_spec(style, b, "m", None))
     c = SimpleNamespace(model=SimpleNamespace(identity="m"), dtype=torch.bfloat16, device=torch.device("cpu"))
-    assert compiled.graph_key(c, a, 3) != compiled.graph_key(c, b, 3)
+    assert compiled.graph_key(c, TrainSpec.from_config(a), 3) != compiled.graph_key(c, TrainSpec.from_config(b), 3)
     with pytest.raises(ConfigError, match="train.compile_mode"):
         validate(compose_cfg(["train.compile_mode=fastest"], strategy="safe"))
 
@@ -120,12 +125,12 @@ def test_the_step_is_recorded_as_a_cuda_graph_on_cuda_unless_told_otherwise(comp
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     cfg = compose_cfg(strategy="safe")
-    assert cfg.train.cuda_graphs is None and graphed.wanted(cfg, cuda)  # auto: on CUDA
-    assert not graphed.wanted(cfg, cpu)
-    assert not graphed.wanted(compose_cfg(["train.cuda_graphs=false"], strategy="safe"), cuda)
-    assert not graphed.wanted(compose_cfg(["train.cuda_graphs=true"], strategy="safe"), cpu)
+    assert cfg.train.cuda_graphs is None and graphed.wanted(TrainSpec.from_config(cfg), cuda)  # auto: on CUDA
+    assert not graphed.wanted(TrainSpec.from_config(cfg), cpu)
+    assert not graphed.wanted(TrainSpec.from_config(compose_cfg(["train.cuda_graphs=false"], strategy="safe")), cuda)
+    assert not graphed.wanted(TrainSpec.from_config(compose_cfg(["train.cuda_graphs=true"], strategy="safe")), cpu)
     own = compose_cfg(["train.cuda_graphs=true", "train.compile_mode=reduce-overhead"], strategy="safe")
-    assert not graphed.wanted(own, cuda)  # torch.compile records the UNet's graphs itself
+    assert not graphed.wanted(TrainSpec.from_config(own), cuda)  # torch.compile records the UNet's graphs itself
     assert "train.compile_mode=reduce-overhead" in caplog.text
     with pytest.raises(Exception, match="cuda_graph"):
         compose_cfg(["train.cuda_graph=true"], strategy="safe")  # a typo fails at once

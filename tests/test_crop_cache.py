@@ -15,6 +15,7 @@ from helpers import compose, train_one
 from stylexfer.backends.torch.tensors import to_tensor
 from stylexfer.backends.torch.train import Feed
 from stylexfer.data import crop_at, crop_grid, discover_styles, draw_grid_crop, grid_cached_crops
+from stylexfer.specs import TrainSpec
 
 
 def test_the_grid_is_the_vae_grid_centred_in_the_room_the_resize_leaves():
@@ -54,7 +55,7 @@ def grid_cfg():
 
 def test_cached_posteriors_equal_encoding_the_same_crop_on_the_spot(components, demo_root, grid_cfg):
     (style,) = discover_styles(demo_root, styles=["00"])
-    feed = Feed(components, style, None, grid_cfg)
+    feed = Feed(components, style, None, TrainSpec.from_config(grid_cfg))
     assert feed.prepare() == 10 * 5 * 5 * 2 and feed.prepare() == 0  # every (image, offset, flip), once
     checked = 0
     for (owner, i, x, y, flip), (mean, std) in feed.crops.items():

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from stylexfer.devices import claim_gpu, job_device
+from stylexfer.specs import TrainSpec
 
 
 def test_concurrent_jobs_get_different_gpus_and_wait_for_a_free_one(tmp_path, monkeypatch):
@@ -117,7 +118,9 @@ def test_batched_training_with_the_compiled_vae_encoder_on_the_gpu(demo_root, gp
                 f"train.compile_vae={str(on).lower()}",
             ]
         )
-        done = train_styles(c, styles, [None, None], cfg, None, [tmp_path / f"{on}" / s.id for s in styles])
+        done = train_styles(
+            c, styles, [None, None], TrainSpec.from_config(cfg), None, [tmp_path / f"{on}" / s.id for s in styles]
+        )
         got, failed = done.losses, done.failed
         assert not failed and c.vae.encoder is plain  # put back after training
         losses[on] = got
@@ -160,7 +163,9 @@ def test_bf16_lora_matmuls_and_batching_stay_within_bf16_noise_on_the_gpu(
                 f"train.lora_compute={mode}",
             ]
         )
-        done = train_styles(c, styles, [None, None], cfg, None, [tmp_path / mode / s.id for s in styles])
+        done = train_styles(
+            c, styles, [None, None], TrainSpec.from_config(cfg), None, [tmp_path / mode / s.id for s in styles]
+        )
         losses[mode], failed = done.losses, done.failed
         assert not failed
         weights[mode] = {s.id: load_file(str(tmp_path / mode / s.id / ADAPTER_FILE)) for s in styles}
@@ -213,7 +218,9 @@ def test_batched_training_with_the_compiled_unet_on_the_gpu(demo_root, gpu_compo
                 f"train.compile={str(on).lower()}",
             ]
         )
-        done = train_styles(c, styles, [None, None], cfg, None, [tmp_path / f"{on}" / s.id for s in styles])
+        done = train_styles(
+            c, styles, [None, None], TrainSpec.from_config(cfg), None, [tmp_path / f"{on}" / s.id for s in styles]
+        )
         losses[on], failed = done.losses, done.failed
         assert not failed
     for s in styles:
@@ -273,7 +280,9 @@ def test_the_batched_step_recorded_as_a_cuda_graph_trains_as_the_eager_step(
         )
         caplog.clear()
         with caplog.at_level(logging.INFO):
-            done = train_styles(c, styles, [None, None], cfg, None, [tmp_path / f"{on}" / s.id for s in styles])
+            done = train_styles(
+                c, styles, [None, None], TrainSpec.from_config(cfg), None, [tmp_path / f"{on}" / s.id for s in styles]
+            )
             losses[on], failed = done.losses, done.failed
         assert not failed
         assert any("recorded as a CUDA graph" in r.message for r in caplog.records) == on

@@ -21,6 +21,7 @@ from safetensors.numpy import load_file
 from test_resume import assert_same, result_of
 
 from helpers import compose, run_cli, train_one
+from stylexfer.specs import TrainSpec
 
 ADAPTER = "pytorch_lora_weights.safetensors"
 
@@ -124,7 +125,7 @@ def trained(components, jc, data, tmp_path_factory):
     torch_losses = _torch_train(components, style, pool, TRAIN, base / "torch")
     (base / "jittor").mkdir()
     jittor_losses = train_style(
-        jc, style, pool, compose(TRAIN), export_to=base / "jittor", init=base / "init" / ADAPTER
+        jc, style, pool, TrainSpec.from_config(compose(TRAIN)), export_to=base / "jittor", init=base / "init" / ADAPTER
     )
     return base, torch_losses, jittor_losses
 

@@ -13,6 +13,7 @@ private name, and no import from a lower floor up to a higher one. The floors (l
 
 from __future__ import annotations
 
+import ast
 import re
 
 import pytest
@@ -21,7 +22,7 @@ from helpers import REPO
 from helpers.imports import Edge, cycles, edges_of, package_edges
 
 FLOORS = [
-    ("base", ["errors", "faults", "devices", "store", "streams", "registry", "scoring"]),
+    ("base", ["specs", "errors", "faults", "devices", "store", "streams", "registry", "scoring"]),
     ("core", ["config", "data", "models", "embedded", "report", "card", "backends", "app"]),
     ("stages", ["prior", "feed", "sample", "train", "evaluate", "loggers", "inject", "control", "validate"]),
     ("plug-ins", ["backends.torch", "backends.jittor", "metrics", "world"]),
@@ -108,3 +109,16 @@ def test_the_run_reaches_plug_ins_only_through_the_registry_and_the_backend_inte
 def test_every_module_is_on_a_floor(edges):
     for p in sorted((REPO / "stylexfer").rglob("*.py")):
         floor_of(".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"))
+
+
+def test_below_the_stages_nothing_takes_the_run_config():
+    """The backends and the data feed get typed specs (:class:`stylexfer.specs.TrainSpec`) or explicit arguments:
+    no function there has a ``cfg`` parameter, nor a name ``cfg`` at all (the whole config would be a way around the
+    spec, and what the adapter's key hashes would drift from what the backend reads)."""
+    files = sorted((REPO / "stylexfer" / "backends").rglob("*.py")) + [REPO / "stylexfer" / "feed.py"]
+    bad = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.arg) and node.arg == "cfg" or isinstance(node, ast.Name) and node.id == "cfg":
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert len(files) > 20 and bad == []

@@ -9,6 +9,7 @@ from torch import nn
 
 from helpers import compose
 from stylexfer.backends.torch.multilora import MultiLoraLinear, Router, inject, restore
+from stylexfer.specs import TrainSpec
 
 
 class Two(nn.Module):
@@ -129,7 +130,9 @@ def test_a_batched_pass_refuses_lora_dropout_and_the_run_trains_one_style_at_a_t
     cfg = compose(["prior=none", "train.steps=2", "lora.dropout=0.1"])
     styles = discover_styles(demo_root, styles=["00", "01"])
     with pytest.raises(ValueError, match=r"lora.dropout > 0"):
-        train_styles(components, styles, [None, None], cfg, None, [tmp_path / "a", tmp_path / "b"])
+        train_styles(
+            components, styles, [None, None], TrainSpec.from_config(cfg), None, [tmp_path / "a", tmp_path / "b"]
+        )
     assert not any("MultiLora" in type(m).__name__ for m in components.unet.modules())
     with caplog.at_level("INFO"):
         todo = [(s, None, adapter_spec(s, cfg, "tiny", None)) for s in styles]

@@ -7,6 +7,7 @@ import pytest
 
 from stylexfer.backends.torch.sample import generate, make_pipeline
 from stylexfer.data import discover_styles
+from stylexfer.specs import TrainSpec
 
 
 def arr(img):
@@ -49,7 +50,7 @@ def test_fused_lora_sampling_matches_unfused_and_restores_the_base_weights_exact
 
     c = components
     cfg = compose(["lora=unet_te", "lora.unet_lora_rank=4", "lora.text_encoder_lora_rank=4"])
-    add_adapters(c, cfg, 0)
+    add_adapters(c, TrainSpec.from_config(cfg), 0)
     torch.manual_seed(3)
     with torch.no_grad():
         for m in list(c.unet.modules()) + list(c.text_encoder.modules()):

@@ -14,7 +14,8 @@ from safetensors.numpy import load_file
 from helpers import compose, run_cli
 from stylexfer.config import validate
 from stylexfer.errors import ConfigError
-from stylexfer.train import SCHEDULING_KEYS, continues, kept_steps, lock_order
+from stylexfer.specs import SCHEDULING_KEYS
+from stylexfer.train import continues, kept_steps, lock_order
 
 FAST = ["data.max_objects=1", "prior=none", "scheduler.steps=2", "eval.metrics=[hist]"]
 

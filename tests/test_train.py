@@ -20,6 +20,7 @@ from stylexfer.backends.torch.tensors import to_tensor
 from stylexfer.backends.torch.train import denoising_loss
 from stylexfer.data import discover_styles, fit_square
 from stylexfer.models import resolve_model
+from stylexfer.specs import TrainSpec
 from stylexfer.train import adapter_spec, train_style
 
 FAST = ["prior=none", "augmentation=none", "train.lr=1e-3"]
@@ -216,7 +217,7 @@ def test_nan_loss_stops_the_style_with_the_step(components, style, monkeypatch, 
 
     monkeypatch.setattr(trainer_mod, "style_losses", poisoned)
     out = TorchBackend.from_components(components, tmp_path / "cache").train(
-        [style], [None], compose(FAST + ["train.steps=10"]), None, [tmp_path / "adapter"]
+        [style], [None], TrainSpec.from_config(compose(FAST + ["train.steps=10"])), None, [tmp_path / "adapter"]
     )
     assert out.failed == {"00": "style 00: loss is nan at step 3"} and len(out.losses["00"]) == 2
     assert calls["n"] == 3  # the style stopped with the step

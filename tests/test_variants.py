@@ -11,6 +11,7 @@ from stylexfer.backends import ADAPTER_FILE
 from stylexfer.backends.torch.train import draw_noise, snr_weights
 from stylexfer.backends.torch.trainer import train_styles
 from stylexfer.data import discover_styles
+from stylexfer.specs import TrainSpec
 
 FAST = ["prior=none", "augmentation=none", "train.steps=4", "train.lr=1e-3", "lora.unet_lora_rank=4"]
 
@@ -67,7 +68,9 @@ def test_snr_gamma_and_noise_offset_change_training_and_batched_still_equals_one
     base, _ = train_one(components, styles[1], cfg=plain)
     one, _ = train_one(components, styles[1], cfg=cfg, export_to=tmp_path / "one")
     assert one != pytest.approx(base, rel=1e-3)  # the options reach the loss
-    done = train_styles(components, styles, [None, None], cfg, None, [tmp_path / s.id for s in styles])
+    done = train_styles(
+        components, styles, [None, None], TrainSpec.from_config(cfg), None, [tmp_path / s.id for s in styles]
+    )
     losses, failed = done.losses, done.failed
     assert not failed and losses["01"] == pytest.approx(one, rel=1e-4, abs=1e-6)
     with (

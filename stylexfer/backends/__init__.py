@@ -26,6 +26,7 @@ from typing import Callable, Optional, Sequence
 from PIL import Image
 
 from ..errors import ConfigError
+from ..specs import TrainSpec
 
 # name → (module, class, the pip extra that brings its framework)
 BACKENDS = {
@@ -98,14 +99,15 @@ class Backend(ABC):
         self,
         styles: list,
         pools: list,
-        cfg,
+        spec: TrainSpec,
         ckpt_dir: Optional[Path],
         export_dirs: list[Path],
         clock: Optional[list] = None,
         snapshots: Optional[dict[int, list[Path]]] = None,
         state_to: Optional[Path] = None,
     ) -> TrainOutcome:
-        """Train ``styles`` (with their class pools, None without prior) in one pass, resuming from and
+        """Train ``styles`` (with their class pools, None without prior) as ``spec`` says (all the training
+        reads: :class:`stylexfer.specs.TrainSpec`) in one pass, resuming from and
         checkpointing into ``ckpt_dir``; write each style that did not diverge to its ``export_dirs``
         entry. ``clock``, if given, gets the time each step's losses reached the host. For a backend that
         ``keeps_snapshots``: ``snapshots`` ({step: one folder per style}) also gets each live style's adapter
@@ -144,10 +146,10 @@ class BackendFactory:
     def __call__(self, device: Optional[str] = None) -> Backend:
         from omegaconf import OmegaConf
 
-        cfg = OmegaConf.create(self.model_cfg)
+        model_conf = OmegaConf.create(self.model_cfg)
         if device is not None:
-            cfg.device = device
-        return load_backend(self.name, self.resolved, cfg, Path(self.cache_dir))
+            model_conf.device = device
+        return load_backend(self.name, self.resolved, model_conf, Path(self.cache_dir))
 
 
 class LazyBackend(Backend):

@@ -29,6 +29,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from ..specs import TrainSpec
 from ..store import atomic_write_json, stable_hash
 
 
@@ -206,7 +207,7 @@ def naive(args, c, styles, cfg) -> dict:
 
     _timed(lambda: generate(pipe, ["x"], [0], 2, prior.guidance_scale, args.res))  # warm-up
     class_s = sum(_timed(lambda i=i: class_image(i))[0] for i in range(args.naive_images)) / args.naive_images
-    groups = add_adapters(c, cfg, Stream(0, style.id).lora_seed)
+    groups = add_adapters(c, TrainSpec.from_config(cfg), Stream(0, style.id).lora_seed)
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, weight_decay=1e-2)
     px = torch.stack(
@@ -505,7 +506,9 @@ def profile(args, c, styles, cfg) -> dict:
     cfg.train.steps, cfg.train.cuda_graphs = 4 + args.profile, False
     pool = _shared_pool(c, styles, cfg)
     pools = [pool] * len(styles)
-    train_styles(c, styles, pools, cfg, None, [args.work / "prof" / s.id for s in styles])  # cudnn autotune
+    train_styles(
+        c, styles, pools, TrainSpec.from_config(cfg), None, [args.work / "prof" / s.id for s in styles]
+    )  # cudnn autotune
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     with torch_profile(activities=acts, schedule=schedule(wait=3, warmup=1, active=args.profile)) as prof:
@@ -515,7 +518,15 @@ def profile(args, c, styles, cfg) -> dict:
                 super().append(t)
                 prof.step()
 
-        done = train_styles(c, styles, pools, cfg, None, [args.work / "prof2" / s.id for s in styles], clock=Clock())
+        done = train_styles(
+            c,
+            styles,
+            pools,
+            TrainSpec.from_config(cfg),
+            None,
+            [args.work / "prof2" / s.id for s in styles],
+            clock=Clock(),
+        )
         _sync()
     assert not done.failed, done.failed
     print(
@@ -584,7 +595,7 @@ def breakdown(args, c, styles, cfg) -> dict:
     out = {}
     pool = _shared_pool(c, styles, cfg)
     pools = [pool] * len(styles)
-    feeds = [Feed(c, s, pool, cfg, {}, raw=True) for s in styles]
+    feeds = [Feed(c, s, pool, TrainSpec.from_config(cfg), {}, raw=True) for s in styles]
     live = list(range(len(styles)))
     draw_step(c, feeds, live)  # fills the resize cache
     out["draw_crops_s"], _ = _timed(lambda: [f.next() for f in feeds], 5)
@@ -628,7 +639,13 @@ def breakdown(args, c, styles, cfg) -> dict:
         _sync()
         t = time.time()
         done = train_styles(
-            c, sub, pools[: len(sub)], cfg, None, [args.work / f"bd-{label}-{n}" / s.id for s in sub], clock=clock
+            c,
+            sub,
+            pools[: len(sub)],
+            TrainSpec.from_config(cfg),
+            None,
+            [args.work / f"bd-{label}-{n}" / s.id for s in sub],
+            clock=clock,
         )
         losses, failed = done.losses, done.failed
         _sync()

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..specs import TrainSpec
 from ..store import atomic_write_json
 
 log = logging.getLogger("stylexfer.tools.bench_backends")
@@ -104,12 +105,12 @@ def step_seconds(run, warm: int, steps: int, repeat: int = 3) -> float:
 
 
 def _steps(c, train_style, sampling, device: str, folder: Path, args) -> dict:
-    """Seconds per training step and per sampling step of ``train_style(c, style, pool, cfg)`` and
+    """Seconds per training step and per sampling step of ``train_style(c, style, pool, spec)`` and
     ``sampling(c, ...)`` (one backend's functions) on the loaded model ``c``."""
     style, pool = _style(folder, args.res)
 
     def train(n):
-        train_style(c, style, pool, _cfg(args.res, args.rank, n, device))
+        train_style(c, style, pool, TrainSpec.from_config(_cfg(args.res, args.rank, n, device)))
 
     def sample(n):
         with sampling(c, sampler="ddim", steps=n, guidance_scale=7.5, resolution=args.res) as make:
@@ -140,8 +141,8 @@ def torch_steps(folder: Path, device: str, dtype: str, args) -> dict:
         folder=folder, source=str(folder), identity="bench", random_weights=True, prediction_type="epsilon"
     )
 
-    def one_style(c, style, pool, cfg):
-        train_styles(c, [style], [pool], cfg)
+    def one_style(c, style, pool, spec):
+        train_styles(c, [style], [pool], spec)
 
     return _steps(load_components(resolved, mc), one_style, sampling, device, folder, args)
 

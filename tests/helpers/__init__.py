@@ -41,7 +41,8 @@ def train_one(components, style, cfg, pool=None, export_to: Path | None = None):
     """One style trained by the PyTorch backend's trainer (a pass of one slot): its losses and the trained layers
     (None for peft's kinds), the model left as it was."""
     from stylexfer.backends.torch.trainer import train_styles
+    from stylexfer.specs import TrainSpec
 
-    done = train_styles(components, [style], [pool], cfg, export_dirs=[export_to])
+    done = train_styles(components, [style], [pool], TrainSpec.from_config(cfg), export_dirs=[export_to])
     assert not done.failed, done.failed
     return done.losses[style.id], done.layers

@@ -54,7 +54,7 @@ class JittorBackend(Backend):
         self,
         styles,
         pools,
-        cfg,
+        spec,
         ckpt_dir: Optional[Path],
         export_dirs: list[Path],
         clock: Optional[list] = None,
@@ -68,7 +68,7 @@ class JittorBackend(Backend):
         for style, pool, out in zip(styles, pools, export_dirs):
             ckpt = None if ckpt_dir is None else (Path(ckpt_dir) if len(styles) == 1 else Path(ckpt_dir) / style.id)
             try:
-                losses[style.id] = train_style(self.components, style, pool, cfg, ckpt, export_to=out)
+                losses[style.id] = train_style(self.components, style, pool, spec, ckpt, export_to=out)
             except TrainingDiverged as e:
                 losses[style.id], failed[style.id] = [], str(e)
         return TrainOutcome(losses=losses, failed=failed, seconds=time.time() - t0)

@@ -102,7 +102,7 @@ def init_gaussian(layers: dict, rng: np.random.Generator) -> None:
 
 def _part_metadata(part: str, layers: dict, targets) -> dict:
     first = next(iter(layers.values()))
-    cfg = {
+    entries = {
         "r": first.rank,
         "lora_alpha": first.alpha,
         "target_modules": list(targets),
@@ -116,7 +116,7 @@ def _part_metadata(part: str, layers: dict, targets) -> dict:
         "rank_pattern": {},
         "alpha_pattern": {},
     }
-    return {f"{part}.{k}": v for k, v in cfg.items()}
+    return {f"{part}.{k}": v for k, v in entries.items()}
 
 
 def save(folder: Path, parts: dict) -> Path:

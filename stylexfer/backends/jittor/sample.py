@@ -111,14 +111,14 @@ def generate(
             t0 = int(timesteps[0])
             a = np.float32(c.alphas_cumprod[t0])
             x = jt.array((a**0.5 * lat + (1 - a) ** 0.5 * noise).astype(np.float32))
-        cfg = guidance_scale > 1.0
+        guided = guidance_scale > 1.0
         cond = encode_prompts(c, list(prompts))
-        if cfg:
+        if guided:
             cond = jt.concat([encode_prompts(c, [""] * n), cond])
         for t in timesteps:
-            xin = jt.concat([x, x]) if cfg else x
+            xin = jt.concat([x, x]) if guided else x
             out = c.unet(xin, jt.array(np.full((xin.shape[0],), int(t), np.int32)), cond)
-            if cfg:
+            if guided:
                 u, tx = out[:n], out[n:]
                 out = u + guidance_scale * (tx - u)
             x = sched.step(out, int(t), x)

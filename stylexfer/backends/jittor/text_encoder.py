@@ -29,12 +29,12 @@ class _MLP(nn.Module):
 
 
 class _Layer(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, conf):
         super().__init__()
-        d, eps = cfg["hidden_size"], cfg.get("layer_norm_eps", 1e-5)
-        self.self_attn = _Attention(d, cfg["num_attention_heads"])
+        d, eps = conf["hidden_size"], conf.get("layer_norm_eps", 1e-5)
+        self.self_attn = _Attention(d, conf["num_attention_heads"])
         self.layer_norm1 = LayerNorm(d, eps)
-        self.mlp = _MLP(d, cfg["intermediate_size"], cfg.get("hidden_act", "quick_gelu"))
+        self.mlp = _MLP(d, conf["intermediate_size"], conf.get("hidden_act", "quick_gelu"))
         self.layer_norm2 = LayerNorm(d, eps)
 
     def execute(self, x, mask):
@@ -43,10 +43,10 @@ class _Layer(nn.Module):
 
 
 class _Embeddings(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, conf):
         super().__init__()
-        self.token_embedding = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
-        self.position_embedding = nn.Embedding(cfg["max_position_embeddings"], cfg["hidden_size"])
+        self.token_embedding = nn.Embedding(conf["vocab_size"], conf["hidden_size"])
+        self.position_embedding = nn.Embedding(conf["max_position_embeddings"], conf["hidden_size"])
 
     def execute(self, ids):
         n = ids.shape[1]
@@ -54,25 +54,27 @@ class _Embeddings(nn.Module):
 
 
 class _Encoder(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, conf):
         super().__init__()
-        self.layers = nn.ModuleList([_Layer(cfg) for _ in range(cfg["num_hidden_layers"])])
+        self.layers = nn.ModuleList([_Layer(conf) for _ in range(conf["num_hidden_layers"])])
 
 
 class CLIPTextModel(nn.Module):
     """Its state-dict keys are those of ``CLIPTextModel.text_model`` (a file's ``text_model.`` prefix is
     stripped when it is loaded)."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, conf: dict):
         super().__init__()
-        if cfg.get("hidden_act", "quick_gelu") not in ACTIVATIONS:
+        if conf.get("hidden_act", "quick_gelu") not in ACTIVATIONS:
             from ...errors import ConfigError
 
-            raise ConfigError(f"text encoder config hidden_act={cfg['hidden_act']}: not carried by the jittor backend")
-        self.config = cfg
-        self.embeddings = _Embeddings(cfg)
-        self.encoder = _Encoder(cfg)
-        self.final_layer_norm = LayerNorm(cfg["hidden_size"], cfg.get("layer_norm_eps", 1e-5))
+            raise ConfigError(
+                f"text encoder config hidden_act={conf['hidden_act']}: not carried by the jittor backend"
+            )
+        self.config = conf
+        self.embeddings = _Embeddings(conf)
+        self.encoder = _Encoder(conf)
+        self.final_layer_norm = LayerNorm(conf["hidden_size"], conf.get("layer_norm_eps", 1e-5))
 
     def execute(self, ids):
         n = ids.shape[1]

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ... import faults
-from ...config import PriorMode, value
+from ...config import value
 from ...data import Style
 from ...errors import ConfigError, TrainingDiverged
 from ...feed import GRID, PER_STEP, DataFeed
@@ -48,25 +48,25 @@ class Feed:
     backend, in its order) and the posteriors it keeps. ``next()`` gives the step's posterior means and standard
     deviations (numpy) and prompts."""
 
-    def __init__(self, c: Components, style: Style, pool: Optional[ClassPool], cfg):
+    def __init__(self, c: Components, style: Style, pool: Optional[ClassPool], spec):
         self.c, self.style, self.pool = c, style, pool
         self.data = DataFeed(
             style,
             pool,
-            seed=cfg.train.seed,
-            instance_prompt=cfg.data.instance_prompt,
-            batch_size=cfg.train.batch_size,
-            resolution=cfg.model.resolution,
-            augmentation=cfg.augmentation,
-            noise_offset=cfg.train.noise_offset,
-            timestep_bias=value(cfg.train.timestep_bias),
+            seed=spec.train.seed,
+            instance_prompt=spec.instance_prompt,
+            batch_size=spec.train.batch_size,
+            resolution=spec.resolution,
+            augmentation=spec.augmentation,
+            noise_offset=spec.train.noise_offset,
+            timestep_bias=value(spec.train.timestep_bias),
         )
         self.stream = self.data.stream
         self.cache: dict = {}  # the style's grid crops and cached images: key → (mean, std)
         # grid crops of a class pool are the same for every style that shares it: encoded once per model
         # (the PyTorch backend's batched pass shares them the same way)
         self.shared = (
-            c.crop_cache.setdefault((pool.key, cfg.model.resolution, cfg.augmentation.scale), {})
+            c.crop_cache.setdefault((pool.key, spec.resolution, spec.augmentation.scale), {})
             if pool is not None
             else {}
         )
@@ -166,8 +166,8 @@ def clip_by_norm(grads: list, max_norm: float) -> list:
 class Trainable:
     """The LoRA layers of one style in the UNet (and the text encoder), and their optimizer groups."""
 
-    def __init__(self, c: Components, cfg, seed: int, init: Optional[Path] = None):
-        lo = cfg.lora
+    def __init__(self, c: Components, spec, seed: int, init: Optional[Path] = None):
+        lo = spec.lora
         if value(lo.kind) != "lora":
             raise ConfigError(f"lora.kind={value(lo.kind)}: the jittor backend trains LoRA only (lora.kind=lora)")
         if lo.dropout:
@@ -185,7 +185,7 @@ class Trainable:
         self.groups = [
             {
                 "params": [w for layer in self.unet.values() for w in (layer.lora_A, layer.lora_B)],
-                "lr": cfg.train.lr,
+                "lr": spec.train.lr,
                 "name": "unet",
             }
         ]
@@ -193,7 +193,7 @@ class Trainable:
             self.groups.append(
                 {
                     "params": [w for layer in self.text_encoder.values() for w in (layer.lora_A, layer.lora_B)],
-                    "lr": cfg.train.lr * lo.text_encoder_lr_scale,
+                    "lr": spec.train.lr * lo.text_encoder_lr_scale,
                     "name": "text_encoder",
                 }
             )
@@ -262,7 +262,7 @@ def train_style(
     c: Components,
     style: Style,
     pool: Optional[ClassPool],
-    cfg,
+    spec,
     ckpt_dir: Optional[Path] = None,
     export_to: Optional[Path] = None,
     init: Optional[Path] = None,
@@ -270,13 +270,13 @@ def train_style(
     """Train one style's LoRA and write it to ``export_to``; the model is left as it was. The losses.
     ``init``: an adapter file to start from instead of the seeded init (the parity tests start both
     backends from the same weights)."""
-    tr_cfg = cfg.train
-    use_prior = pool is not None and value(cfg.prior.mode) != PriorMode.none.value
-    feed = Feed(c, style, pool if use_prior else None, cfg)
+    ts = spec.train
+    use_prior = pool is not None and spec.prior.on
+    feed = Feed(c, style, pool if use_prior else None, spec)
     feed.prepare()
-    tr = Trainable(c, cfg, feed.stream.lora_seed, init)
+    tr = Trainable(c, spec, feed.stream.lora_seed, init)
     try:
-        opt = AdamW(tr.groups, (tr_cfg.adam_beta1, tr_cfg.adam_beta2), tr_cfg.adam_epsilon, tr_cfg.adam_weight_decay)
+        opt = AdamW(tr.groups, (ts.adam_beta1, ts.adam_beta2), ts.adam_epsilon, ts.adam_weight_decay)
         start, losses = (0, [])
         if ckpt_dir is not None:
             start, losses = load_checkpoint(Path(ckpt_dir), tr, opt, feed)
@@ -286,15 +286,15 @@ def train_style(
         cache: dict = {}
         ac = c.alphas_cumprod
         n_t = int(c.scheduler_config.get("num_train_timesteps", 1000))
-        b, every = tr_cfg.batch_size, (tr_cfg.checkpoint_every if ckpt_dir is not None else 0)
-        schedule = value(tr_cfg.lr_scheduler)
+        b, every = ts.batch_size, (ts.checkpoint_every if ckpt_dir is not None else 0)
+        schedule = value(ts.lr_scheduler)
         bar = tqdm(
-            range(start, tr_cfg.steps),
+            range(start, ts.steps),
             desc=f"train {style.id} (jittor)",
             unit="step",
             leave=False,
             initial=start,
-            total=tr_cfg.steps,
+            total=ts.steps,
         )
         for step in bar:
             mean, std, prompts = feed.next()
@@ -322,22 +322,22 @@ def train_style(
             pred = c.unet(jt.array(noisy.astype(np.float32)), jt.array(t.astype(np.int32)), cond)
             per_sample = ((pred - jt.array(target.astype(np.float32))) ** 2).mean(dims=(1, 2, 3))
             inst = per_sample[:b]
-            if tr_cfg.snr_gamma:
-                inst = inst * jt.array(snr_weights(ac, t[:b], tr_cfg.snr_gamma, c.prediction_type))
+            if ts.snr_gamma:
+                inst = inst * jt.array(snr_weights(ac, t[:b], ts.snr_gamma, c.prediction_type))
             loss = inst.mean()
             if use_prior:
-                loss = loss + cfg.prior.weight * per_sample[b:].mean()
+                loss = loss + spec.prior.weight * per_sample[b:].mean()
             grads = jt.grad(loss, tr.params)
             jt.sync([loss] + grads)
             value_ = float(loss.item())
             if not math.isfinite(value_):
                 raise TrainingDiverged(f"style {style.id}: loss is {value_} at step {step + 1}")
-            grads = clip_by_norm(grads, tr_cfg.max_grad_norm)
-            opt.step(grads, lr_factor(schedule, step, tr_cfg.lr_warmup_steps, tr_cfg.steps))
+            grads = clip_by_norm(grads, ts.max_grad_norm)
+            opt.step(grads, lr_factor(schedule, step, ts.lr_warmup_steps, ts.steps))
             losses.append(value_)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-            if every and (step + 1) % every == 0 and step + 1 < tr_cfg.steps:
+            if every and (step + 1) % every == 0 and step + 1 < ts.steps:
                 save_checkpoint(Path(ckpt_dir), step + 1, tr, opt, feed, losses)
                 faults.checkpoint(f"train:{style.id}:{step + 1}")
         if export_to is not None:

@@ -128,42 +128,42 @@ class _TimestepEmbedding(nn.Module):
         return self.linear_2(self.act(self.linear_1(x)))
 
 
-def check_config(cfg: dict) -> None:
+def check_config(conf: dict) -> None:
     from ...errors import ConfigError
 
     for k, v in MUST_BE.items():
-        if cfg.get(k, v) != v:
-            raise ConfigError(f"unet config {k}={cfg[k]!r}: not carried by the jittor backend's UNet")
+        if conf.get(k, v) != v:
+            raise ConfigError(f"unet config {k}={conf[k]!r}: not carried by the jittor backend's UNet")
     for kind, key in (("down", "down_block_types"), ("up", "up_block_types")):
-        for b in cfg[key]:
+        for b in conf[key]:
             if b not in SUPPORTED[kind]:
                 raise ConfigError(f"unet config {key}: {b} is not carried by the jittor backend's UNet")
-    if cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn") not in SUPPORTED["mid"]:
-        raise ConfigError(f"unet config mid_block_type={cfg['mid_block_type']}: not carried by the jittor backend")
+    if conf.get("mid_block_type", "UNetMidBlock2DCrossAttn") not in SUPPORTED["mid"]:
+        raise ConfigError(f"unet config mid_block_type={conf['mid_block_type']}: not carried by the jittor backend")
 
 
 class UNet2DConditionModel(nn.Module):
-    def __init__(self, cfg: dict):
+    def __init__(self, conf: dict):
         super().__init__()
-        check_config(cfg)
-        self.config = cfg
-        boc = list(cfg["block_out_channels"])
+        check_config(conf)
+        self.config = conf
+        boc = list(conf["block_out_channels"])
         n = len(boc)
-        groups, eps = cfg.get("norm_num_groups", 32), cfg.get("norm_eps", 1e-5)
-        cross = cfg["cross_attention_dim"]
-        linear = bool(cfg.get("use_linear_projection", False))
-        heads = _per_block(cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8), n)
-        tlayers = _per_block(cfg.get("transformer_layers_per_block", 1), n)
-        layers = _per_block(cfg.get("layers_per_block", 2), n)
-        act = cfg.get("act_fn", "silu")
+        groups, eps = conf.get("norm_num_groups", 32), conf.get("norm_eps", 1e-5)
+        cross = conf["cross_attention_dim"]
+        linear = bool(conf.get("use_linear_projection", False))
+        heads = _per_block(conf.get("num_attention_heads") or conf.get("attention_head_dim", 8), n)
+        tlayers = _per_block(conf.get("transformer_layers_per_block", 1), n)
+        layers = _per_block(conf.get("layers_per_block", 2), n)
+        act = conf.get("act_fn", "silu")
         self.act = ACTIVATIONS[act]
         temb = boc[0] * 4
-        self.flip, self.shift, self.tdim = cfg.get("flip_sin_to_cos", True), cfg.get("freq_shift", 0), boc[0]
-        self.conv_in = nn.Conv2d(cfg["in_channels"], boc[0], 3, padding=1)
+        self.flip, self.shift, self.tdim = conf.get("flip_sin_to_cos", True), conf.get("freq_shift", 0), boc[0]
+        self.conv_in = nn.Conv2d(conf["in_channels"], boc[0], 3, padding=1)
         self.time_embedding = _TimestepEmbedding(boc[0], temb, act)
         self.down_blocks = nn.ModuleList()
         out = boc[0]
-        for i, kind in enumerate(cfg["down_block_types"]):
+        for i, kind in enumerate(conf["down_block_types"]):
             cin, out = out, boc[i]
             self.down_blocks.append(
                 _Block(
@@ -179,18 +179,18 @@ class UNet2DConditionModel(nn.Module):
                     linear,
                     tlayers[i],
                     down=i < n - 1,
-                    pad=cfg.get("downsample_padding", 1),
+                    pad=conf.get("downsample_padding", 1),
                 )
             )
         self.mid_block = (
             _Mid(boc[-1], temb, heads[-1], cross, groups, eps, linear, tlayers[-1])
-            if cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn")
+            if conf.get("mid_block_type", "UNetMidBlock2DCrossAttn")
             else None
         )
         rboc, rheads, rlayers, rtl = boc[::-1], heads[::-1], layers[::-1], tlayers[::-1]
         self.up_blocks = nn.ModuleList()
         out = rboc[0]
-        for i, kind in enumerate(cfg["up_block_types"]):
+        for i, kind in enumerate(conf["up_block_types"]):
             prev, out, cin = out, rboc[i], rboc[min(i + 1, n - 1)]
             self.up_blocks.append(
                 _Block(
@@ -210,7 +210,7 @@ class UNet2DConditionModel(nn.Module):
                 )
             )
         self.conv_norm_out = GroupNorm(groups, boc[0], eps)
-        self.conv_out = nn.Conv2d(boc[0], cfg["out_channels"], 3, padding=1)
+        self.conv_out = nn.Conv2d(boc[0], conf["out_channels"], 3, padding=1)
 
     def execute(self, sample, timesteps, context):
         t = timesteps if timesteps.ndim else timesteps.reshape((1,))

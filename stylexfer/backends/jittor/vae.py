@@ -45,17 +45,17 @@ class _Block(nn.Module):
 
 
 class _Encoder(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, conf):
         super().__init__()
-        boc, groups, n = cfg["block_out_channels"], cfg.get("norm_num_groups", 32), len(cfg["block_out_channels"])
-        layers, self.act = cfg.get("layers_per_block", 1), ACTIVATIONS[cfg.get("act_fn", "silu")]
-        self.conv_in = nn.Conv2d(cfg.get("in_channels", 3), boc[0], 3, padding=1)
+        boc, groups, n = conf["block_out_channels"], conf.get("norm_num_groups", 32), len(conf["block_out_channels"])
+        layers, self.act = conf.get("layers_per_block", 1), ACTIVATIONS[conf.get("act_fn", "silu")]
+        self.conv_in = nn.Conv2d(conf.get("in_channels", 3), boc[0], 3, padding=1)
         self.down_blocks = nn.ModuleList(
             [_Block(boc[max(i - 1, 0)], boc[i], layers, groups, down=i < n - 1) for i in range(n)]
         )
-        self.mid_block = _Mid(boc[-1], groups, cfg.get("mid_block_add_attention", True))
+        self.mid_block = _Mid(boc[-1], groups, conf.get("mid_block_add_attention", True))
         self.conv_norm_out = GroupNorm(groups, boc[-1], 1e-6)
-        self.conv_out = nn.Conv2d(boc[-1], 2 * cfg["latent_channels"], 3, padding=1)
+        self.conv_out = nn.Conv2d(boc[-1], 2 * conf["latent_channels"], 3, padding=1)
 
     def execute(self, x):
         x = self.conv_in(x)
@@ -65,18 +65,18 @@ class _Encoder(nn.Module):
 
 
 class _Decoder(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, conf):
         super().__init__()
-        boc, groups, n = cfg["block_out_channels"], cfg.get("norm_num_groups", 32), len(cfg["block_out_channels"])
-        layers, self.act = cfg.get("layers_per_block", 1), ACTIVATIONS[cfg.get("act_fn", "silu")]
+        boc, groups, n = conf["block_out_channels"], conf.get("norm_num_groups", 32), len(conf["block_out_channels"])
+        layers, self.act = conf.get("layers_per_block", 1), ACTIVATIONS[conf.get("act_fn", "silu")]
         r = boc[::-1]
-        self.conv_in = nn.Conv2d(cfg["latent_channels"], r[0], 3, padding=1)
-        self.mid_block = _Mid(r[0], groups, cfg.get("mid_block_add_attention", True))
+        self.conv_in = nn.Conv2d(conf["latent_channels"], r[0], 3, padding=1)
+        self.mid_block = _Mid(r[0], groups, conf.get("mid_block_add_attention", True))
         self.up_blocks = nn.ModuleList(
             [_Block(r[max(i - 1, 0)], r[i], layers + 1, groups, up=i < n - 1) for i in range(n)]
         )
         self.conv_norm_out = GroupNorm(groups, boc[0], 1e-6)
-        self.conv_out = nn.Conv2d(boc[0], cfg.get("out_channels", 3), 3, padding=1)
+        self.conv_out = nn.Conv2d(boc[0], conf.get("out_channels", 3), 3, padding=1)
 
     def execute(self, z):
         x = self.mid_block(self.conv_in(z))
@@ -86,19 +86,19 @@ class _Decoder(nn.Module):
 
 
 class AutoencoderKL(nn.Module):
-    def __init__(self, cfg: dict):
+    def __init__(self, conf: dict):
         super().__init__()
         from ...errors import ConfigError
 
         for key, kinds in (("down_block_types", {"DownEncoderBlock2D"}), ("up_block_types", {"UpDecoderBlock2D"})):
-            if set(cfg.get(key, kinds)) - kinds:
+            if set(conf.get(key, kinds)) - kinds:
                 raise ConfigError(f"vae config {key}: only {sorted(kinds)[0]} is carried by the jittor backend's VAE")
-        self.config = cfg
-        z = cfg["latent_channels"]
-        self.encoder = _Encoder(cfg)
-        self.decoder = _Decoder(cfg)
-        self.quant_conv = nn.Conv2d(2 * z, 2 * z, 1) if cfg.get("use_quant_conv", True) else None
-        self.post_quant_conv = nn.Conv2d(z, z, 1) if cfg.get("use_post_quant_conv", True) else None
+        self.config = conf
+        z = conf["latent_channels"]
+        self.encoder = _Encoder(conf)
+        self.decoder = _Decoder(conf)
+        self.quant_conv = nn.Conv2d(2 * z, 2 * z, 1) if conf.get("use_quant_conv", True) else None
+        self.post_quant_conv = nn.Conv2d(z, z, 1) if conf.get("use_post_quant_conv", True) else None
 
     def encode(self, x):
         """The posterior's mean and standard deviation (log-variance clamped to [-30, 20] as diffusers does)."""

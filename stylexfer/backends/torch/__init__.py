@@ -47,7 +47,7 @@ class TorchBackend(Backend):
         self,
         styles,
         pools,
-        cfg,
+        spec,
         ckpt_dir: Optional[Path],
         export_dirs: list[Path],
         clock: Optional[list] = None,
@@ -59,7 +59,7 @@ class TorchBackend(Backend):
         c = self.components
         use_store_cache(self.cache_dir, c.device)
         try:
-            done = train_styles(c, styles, pools, cfg, ckpt_dir, export_dirs, clock, snapshots, state_to)
+            done = train_styles(c, styles, pools, spec, ckpt_dir, export_dirs, clock, snapshots, state_to)
         except torch.cuda.OutOfMemoryError as e:
             torch.cuda.empty_cache()
             raise DeviceOutOfMemory(f"{len(styles)} style(s) in one pass: {str(e).splitlines()[0]}") from None

@@ -48,21 +48,21 @@ def _inductor_dir() -> Path:
     )
 
 
-def graph_key(c, cfg, n_styles: int) -> str:
+def graph_key(c, spec, n_styles: int) -> str:
     """What determines the compiled training graph's shapes and code."""
     return stable_hash(
         {
             "model": c.model.identity,
-            "resolution": cfg.model.resolution,
+            "resolution": spec.resolution,
             "styles": n_styles,
-            "batch": cfg.train.batch_size,
-            "prior": str(cfg.prior.mode),
-            "lora": OmegaConf.to_container(cfg.lora, resolve=True, enum_to_str=True),
-            "lora_compute": str(cfg.train.lora_compute),
-            "fp8": bool(cfg.train.fp8),
-            "precision": str(cfg.train.mixed_precision),
+            "batch": spec.train.batch_size,
+            "prior": spec.prior.mode,
+            "lora": OmegaConf.to_container(spec.lora, resolve=True, enum_to_str=True),
+            "lora_compute": str(spec.train.lora_compute),
+            "fp8": bool(spec.train.fp8),
+            "precision": str(spec.train.mixed_precision),
             "dtype": str(c.dtype),
-            "mode": cfg.train.compile_mode,
+            "mode": spec.train.compile_mode,
             "torch": torch.__version__,
             "gpu": _gpu(c.device),
         }
@@ -74,18 +74,18 @@ def _warm_marker(key: str) -> Path:
     return _inductor_dir() / "stylexfer-warm" / f"{key}.json"
 
 
-def _marker(c, cfg, n_styles: int) -> Path:
-    return _warm_marker(graph_key(c, cfg, n_styles))
+def _marker(c, spec, n_styles: int) -> Path:
+    return _warm_marker(graph_key(c, spec, n_styles))
 
 
-def decide(c, cfg, n_styles: int) -> bool:
+def decide(c, spec, n_styles: int) -> bool:
     """Whether this pass compiles the UNet (see the module's docstring); says why in the log."""
-    want = cfg.train.compile
+    want = spec.train.compile
     if c.device.type != "cuda":
         return False
     if want is not None:
         return bool(want)
-    if _marker(c, cfg, n_styles).exists():
+    if _marker(c, spec, n_styles).exists():
         log.info("compiling the UNet: its compiled graph is in the cache (%s)", _inductor_dir())
         return True
     log.info(
@@ -96,10 +96,10 @@ def decide(c, cfg, n_styles: int) -> bool:
     return False
 
 
-def mark_warm(c, cfg, n_styles: int) -> None:
+def mark_warm(c, spec, n_styles: int) -> None:
     """Record that this pass's graph is compiled in the cache (after a compiled pass finished)."""
     atomic_write_json(
-        _marker(c, cfg, n_styles),
+        _marker(c, spec, n_styles),
         {"model": c.model.identity, "styles": n_styles, "torch": torch.__version__, "gpu": _gpu(c.device)},
     )
 

@@ -25,18 +25,18 @@ log = logging.getLogger(__name__)
 WARMUP_STEPS = 3  # eager steps before capturing (cuDNN autotuning, optimizer state, compiled code)
 
 
-def wanted(cfg, device: torch.device) -> bool:
+def wanted(spec, device: torch.device) -> bool:
     """Whether a batched pass records its step as a CUDA graph: ``train.cuda_graphs`` (null = on CUDA),
     never on CPU nor with a ``train.compile_mode`` that makes CUDA graphs itself."""
-    want = cfg.train.cuda_graphs
+    want = spec.train.cuda_graphs
     if device.type != "cuda" or want is False:
         return False
-    if cfg.train.compile_mode in ("reduce-overhead", "max-autotune"):
+    if spec.train.compile_mode in ("reduce-overhead", "max-autotune"):
         if want:
             log.warning(
                 "train.cuda_graphs=true: not with train.compile_mode=%s, which records CUDA graphs of "
                 "the UNet itself; the step runs without a graph of its own",
-                cfg.train.compile_mode,
+                spec.train.compile_mode,
             )
         return False
     return True

@@ -68,17 +68,17 @@ def autocast_for(components: Components, precision: Precision):
     return contextlib.nullcontext()
 
 
-def add_adapters(components: Components, cfg, seed: int) -> list[dict]:
+def add_adapters(components: Components, spec, seed: int) -> list[dict]:
     """Inject fresh LoRA layers (seeded init) into the UNet and, if asked, the text encoder;
     return optimizer parameter groups (LoRA weights in float32)."""
-    lo = cfg.lora
+    lo = spec.lora
     kind = value(lo.kind)
     torch.manual_seed(seed)
     components.unet.add_adapter(
         _lora_config(lo.unet_lora_rank, lo.unet_alpha, lo.unet_target_modules, lo.dropout, kind)
     )
     groups = [
-        {"params": [p for p in components.unet.parameters() if p.requires_grad], "lr": cfg.train.lr, "name": "unet"}
+        {"params": [p for p in components.unet.parameters() if p.requires_grad], "lr": spec.train.lr, "name": "unet"}
     ]
     if lo.text_encoder_lora_rank > 0:
         components.text_encoder.add_adapter(
@@ -89,7 +89,7 @@ def add_adapters(components: Components, cfg, seed: int) -> list[dict]:
         groups.append(
             {
                 "params": [p for p in components.text_encoder.parameters() if p.requires_grad],
-                "lr": cfg.train.lr * lo.text_encoder_lr_scale,
+                "lr": spec.train.lr * lo.text_encoder_lr_scale,
                 "name": "text_encoder",
             }
         )
@@ -195,17 +195,17 @@ def _peft_lora_weights(model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def inject_adapters(c: Components, cfg, seeds: list[int]) -> MultiAdapters:
+def inject_adapters(c: Components, spec, seeds: list[int]) -> MultiAdapters:
     """LoRA layers (:mod:`stylexfer.multilora`) with one slot per style in the UNet and, when
     ``lora.text_encoder_lora_rank > 0``, the text encoder; slot ``s`` starts exactly as a peft adapter
     initialised with ``seeds[s]`` would (peft's init, so the saved files are peft's format)."""
-    lo = cfg.lora
+    lo = spec.lora
     inits = []
     for seed in seeds:
-        add_adapters(c, cfg, seed)
+        add_adapters(c, spec, seed)
         inits.append((_peft_lora_weights(c.unet), _peft_lora_weights(c.text_encoder)))
         remove_adapters(c)
-    compute = c.dtype if value(cfg.train.lora_compute) == LoraCompute.model.value else torch.float32
+    compute = c.dtype if value(spec.train.lora_compute) == LoraCompute.model.value else torch.float32
     ad = MultiAdapters(router=Router())
     n = len(seeds)
     ad.unet = inject(
@@ -239,14 +239,14 @@ def inject_adapters(c: Components, cfg, seeds: list[int]) -> MultiAdapters:
     return ad
 
 
-def export_adapters(c: Components, cfg, ad: MultiAdapters, folders: dict[int, Path]) -> None:
+def export_adapters(c: Components, spec, ad: MultiAdapters, folders: dict[int, Path]) -> None:
     """Write each slot ``s`` of ``folders`` ({slot: folder}) as a stock diffusers LoRA file, through peft's layers
     and ``save_lora_weights``: one peft adapter is added, filled with each slot's weights in turn and saved (not
     one adapter per slot: adding and removing peft's layers on an SD 2.1 UNet takes ~0.3 s each time). The
     injected layers must be taken out first (:func:`stylexfer.multilora.restore`)."""
     if not folders:
         return
-    add_adapters(c, cfg, 0)
+    add_adapters(c, spec, 0)
     try:
         pairs = [
             (model.get_submodule(name), layer)
@@ -263,9 +263,9 @@ def export_adapters(c: Components, cfg, ad: MultiAdapters, folders: dict[int, Pa
         remove_adapters(c)
 
 
-def export_adapter(c: Components, cfg, ad: MultiAdapters, slot: int, folder: Path) -> None:
+def export_adapter(c: Components, spec, ad: MultiAdapters, slot: int, folder: Path) -> None:
     """Write slot ``slot`` as a stock diffusers LoRA file (:func:`export_adapters` for one slot)."""
-    export_adapters(c, cfg, ad, {slot: folder})
+    export_adapters(c, spec, ad, {slot: folder})
 
 
 def snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -277,18 +277,18 @@ def snr_weights(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
     return w / (snr + 1) if scheduler.config.prediction_type == "v_prediction" else w / snr
 
 
-def style_losses(c: Components, per_sample: torch.Tensor, t: torch.Tensor, cfg, n_styles: int, use_prior: bool):
+def style_losses(c: Components, per_sample: torch.Tensor, t: torch.Tensor, spec, n_styles: int, use_prior: bool):
     """Each style's loss from the per-sample MSEs of a step (rows grouped by style, instance samples
     first): the instance mean, min-SNR-weighted when ``train.snr_gamma`` is set (the class samples are
     not, as in diffusers' DreamBooth example), plus ``prior.weight`` × the class mean under prior."""
-    b = cfg.train.batch_size
+    b = spec.train.batch_size
     per_style = per_sample.view(n_styles, -1)
     inst = per_style[:, :b]
-    if cfg.train.snr_gamma:
-        inst = inst * snr_weights(c.noise_scheduler, t, cfg.train.snr_gamma).view(n_styles, -1)[:, :b]
+    if spec.train.snr_gamma:
+        inst = inst * snr_weights(c.noise_scheduler, t, spec.train.snr_gamma).view(n_styles, -1)[:, :b]
     loss = inst.mean(dim=1)
     if use_prior:
-        loss = loss + cfg.prior.weight * per_style[:, b:].mean(dim=1)
+        loss = loss + spec.prior.weight * per_style[:, b:].mean(dim=1)
     return loss
 
 
@@ -487,23 +487,23 @@ class Feed:
         c: Components,
         style: Style,
         pool: Optional[ClassPool],
-        cfg,
+        spec,
         resized: Optional[dict] = None,
         raw: bool = False,
         crops: Optional[dict] = None,
     ):
         self.c, self.style, self.pool, self.raw = c, style, pool, raw
-        self.resolution = cfg.model.resolution
+        self.resolution = spec.resolution
         self.data = DataFeed(
             style,
             pool,
-            seed=cfg.train.seed,
-            instance_prompt=cfg.data.instance_prompt,
-            batch_size=cfg.train.batch_size,
-            resolution=cfg.model.resolution,
-            augmentation=cfg.augmentation,
-            noise_offset=cfg.train.noise_offset,
-            timestep_bias=value(cfg.train.timestep_bias),
+            seed=spec.train.seed,
+            instance_prompt=spec.instance_prompt,
+            batch_size=spec.train.batch_size,
+            resolution=spec.resolution,
+            augmentation=spec.augmentation,
+            noise_offset=spec.train.noise_offset,
+            timestep_bias=value(spec.train.timestep_bias),
             resized=resized,
         )
         self.stream = self.data.stream
@@ -576,7 +576,7 @@ def save_peft_kind(c: Components, folder: Path, kind: str, train_te: bool) -> No
 
 
 def write_snapshot(
-    c: Components, cfg, ad: Optional[MultiAdapters], folders: dict[int, Path], kind: str, train_te: bool
+    c: Components, spec, ad: Optional[MultiAdapters], folders: dict[int, Path], kind: str, train_te: bool
 ) -> None:
     """Write the adapters of slots ``folders`` ({slot: folder}) as they are now, mid-training, in the files the
     end of training writes; training goes on unchanged (stylexfer's layers are taken out for the export and put
@@ -590,7 +590,7 @@ def write_snapshot(
     restore(c.text_encoder, ad.text_encoder)
     try:
         with torch.no_grad():
-            export_adapters(c, cfg, ad, folders)
+            export_adapters(c, spec, ad, folders)
     finally:
         reinstate(c.unet, ad.unet)
         reinstate(c.text_encoder, ad.text_encoder)

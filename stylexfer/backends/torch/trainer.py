@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ... import faults
-from ...config import Precision, PriorMode, value
+from ...config import Precision, value
 from ...data import Style
 from ...prior import ClassPool
 from .. import TrainOutcome
@@ -194,10 +194,10 @@ class SlotLayers:
     fp8_ok = True  # the frozen base layers may compute in float8 around these layers
     graphs_ok = True  # the step may be recorded as a CUDA graph, the UNet compiled
 
-    def __init__(self, c: Components, cfg, seeds: list[int]):
-        self.c, self.cfg = c, cfg
-        self.ad = inject_adapters(c, cfg, seeds)
-        self.groups = self.ad.groups(cfg.train.lr, cfg.train.lr * cfg.lora.text_encoder_lr_scale)
+    def __init__(self, c: Components, spec, seeds: list[int]):
+        self.c, self.spec = c, spec
+        self.ad = inject_adapters(c, spec, seeds)
+        self.groups = self.ad.groups(spec.train.lr, spec.train.lr * spec.lora.text_encoder_lr_scale)
         self.train_te = bool(self.ad.text_encoder)
 
     def route(self, index: torch.Tensor, everyone: bool) -> None:
@@ -209,11 +209,11 @@ class SlotLayers:
         self.ad.clip_per_slot(max_norm, active)
 
     def snapshot(self, folders: dict[int, Path]) -> None:
-        write_snapshot(self.c, self.cfg, self.ad, folders, "lora", self.train_te)
+        write_snapshot(self.c, self.spec, self.ad, folders, "lora", self.train_te)
 
     def export(self, folders: dict[int, Path]) -> None:
         self.take_out()
-        export_adapters(self.c, self.cfg, self.ad, folders)
+        export_adapters(self.c, self.spec, self.ad, folders)
 
     def take_out(self) -> None:
         """The model back as loaded (the layers kept, with their trained weights, in :attr:`trained`)."""
@@ -232,11 +232,11 @@ class PeftLayers:
     fp8_ok = False
     graphs_ok = False
 
-    def __init__(self, c: Components, cfg, seeds: list[int]):
+    def __init__(self, c: Components, spec, seeds: list[int]):
         if len(seeds) != 1:
-            raise ValueError(f"lora.kind={value(cfg.lora.kind)}: peft's layers carry one style; train one at a time")
-        self.c, self.kind = c, value(cfg.lora.kind)
-        self.groups = add_adapters(c, cfg, seeds[0])
+            raise ValueError(f"lora.kind={value(spec.lora.kind)}: peft's layers carry one style; train one at a time")
+        self.c, self.kind = c, value(spec.lora.kind)
+        self.groups = add_adapters(c, spec, seeds[0])
         self.params = [p for g in self.groups for p in g["params"]]
         self.train_te = any(g["name"] == "text_encoder" for g in self.groups)
 
@@ -273,36 +273,36 @@ class Trained(TrainOutcome):
 class Pass:
     """One training pass over ``styles`` (their class pools: None without prior), built ready to step."""
 
-    def __init__(self, c: Components, styles: list[Style], pools: list[Optional[ClassPool]], cfg):
+    def __init__(self, c: Components, styles: list[Style], pools: list[Optional[ClassPool]], spec):
         from diffusers.optimization import get_scheduler
 
-        if cfg.lora.dropout > 0 and len(styles) > 1:
+        if spec.lora.dropout > 0 and len(styles) > 1:
             raise ValueError(
                 "lora.dropout > 0: dropout masks come from the device's global random stream, so in a "
                 "batched pass a style's adapter would depend on its batch mates; train one style at a time"
             )
-        self.c, self.cfg, self.tr = c, cfg, cfg.train
+        self.c, self.spec, self.tr = c, spec, spec.train
         self.ids = [s.id for s in styles]
         self.n = len(styles)
-        self.use_prior = value(cfg.prior.mode) != PriorMode.none.value and all(p is not None for p in pools)
+        self.use_prior = spec.prior.on and all(p is not None for p in pools)
         self.precision = Precision(value(self.tr.mixed_precision))
         resized: dict = {}  # shared: a shared class pool is resized once, not once per style
         crops: dict = {}  # shared likewise: a shared class pool's grid crops are encoded once
         self.feeds = [
-            Feed(c, s, p if self.use_prior else None, cfg, resized, raw=True, crops=crops)
+            Feed(c, s, p if self.use_prior else None, spec, resized, raw=True, crops=crops)
             for s, p in zip(styles, pools)
         ]
-        kind = SlotLayers if value(cfg.lora.kind) == "lora" else PeftLayers
-        self.compile_now = kind.graphs_ok and compiled.decide(c, cfg, self.n)
+        kind = SlotLayers if value(spec.lora.kind) == "lora" else PeftLayers
+        self.compile_now = kind.graphs_ok and compiled.decide(c, spec, self.n)
         self.encode_crops(crops)
-        self.layers = kind(c, cfg, [f.stream.lora_seed for f in self.feeds])
+        self.layers = kind(c, spec, [f.stream.lora_seed for f in self.feeds])
         try:
             groups = self.layers.groups
             self.params = [p for g in groups for p in g["params"]]
             self.train_te = self.layers.train_te
             self.text = TextCache(c, self.train_te)
             # the step as a CUDA graph: the LR a tensor, the optimizer capturable
-            self.record = kind.graphs_ok and graphed.wanted(cfg, c.device)
+            self.record = kind.graphs_ok and graphed.wanted(spec, c.device)
             tr = self.tr
             self.opt = make_optimizer(
                 c, graphed.tensor_lr(groups, c.device) if self.record else groups, tr, capturable=self.record
@@ -372,7 +372,7 @@ class Pass:
         with autocast_for(c, self.precision):
             pred = self.unet(noisy, ts, cond.to(c.dtype)).sample
         per_sample = F.mse_loss(pred.float(), targets.float(), reduction="none").mean(dim=(1, 2, 3))
-        return style_losses(c, per_sample, ts, self.cfg, self._rows, self.use_prior)
+        return style_losses(c, per_sample, ts, self.spec, self._rows, self.use_prior)
 
     def update(self, style_loss) -> None:
         """Backward, per-style clipping and the optimizer step; a style whose loss is not finite gets no update."""
@@ -432,7 +432,7 @@ def train_styles(
     c: Components,
     styles: list[Style],
     pools: list[Optional[ClassPool]],
-    cfg,
+    spec,
     ckpt_dir: Optional[Path] = None,
     export_dirs: Optional[list[Path]] = None,
     clock: Optional[list] = None,
@@ -445,7 +445,7 @@ def train_styles(
     ``clock``, if given, gets the time at which each step's losses reached the host (the loop is then at most one
     step ahead of the device), for steady-state step times free of the set-up and export."""
     t0 = time.time()
-    p = Pass(c, styles, pools, cfg)
+    p = Pass(c, styles, pools, spec)
     tr, n = p.tr, p.n
     try:
         start = p.resume(ckpt_dir)
@@ -532,7 +532,7 @@ def train_styles(
         if state_to is not None and p.live():
             p.checkpoint(state_to, tr.steps)
         if p.compile_now:
-            compiled.mark_warm(c, cfg, n)
+            compiled.mark_warm(c, spec, n)
         skip = min(10, len(ticks) // 2)  # the first steps compile and autotune
         per_step = steady_step_s(ticks, skip)
         if per_step is not None and d is not None:

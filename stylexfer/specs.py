@@ -1,0 +1,112 @@
+"""Typed stage specs: what a stage's work reads, built once from the composed config and handed down instead of it.
+
+:class:`TrainSpec` is everything a backend's training reads (the LoRA, the training settings, the prior loss, the
+augmentation, the resolution and the instance prompt) and nothing else of the config. The adapter's store key is
+made from the same object (:meth:`TrainSpec.adapter_key`: the spec less the keys that only schedule the work, plus
+the style's images, the model and the class pool), so what determines an adapter and what its key hashes cannot
+drift apart. Its parts are read-only copies: a backend cannot change the run's config, nor the config the spec.
+It imports nothing of the package's (the backend interface, below the config's schema, uses it).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+# training settings that change how the work is scheduled, not what it computes (left out of the adapter's key)
+SCHEDULING_KEYS = (
+    "checkpoint_every",
+    "styles_per_batch",
+    "compile",
+    "compile_mode",
+    "compile_vae",
+    "cuda_graphs",
+    "keep_steps",
+    "validate_every",
+)
+
+# training settings added after adapters were stored: at their default they are left out of the key, so those
+# adapters keep their keys
+DEFAULT_OFF = {"timestep_bias": "none"}
+
+
+def _name(choice) -> str:
+    """An enum member's value, or the string itself."""
+    return str(getattr(choice, "value", choice))
+
+
+def _frozen(node) -> DictConfig:
+    """A read-only copy of a config node (its schema kept: a typo reads as an error, not as None)."""
+    out = copy.deepcopy(node)
+    OmegaConf.resolve(out)
+    OmegaConf.set_readonly(out, True)
+    return out
+
+
+@dataclass(frozen=True)
+class PriorLoss:
+    """The prior-preservation term of the loss: ``mode`` none | shared | per_style, and its weight."""
+
+    mode: str
+    weight: float
+
+    @property
+    def on(self) -> bool:
+        return self.mode != "none"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """What a backend's :meth:`~stylexfer.backends.Backend.train` reads, from :meth:`from_config`."""
+
+    backend: str
+    dtype: str  # the model's dtype (part of the key: an adapter trained in bf16 is not the float32 one)
+    resolution: int
+    instance_prompt: str
+    lora: DictConfig  # the ``lora`` group
+    train: DictConfig  # the ``train`` group, scheduling keys included (how the pass runs)
+    augmentation: DictConfig  # the ``augmentation`` group
+    prior: PriorLoss
+
+    @classmethod
+    def from_config(cls, cfg) -> "TrainSpec":
+        return cls(
+            backend=str(cfg.backend.name),
+            dtype=str(cfg.model.dtype),
+            resolution=int(cfg.model.resolution),
+            instance_prompt=str(cfg.data.instance_prompt),
+            lora=_frozen(cfg.lora),
+            train=_frozen(cfg.train),
+            augmentation=_frozen(cfg.augmentation),
+            prior=PriorLoss(mode=_name(cfg.prior.mode), weight=float(cfg.prior.weight)),
+        )
+
+    def adapter_key(self, style_fingerprint: str, model_identity: str, pool_key: Optional[str]) -> dict:
+        """The store spec of one style's adapter (its hash is the key): this spec without its scheduling keys, the
+        style's images and object names, the model and the class pool."""
+        prior = {"mode": "none"} if not self.prior.on else {"mode": self.prior.mode, "weight": self.prior.weight}
+        if self.prior.on:
+            prior["pool"] = pool_key
+        train = OmegaConf.to_container(self.train, resolve=True, enum_to_str=True)
+        return {
+            "version": 2,
+            "backend": self.backend,
+            "model": model_identity,
+            "style": style_fingerprint,
+            "instance_prompt": self.instance_prompt,
+            "resolution": self.resolution,
+            "lora": OmegaConf.to_container(self.lora, resolve=True, enum_to_str=True),
+            "prior": prior,
+            "augmentation": {
+                k: v for k, v in OmegaConf.to_container(self.augmentation, resolve=True).items() if k != "name"
+            },
+            "train": {
+                k: v
+                for k, v in train.items()
+                if k not in SCHEDULING_KEYS and not (k in DEFAULT_OFF and v == DEFAULT_OFF[k])
+            },
+            "dtype": self.dtype,
+        }
