@@ -210,7 +210,7 @@ def run(cfg: DictConfig) -> dict:
     todo = [t for t in todo if not adapter_stored(t[2], cache)]
     t_stage = time.time()
     batch_trained, batch_failed = train_in_batches(
-        backend, todo, cfg, cache, lambda spec: ensure_pool(backend, spec, cfg.prior, cache)
+        backend, todo, cfg, cache, lambda spec: ensure_pool(backend, spec, cache)
     )
     stages["train"] = time.time() - t_stage
     stages["sample"] = 0.0

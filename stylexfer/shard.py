@@ -146,7 +146,7 @@ def _worker(job: ShardJob, rank: int, barrier, results) -> None:
             if sp is not None and not adapter_stored(aspec, cache):
                 pools[pool_key(sp)] = sp
         for sp in pools.values():
-            make_pool_share(backend, sp, cfg.prior, cache, (rank, n))
+            make_pool_share(backend, sp, cache, (rank, n))
     except BaseException:
         barrier.abort()  # the other workers stop waiting; the parent makes what is missing
         raise
@@ -156,9 +156,7 @@ def _worker(job: ShardJob, rank: int, barrier, results) -> None:
         log.warning("another shard failed before the class pool was complete; this one makes what is missing")
     out["seconds"]["pool"] = time.time() - t0
     todo = [(s, *specs[s.id]) for s in mine if not adapter_stored(specs[s.id][1], cache)]
-    trained, failed = train_in_batches(
-        backend, todo, cfg, cache, lambda sp: ensure_pool(backend, sp, cfg.prior, cache)
-    )
+    trained, failed = train_in_batches(backend, todo, cfg, cache, lambda sp: ensure_pool(backend, sp, cache))
     out["trained"].update(trained)
     out["failed"].update(failed)
     for s in mine:  # what the batched pass left (one style, a failed pass), then the images

@@ -1,20 +1,25 @@
 """Typed stage specs: what a stage's work reads, built once from the composed config and handed down instead of it.
 
+:class:`PoolSpec` is a class-image pool: what its images depend on (its store key hashes exactly that) and, outside
+the key, how they are made (batch size, compiling).
+
 :class:`TrainSpec` is everything a backend's training reads (the LoRA, the training settings, the prior loss, the
 augmentation, the resolution and the instance prompt) and nothing else of the config. The adapter's store key is
 made from the same object (:meth:`TrainSpec.adapter_key`: the spec less the keys that only schedule the work, plus
 the style's images, the model and the class pool), so what determines an adapter and what its key hashes cannot
 drift apart. Its parts are read-only copies: a backend cannot change the run's config, nor the config the spec.
-It imports nothing of the package's (the backend interface, below the config's schema, uses it).
+It imports only the store's hash (the backend interface, below the config's schema, uses it).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
+
+from .store import stable_hash
 
 # training settings that change how the work is scheduled, not what it computes (left out of the adapter's key)
 SCHEDULING_KEYS = (
@@ -110,3 +115,37 @@ class TrainSpec:
             },
             "dtype": self.dtype,
         }
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A class-image pool (:mod:`stylexfer.prior`): ``prompts`` drawn by the base model with this sampler."""
+
+    backend: str
+    model: str
+    prompts: tuple[str, ...]
+    sampler: str
+    steps: int
+    guidance_scale: float
+    seed: int
+    resolution: int
+    # how the images are made, not what they are: outside the key
+    batch_size: int = field(default=8, compare=False)
+    compile: Optional[bool] = field(default=None, compare=False)
+
+    def store_spec(self) -> dict:
+        """What the pool's key hashes (and its manifest records)."""
+        return {
+            "backend": self.backend,
+            "model": self.model,
+            "prompts": list(self.prompts),
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "seed": self.seed,
+            "resolution": self.resolution,
+        }
+
+    @property
+    def key(self) -> str:
+        return stable_hash(self.store_spec())

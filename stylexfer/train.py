@@ -29,7 +29,7 @@ from .config import TOTAL_FREE_SCHEDULES, PriorMode, value
 from .data import Style
 from .errors import DeviceOutOfMemory, TrainingDiverged, first_line
 from .prior import ClassPool, ensure_pool, pool_key, pool_objects, pool_spec
-from .specs import TrainSpec
+from .specs import PoolSpec, TrainSpec
 from .store import atomic_write_json, build_once, file_lock, latest_checkpoint, publish, reusable, seal, stable_hash
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def adapter_spec(style: Style, cfg, model_identity: str, pool_key: Optional[str]
     return TrainSpec.from_config(cfg).adapter_key(style.fingerprint(), model_identity, pool_key)
 
 
-def style_specs(model_identity: str, styles: list[Style], style: Style, cfg) -> tuple[Optional[dict], dict]:
+def style_specs(model_identity: str, styles: list[Style], style: Style, cfg) -> tuple[Optional[PoolSpec], dict]:
     """(class-pool spec or None without prior preservation, adapter spec) of ``style`` among ``styles``."""
     prior_on = value(cfg.prior.mode) != PriorMode.none.value
     spec_pool = (
@@ -264,13 +264,11 @@ def train_style(backend, style: Style, pool: Optional[ClassPool], cfg, spec: dic
     return result
 
 
-def ensure_adapter(backend, style: Style, spec_pool: Optional[dict], spec: dict, cfg, cache_dir: Path) -> TrainResult:
+def ensure_adapter(
+    backend, style: Style, spec_pool: Optional[PoolSpec], spec: dict, cfg, cache_dir: Path
+) -> TrainResult:
     """The style's adapter from the store, or trained now (its class pool made or found first, only then)."""
-    pool = (
-        ensure_pool(backend, spec_pool, cfg.prior, cache_dir)
-        if spec_pool and not adapter_stored(spec, cache_dir)
-        else None
-    )
+    pool = ensure_pool(backend, spec_pool, cache_dir) if spec_pool and not adapter_stored(spec, cache_dir) else None
     return train_style(backend, style, pool, cfg, spec, cache_dir)
 
 

@@ -37,7 +37,6 @@ def setup(backend, demo_root, cache_dir):
         ensure_pool(
             backend,
             pool_spec(pool_objects(styles, s, cfg.prior.mode), cfg.prior, "tiny", 64, "torch"),
-            cfg.prior,
             cache_dir,
         )
         for s in styles

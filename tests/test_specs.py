@@ -70,3 +70,20 @@ def test_the_backend_gets_the_spec_the_key_was_made_from(demo_root, tmp_path):
     (got,) = backend.specs
     assert isinstance(got, TrainSpec) and got.adapter_key(style.fingerprint(), "m", None) == key_spec
     assert json.loads((result.dir / "train.json").read_text())["spec"] == key_spec
+
+
+def test_a_pool_spec_keys_what_its_images_depend_on_and_not_how_they_are_made():
+    from stylexfer.prior import pool_spec
+
+    def spec(*ov):
+        return pool_spec(["apple", "dog"], compose(list(ov)).prior, "m", 64, "torch")
+
+    base = spec()
+    assert base.prompts[:2] == ("an image of apple", "an image of dog") and len(base.prompts) == 200
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.steps = 3
+    for ov in ("prior.batch_size=3", "prior.compile=true"):  # how, not what
+        assert spec(ov).key == base.key and spec(ov) == base
+    for ov in ("prior.steps=3", "prior.seed=1", "prior.num_class_images=7", "prior.guidance_scale=2.0"):
+        assert spec(ov).key != base.key
+    assert base.store_spec()["prompts"] == list(base.prompts) and "batch_size" not in base.store_spec()

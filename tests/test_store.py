@@ -145,7 +145,7 @@ def test_a_damaged_store_entry_is_rebuilt_with_one_warning_not_reused(how, backe
     )
     (style,) = discover_styles(demo_root, styles=["00"], max_objects=1)
     pspec = pool_spec(["apple", "dog"], cfg.prior, "tiny", 64, "torch")
-    pool = ensure_pool(backend, pspec, cfg.prior, tmp_path)
+    pool = ensure_pool(backend, pspec, tmp_path)
     aspec = adapter_spec(style, cfg, "tiny", "p")
     first = train_style(backend, style, pool, cfg, aspec, tmp_path)
     sdir, recs, _ = ensure_samples(
@@ -158,7 +158,7 @@ def test_a_damaged_store_entry_is_rebuilt_with_one_warning_not_reused(how, backe
     new_process()
     caplog.clear()
     with caplog.at_level("WARNING"):
-        pool2 = ensure_pool(backend, pspec, cfg.prior, tmp_path)
+        pool2 = ensure_pool(backend, pspec, tmp_path)
         again = train_style(backend, style, pool2, cfg, aspec, tmp_path)
         ensure_samples(backend, style, again.dir, cfg, sample_spec(style, cfg, again.key, "tiny"), tmp_path)
     assert not again.reused

@@ -139,7 +139,7 @@ def _shared_pool(c, styles, cfg):
         cfg.model.resolution,
         cfg.backend.name,
     )
-    return ensure_pool(_backend(c, cache), spec, cfg.prior, cache)
+    return ensure_pool(_backend(c, cache), spec, cache)
 
 
 def make_dataset(root: Path, styles: int, images: int, prompts: int, size: int) -> Path:
@@ -356,9 +356,7 @@ def train_phase(args, c, styles, cfg) -> dict:
     t_pool = time.time() - t0
     print(f"class images: {t_pool:.1f}s", flush=True)
     todo = [(s, *style_specs(c.model.identity, styles, s, cfg)) for s in styles]
-    trained, failed = train_in_batches(
-        backend, todo, cfg, cache, lambda sp: ensure_pool(backend, sp, cfg.prior, cache)
-    )
+    trained, failed = train_in_batches(backend, todo, cfg, cache, lambda sp: ensure_pool(backend, sp, cache))
     _sync()
     t_train = time.time() - t0
     steps = args.styles * args.steps
