@@ -328,7 +328,7 @@ def train_in_batches(backend, todo: list[tuple], cfg, cache: Path, pool_for) -> 
             value(cfg.lora.kind),
         )
         return {}, {}
-    specs = {stable_hash(sp): sp for _, sp, _ in todo if sp is not None}  # a shared pool: loaded once, not per style
+    specs = {sp.key: sp for _, sp, _ in todo if sp is not None}  # a shared pool: loaded once, not per style
     pools = {k: pool_for(sp) for k, sp in specs.items()}
     size = len(todo) if per_batch == 0 else per_batch
     trained, failed = {}, {}
@@ -347,7 +347,7 @@ def train_in_batches(backend, todo: list[tuple], cfg, cache: Path, pool_for) -> 
                     t, f = train_group(
                         backend,
                         [g[0] for g in group],
-                        [pools[stable_hash(g[1])] if g[1] is not None else None for g in group],
+                        [pools[g[1].key] if g[1] is not None else None for g in group],
                         cfg,
                         [g[2] for g in group],
                         cache,

@@ -343,7 +343,7 @@ def arithmetic(args, c, cfg) -> dict:
 def train_phase(args, c, styles, cfg) -> dict:
     """(b), training: class images, then every style in batched passes (what ``python -m stylexfer`` does)."""
     from ..prior import ensure_pool
-    from ..train import style_specs, train_in_batches
+    from ..train import ensure_adapter, style_specs, train_in_batches
 
     cache = Path(cfg.paths.cache_dir)
     backend = _backend(c, cache)
@@ -357,6 +357,10 @@ def train_phase(args, c, styles, cfg) -> dict:
     print(f"class images: {t_pool:.1f}s", flush=True)
     todo = [(s, *style_specs(c.model.identity, styles, s, cfg)) for s in styles]
     trained, failed = train_in_batches(backend, todo, cfg, cache, lambda sp: ensure_pool(backend, sp, cache))
+    for s, spec_pool, spec in todo:  # what no batched pass trained (one style, say) trains alone, as a run does
+        if s.id not in trained and s.id not in failed:
+            ensure_adapter(backend, s, spec_pool, spec, cfg, cache)
+            trained[s.id] = None
     _sync()
     t_train = time.time() - t0
     steps = args.styles * args.steps
