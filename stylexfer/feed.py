@@ -38,6 +38,7 @@ from .data import (
     grid_cached_crops,
 )
 from .prior import ClassPool
+from .specs import TrainSpec
 from .streams import Cycler, Stream, draw_noise
 
 GRID, CACHED, PER_STEP = "grid", "cached", "per_step"
@@ -94,6 +95,23 @@ class DataFeed:
         self.cls = Cycler(len(pool.images), self.stream.np) if pool is not None else None
         self.policy = cache_policy(augmentation)
         self.resized: dict = {} if resized is None else resized  # id(source image) → resized image
+
+    @classmethod
+    def of(cls, style: Style, pool: Optional[ClassPool], spec: TrainSpec, resized: Optional[dict] = None) -> DataFeed:
+        """The feed a training pass of ``spec`` draws ``style``'s data from (both backends build it so)."""
+        bias = spec.train.timestep_bias
+        return cls(
+            style,
+            pool,
+            seed=spec.train.seed,
+            instance_prompt=spec.instance_prompt,
+            batch_size=spec.train.batch_size,
+            resolution=spec.resolution,
+            augmentation=spec.augmentation,
+            noise_offset=spec.train.noise_offset,
+            timestep_bias=str(getattr(bias, "value", bias)),
+            resized=resized,
+        )
 
     # ------------------------------------------------------------------ what the feed holds
     def cycles(self) -> tuple:

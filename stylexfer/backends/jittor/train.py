@@ -50,17 +50,7 @@ class Feed:
 
     def __init__(self, c: Components, style: Style, pool: Optional[ClassPool], spec):
         self.c, self.style, self.pool = c, style, pool
-        self.data = DataFeed(
-            style,
-            pool,
-            seed=spec.train.seed,
-            instance_prompt=spec.instance_prompt,
-            batch_size=spec.train.batch_size,
-            resolution=spec.resolution,
-            augmentation=spec.augmentation,
-            noise_offset=spec.train.noise_offset,
-            timestep_bias=value(spec.train.timestep_bias),
-        )
+        self.data = DataFeed.of(style, pool, spec)
         self.stream = self.data.stream
         self.cache: dict = {}  # the style's grid crops and cached images: key → (mean, std)
         # grid crops of a class pool are the same for every style that shares it: encoded once per model

@@ -494,18 +494,7 @@ class Feed:
     ):
         self.c, self.style, self.pool, self.raw = c, style, pool, raw
         self.resolution = spec.resolution
-        self.data = DataFeed(
-            style,
-            pool,
-            seed=spec.train.seed,
-            instance_prompt=spec.instance_prompt,
-            batch_size=spec.train.batch_size,
-            resolution=spec.resolution,
-            augmentation=spec.augmentation,
-            noise_offset=spec.train.noise_offset,
-            timestep_bias=value(spec.train.timestep_bias),
-            resized=resized,
-        )
+        self.data = DataFeed.of(style, pool, spec, resized)
         self.stream = self.data.stream
         self.latents: dict = {}  # image key → posterior (the ``cached`` policy)
         self.crops: dict = {} if crops is None else crops  # grid crop key → posterior (the ``grid`` policy)
