@@ -31,8 +31,9 @@ from .loggers import log_run, write_loss_plot
 from .models import resolve_model
 from .prior import ensure_pool, pool_key
 from .report import image_grid, write_reports
-from .sample import ensure_samples, sample_spec
+from .sample import ensure_samples, samples_store_spec
 from .shard import ShardJob, ShardOutcome, plan_devices, run_shards
+from .specs import SampleSpec
 from .store import FOLDER_MANIFEST, atomic_write_json, copy_tree, damage, reusable, stable_hash
 from .train import (
     adapter_stored,
@@ -79,6 +80,7 @@ RUN_MANIFEST = FOLDER_MANIFEST  # the run folder's copies of adapters and images
 def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     validate(cfg)
+    sampling = SampleSpec.from_config(cfg)
     check_loggers(cfg)
     _quiet_libraries()
     cache = Path(cfg.paths.cache_dir).expanduser()
@@ -129,7 +131,7 @@ def run(cfg: DictConfig) -> dict:
     auto_shards = cfg.backend.name == "torch" or int(cfg.model.shards) != 0
     shard_devices = plan_devices(cfg.model, is_multirun()) if auto_shards else []
     work = (
-        [s.id for s in styles if not _samples_stored(resolved.identity, styles, s, cfg, cache)]
+        [s.id for s in styles if not _samples_stored(resolved.identity, styles, s, cfg, sampling, cache)]
         if shard_devices
         else []
     )
@@ -228,6 +230,7 @@ def run(cfg: DictConfig) -> dict:
                     styles,
                     style,
                     cfg,
+                    sampling,
                     cache,
                     run_dir,
                     st,
@@ -266,7 +269,7 @@ def run(cfg: DictConfig) -> dict:
         specs = {s.id: style_specs(resolved.identity, styles, s, cfg)[1] for s in sampled}
         final = {s.id: summary["styles"][s.id].get("scores", {}) for s in sampled}
         summary["validation"], more = validate_run(
-            backend, resolved.identity, sampled, specs, cfg, cache, run_dir, final, unavailable, demo
+            backend, resolved.identity, sampled, specs, cfg, sampling, cache, run_dir, final, unavailable, demo
         )
         copies.update(more)
         atomic_write_json(run_dir / RUN_MANIFEST, dict(sorted(copies.items())))
@@ -337,10 +340,10 @@ def _losses(adapter_dir: Path) -> list:
     return json.loads(rec.read_text()).get("losses", []) if rec.exists() else []
 
 
-def _samples_stored(identity: str, styles, style, cfg, cache: Path) -> bool:
+def _samples_stored(identity: str, styles, style, cfg, sampling: SampleSpec, cache: Path) -> bool:
     """Whether the style's images are in the store already (then nothing about it needs a device)."""
     key = stable_hash(style_specs(identity, styles, style, cfg)[1])
-    return reusable(cache / "samples" / stable_hash(sample_spec(style, cfg, key, identity)))
+    return reusable(cache / "samples" / stable_hash(samples_store_spec(style, sampling, key, identity)))
 
 
 def _run_style(
@@ -349,6 +352,7 @@ def _run_style(
     styles,
     style,
     cfg,
+    sampling: SampleSpec,
     cache: Path,
     run_dir: Path,
     st: dict,
@@ -396,9 +400,9 @@ def _run_style(
     _copy_in(result.dir, run_dir, f"adapters/{style.id}", copies)
     st.update(adapter_key=result.key, reused=result.reused, train_seconds=round(result.seconds, 2), pool=pkey)
 
-    sspec = sample_spec(style, cfg, result.key, resolved.identity)
+    sspec = samples_store_spec(style, sampling, result.key, resolved.identity)
     t = time.time()
-    sdir, records, sreused = ensure_samples(backend, style, result.dir, cfg, sspec, cache)
+    sdir, records, sreused = ensure_samples(backend, style, result.dir, sampling, sspec, cache)
     stages["sample"] += time.time() - t
     if sreused and style.id in made_by_shards:
         sreused = False

@@ -21,8 +21,9 @@ from typing import Callable, Optional, Sequence
 from tqdm.auto import tqdm
 
 from . import control, faults, inject
-from .config import InitMode, InjectReference, value
+from .config import InjectReference, value
 from .data import Style, average_image, fit_square, load_image
+from .specs import SampleSpec
 from .store import atomic_save_image, build_once, file_digest, stable_hash
 
 log = logging.getLogger(__name__)
@@ -78,100 +79,75 @@ class SampleRecord:
     seed: int
 
 
-def sample_jobs(style: Style, cfg) -> list[SampleRecord]:
+def sample_jobs(style: Style, sp: SampleSpec) -> list[SampleRecord]:
     """The images a style gets: every requested object × ``sample.images_per_prompt``, each with its seed."""
     jobs = []
     for obj, stem in zip(style.objects, style.object_files):
-        for k in range(cfg.sample.images_per_prompt):
+        for k in range(sp.images_per_prompt):
             name = f"{stem}.png" if k == 0 else f"{stem}_{k}.png"
             jobs.append(
                 SampleRecord(
                     style=style.id,
                     object=obj,
-                    prompt=cfg.data.prompt.format(object=obj, style=style.id),
+                    prompt=sp.prompt.format(object=obj, style=style.id),
                     file=f"images/{style.id}/{name}",
-                    seed=image_seed(cfg.sample.seed, style.id, obj, k),
+                    seed=image_seed(sp.seed, style.id, obj, k),
                 )
             )
     return jobs
 
 
-def sample_spec(style: Style, cfg, adapter_key: Optional[str], model_identity: str) -> dict:
-    """Everything that determines a style's images (their key in the stage store)."""
-    img2img = InitMode(value(cfg.init.mode)) == InitMode.avg_image
+def samples_store_spec(style: Style, sp: SampleSpec, adapter_key: Optional[str], model_identity: str) -> dict:
+    """Everything that determines a style's images: ``sp``, the style, its adapter and the model (the hash is the
+    images' key in the stage store)."""
     return {
-        "version": 3 if cfg.sample.fuse_lora else 1,
-        "backend": cfg.backend.name,
+        "version": 3 if sp.fuse_lora else 1,
+        "backend": sp.backend,
         "model": model_identity,
         "adapter": adapter_key,
         "style": style.fingerprint(),
-        "jobs": [[j.prompt, j.file, j.seed] for j in sample_jobs(style, cfg)],
-        "sampler": value(cfg.scheduler.name),
-        "steps": cfg.scheduler.steps,
-        "guidance_scale": cfg.scheduler.guidance_scale,
-        "init": value(cfg.init.mode),
-        "strength": cfg.init.strength if img2img else None,
-        "resolution": cfg.model.resolution,
-        "batch_size": cfg.sample.batch_size,
-        "dtype": str(cfg.model.dtype),
+        "jobs": [[j.prompt, j.file, j.seed] for j in sample_jobs(style, sp)],
+        "sampler": sp.sampler,
+        "steps": sp.steps,
+        "guidance_scale": sp.guidance_scale,
+        "init": sp.init,
+        "strength": sp.strength if sp.img2img else None,
+        "resolution": sp.resolution,
+        "batch_size": sp.batch_size,
+        "dtype": sp.dtype,
         # style injection: present only when on, so the keys of every run without it stay as they were
-        **({"inject": inject.spec(cfg.inject)} if inject.on(cfg.inject) else {}),
+        **({"inject": inject.spec(sp.inject)} if sp.inject is not None else {}),
         # structure control: likewise
-        **({"control": control_spec(style, cfg, model_identity)} if control.on(cfg.control) else {}),
+        **({"control": control_spec(style, sp, model_identity)} if sp.control is not None else {}),
     }
 
 
-def structure_jobs(style: Style, cfg) -> list[list]:
+def structure_jobs(style: Style, sp: SampleSpec) -> list[list]:
     """The first pass's ``[prompt, seed]`` for each of the style's images (``control.source=base``), in the order
     of :func:`sample_jobs`: the object's base prompt and a seed of the object's own, not the style's, so that
     every style (and run) that asks for an object shares its drawing."""
     return [
-        [cfg.control.base_prompt.format(object=obj), image_seed(cfg.sample.seed, "structure", obj, k)]
+        [sp.control.base_prompt.format(object=obj), image_seed(sp.seed, "structure", obj, k)]
         for obj in style.objects
-        for k in range(cfg.sample.images_per_prompt)
+        for k in range(sp.images_per_prompt)
     ]
 
 
-def structure_settings(cfg, model_identity: str) -> dict:
-    """What determines a first-pass drawing beside its prompt and seed (the key of its stage in the store)."""
-    return {
-        "backend": cfg.backend.name,
-        "model": model_identity,
-        "sampler": value(cfg.scheduler.name),
-        "steps": cfg.scheduler.steps,
-        "guidance_scale": cfg.scheduler.guidance_scale,
-        "resolution": cfg.model.resolution,
-        "batch_size": cfg.sample.batch_size,
-        "dtype": str(cfg.model.dtype),
-    }
-
-
-def sampler_settings(cfg) -> dict:
-    """The sampling stage's arguments to :meth:`Backend.generate` that come from the config alone."""
-    return {
-        "sampler": value(cfg.scheduler.name),
-        "steps": cfg.scheduler.steps,
-        "guidance_scale": cfg.scheduler.guidance_scale,
-        "resolution": cfg.model.resolution,
-        "fuse_lora": cfg.sample.fuse_lora,
-        "compile": cfg.sample.compile,
-    }
-
-
-def control_spec(style: Style, cfg, model_identity: str) -> dict:
-    ctl = cfg.control
+def control_spec(style: Style, sp: SampleSpec, model_identity: str) -> dict:
+    """The samples key's ``control`` part: the ControlNet, the settings and where the structure comes from."""
+    ctl = sp.control
     if ctl.source == "base":
-        structure = {"key": stable_hash(structure_settings(cfg, model_identity)), "jobs": structure_jobs(style, cfg)}
+        structure = {"key": stable_hash(sp.structure_settings(model_identity)), "jobs": structure_jobs(style, sp)}
     else:
         files = control.content_files(Path(ctl.source), style.objects, style.object_files)
         structure = {
             "dir": str(Path(ctl.source).expanduser().resolve()),
             "digests": [file_digest(files[o]) for o in style.objects],
         }
-    return control.spec(ctl, control.identity(control.model_folder(ctl, cfg.model.name)), structure)
+    return control.spec(ctl, control.identity(control.model_folder(ctl, sp.model_name)), structure)
 
 
-def ensure_structure(backend, cfg, structure: dict, cache_dir: Path) -> list:
+def ensure_structure(backend, sp: SampleSpec, structure: dict, cache_dir: Path) -> list:
     """The first pass (``control.source=base``): each job's drawing by the base model, from the store's
     ``structure/<key>/`` where it is there (one file per prompt and seed, written atomically, shared by every
     style and run), made in batches where it is not."""
@@ -180,11 +156,11 @@ def ensure_structure(backend, cfg, structure: dict, cache_dir: Path) -> list:
     todo = sorted({n: job for n, job in zip(names, structure["jobs"]) if not (folder / n).exists()}.items())
     if todo:
         log.info("structure: drawing %d object(s) with the base model (first pass, %s)", len(todo), structure["key"])
-        with backend.generate(**sampler_settings(cfg), adapter_dir=None) as make:
+        with backend.generate(**sp.generate_settings(), adapter_dir=None) as make:
             make_in_chunks(
                 folder,
                 [n for n, _ in todo],
-                cfg.sample.batch_size,
+                sp.batch_size,
                 lambda i, j: make([job[0] for _, job in todo[i:j]], [job[1] for _, job in todo[i:j]]),
                 lambda n: f"structure:{n + 1}",
                 "structure",
@@ -192,20 +168,20 @@ def ensure_structure(backend, cfg, structure: dict, cache_dir: Path) -> list:
     return [load_image(folder / n) for n in names]
 
 
-def control_request(backend, style: Style, cfg, spec: dict, cache_dir: Path) -> tuple[dict, list, list]:
+def control_request(backend, style: Style, sp: SampleSpec, spec: dict, cache_dir: Path) -> tuple[dict, list, list]:
     """What the backend needs to hold ``style``'s structure (the ControlNet and its settings), each job's
     control image (the edges of its first-pass drawing, or of its object's content image) and each job's
     drawing or content image itself (for the stage's record)."""
-    ctl, res = cfg.control, cfg.model.resolution
+    ctl, res = sp.control, sp.resolution
     st = spec["control"]["structure"]
     if "key" in st:
-        content = ensure_structure(backend, cfg, st, cache_dir)
+        content = ensure_structure(backend, sp, st, cache_dir)
     else:
         files = control.content_files(Path(ctl.source), style.objects, style.object_files)
-        content = [load_image(files[o]) for o in style.objects for _ in range(cfg.sample.images_per_prompt)]
+        content = [load_image(files[o]) for o in style.objects for _ in range(sp.images_per_prompt)]
     controls = [control.control_image(img, ctl, res) for img in content]
     request = {
-        "model": control.model_folder(ctl, cfg.model.name),
+        "model": control.model_folder(ctl, sp.model_name),
         "scale": ctl.scale,
         "start": ctl.start,
         "end": ctl.end,
@@ -213,10 +189,10 @@ def control_request(backend, style: Style, cfg, spec: dict, cache_dir: Path) -> 
     return request, controls, [fit_square(img, res) for img in content]
 
 
-def injection_request(style: Style, cfg, spec: dict, cache_dir: Path, init) -> tuple[dict, list[int]]:
+def injection_request(style: Style, sp: SampleSpec, spec: dict, cache_dir: Path, init) -> tuple[dict, list[int]]:
     """What the backend needs to inject ``style`` (its reference images, where the store keeps their banks of
     keys and values) and each job's reference."""
-    inj, res = cfg.inject, cfg.model.resolution
+    inj, res = sp.inject, sp.resolution
     n_refs = inject.reference_count(inj, len(style.images))
     if InjectReference(value(inj.reference)) == InjectReference.average:
         refs = [init if init is not None else average_image(style.images, res)]
@@ -233,9 +209,10 @@ def injection_request(style: Style, cfg, spec: dict, cache_dir: Path, init) -> t
 
 
 def ensure_samples(
-    backend, style: Style, adapter_dir: Optional[Path], cfg, spec: dict, cache_dir: Path
+    backend, style: Style, adapter_dir: Optional[Path], sp: SampleSpec, spec: dict, cache_dir: Path
 ) -> tuple[Path, list[SampleRecord], bool]:
-    """Generate (or reuse) the style's images under ``<cache>/samples/<key>/`` with the style's adapter.
+    """Generate (or reuse) the style's images under ``<cache>/samples/<key>/`` with the style's adapter; ``spec`` is
+    their :func:`samples_store_spec` (the key hashes it).
 
     Batches are fixed chunks of the job list and each finished image is kept in a partial folder, so a
     killed run resumes where it stopped and produces the same files as an uninterrupted one. The init
@@ -243,18 +220,16 @@ def ensure_samples(
     key = stable_hash(spec)
     target = Path(cache_dir) / "samples" / key
     partial = target.parent / ".partial" / key
-    jobs = sample_jobs(style, cfg)
+    jobs = sample_jobs(style, sp)
     names = [j.file.split("/", 2)[-1] for j in jobs]
-    res = cfg.model.resolution
-    img2img = InitMode(value(cfg.init.mode)) == InitMode.avg_image
 
     def build(tmp: Path) -> None:
-        init = average_image(style.images, res) if img2img else None
+        init = average_image(style.images, sp.resolution) if sp.img2img else None
         extra, refs, controls, content = {}, None, None, []
         if "inject" in spec:
-            extra["inject"], refs = injection_request(style, cfg, spec, cache_dir, init)
+            extra["inject"], refs = injection_request(style, sp, spec, cache_dir, init)
         if "control" in spec:
-            extra["control"], controls, content = control_request(backend, style, cfg, spec, cache_dir)
+            extra["control"], controls, content = control_request(backend, style, sp, spec, cache_dir)
 
         def chunk(i: int, j: int):
             prompts, seeds = [b.prompt for b in jobs[i:j]], [b.seed for b in jobs[i:j]]
@@ -264,12 +239,12 @@ def ensure_samples(
             return make(prompts, seeds, **kw)
 
         with backend.generate(
-            **sampler_settings(cfg), adapter_dir=adapter_dir, init_image=init, strength=cfg.init.strength, **extra
+            **sp.generate_settings(), adapter_dir=adapter_dir, init_image=init, strength=sp.strength, **extra
         ) as make:
             make_in_chunks(
                 partial,
                 names,
-                cfg.sample.batch_size,
+                sp.batch_size,
                 chunk,
                 lambda n: f"sample:{style.id}:{n + 1}",
                 f"sample {style.id}",

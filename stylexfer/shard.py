@@ -117,7 +117,8 @@ def _worker(job: ShardJob, rank: int, barrier, results) -> None:
     from .data import discover_styles
     from .errors import TrainingDiverged
     from .prior import ensure_pool, make_pool_share, pool_key
-    from .sample import ensure_samples, sample_spec
+    from .sample import ensure_samples, samples_store_spec
+    from .specs import SampleSpec
     from .store import stable_hash
     from .train import adapter_stored, ensure_adapter, style_specs, train_in_batches
 
@@ -128,6 +129,7 @@ def _worker(job: ShardJob, rank: int, barrier, results) -> None:
     try:
         backend = job.make_backend(device)
         cfg = OmegaConf.create(job.cfg)
+        sampling = SampleSpec.from_config(cfg)
         cache = Path(cfg.paths.cache_dir)
         styles = discover_styles(job.data_root, job.style_ids, list(cfg.data.objects), cfg.data.max_objects)
         specs = {s.id: style_specs(job.model_identity, styles, s, cfg) for s in styles}
@@ -178,9 +180,8 @@ def _worker(job: ShardJob, rank: int, barrier, results) -> None:
             continue
         try:
             key = stable_hash(specs[s.id][1])
-            ensure_samples(
-                backend, s, cache / "adapters" / key, cfg, sample_spec(s, cfg, key, job.model_identity), cache
-            )
+            sspec = samples_store_spec(s, sampling, key, job.model_identity)
+            ensure_samples(backend, s, cache / "adapters" / key, sampling, sspec, cache)
             out["made"].append(s.id)
         except Exception as e:  # noqa: BLE001
             out["errors"][s.id] = first_line(e, with_type=not isinstance(e, StylexferError))

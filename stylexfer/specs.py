@@ -8,6 +8,12 @@ augmentation, the resolution and the instance prompt) and nothing else of the co
 made from the same object (:meth:`TrainSpec.adapter_key`: the spec less the keys that only schedule the work, plus
 the style's images, the model and the class pool), so what determines an adapter and what its key hashes cannot
 drift apart. Its parts are read-only copies: a backend cannot change the run's config, nor the config the spec.
+
+:class:`SampleSpec` is what the sampling stage reads: the prompts and seeds, the sampler, the img2img start, and
+the style-injection and structure-control groups when they are on. The samples' store key is made from it
+(:func:`stylexfer.sample.samples_store_spec`) and the backend's :meth:`~stylexfer.backends.Backend.generate` gets
+its arguments from it (:meth:`SampleSpec.generate_settings`).
+
 It imports only the store's hash (the backend interface, below the config's schema, uses it).
 """
 
@@ -149,3 +155,78 @@ class PoolSpec:
     @property
     def key(self) -> str:
         return stable_hash(self.store_spec())
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """What the sampling stage reads, from :meth:`from_config`; ``inject`` and ``control`` are read-only copies of
+    their groups when on, else None."""
+
+    backend: str
+    dtype: str
+    resolution: int
+    model_name: str  # the base model as configured (a structure-control model may be looked up beside it)
+    prompt: str  # the template, with ``{object}`` and ``{style}``
+    images_per_prompt: int
+    seed: int
+    sampler: str
+    steps: int
+    guidance_scale: float
+    init: str  # noise | avg_image
+    strength: float  # img2img strength (avg_image)
+    batch_size: int  # in the key: a chunk's images share the pipeline's batch
+    fuse_lora: bool
+    inject: Optional[DictConfig] = None
+    control: Optional[DictConfig] = None
+    # whether to compile the sampling UNet: how the images are made, outside the key
+    compile: Optional[bool] = field(default=None, compare=False)
+
+    @classmethod
+    def from_config(cls, cfg) -> "SampleSpec":
+        return cls(
+            backend=str(cfg.backend.name),
+            dtype=str(cfg.model.dtype),
+            resolution=int(cfg.model.resolution),
+            model_name=str(cfg.model.name),
+            prompt=str(cfg.data.prompt),
+            images_per_prompt=int(cfg.sample.images_per_prompt),
+            seed=int(cfg.sample.seed),
+            sampler=_name(cfg.scheduler.name),
+            steps=int(cfg.scheduler.steps),
+            guidance_scale=float(cfg.scheduler.guidance_scale),
+            init=_name(cfg.init.mode),
+            strength=float(cfg.init.strength),
+            batch_size=int(cfg.sample.batch_size),
+            fuse_lora=bool(cfg.sample.fuse_lora),
+            inject=_frozen(cfg.inject) if _name(cfg.inject.mode) != "none" else None,
+            control=_frozen(cfg.control) if _name(cfg.control.mode) != "none" else None,
+            compile=cfg.sample.compile,
+        )
+
+    @property
+    def img2img(self) -> bool:
+        return self.init == "avg_image"
+
+    def generate_settings(self) -> dict:
+        """The arguments of :meth:`~stylexfer.backends.Backend.generate` that come from the spec alone."""
+        return {
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "resolution": self.resolution,
+            "fuse_lora": self.fuse_lora,
+            "compile": self.compile,
+        }
+
+    def structure_settings(self, model_identity: str) -> dict:
+        """What determines a structure-control first-pass drawing beside its prompt and seed (its stage's key)."""
+        return {
+            "backend": self.backend,
+            "model": model_identity,
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "resolution": self.resolution,
+            "batch_size": self.batch_size,
+            "dtype": self.dtype,
+        }

@@ -209,7 +209,7 @@ def build_once(final: str | os.PathLike, builder: Callable[[Path], None]) -> tup
     did the work.
     """
     final = Path(final)
-    if str(final) in _verified:
+    if str(final) in _verified and final.is_dir():  # checked before in this process, and not removed since
         return final, False
     final.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(final.parent / f".{final.name}.lock"):

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Optional
 
 from .evaluate import evaluate, write_scores
-from .sample import ensure_samples, sample_spec
+from .sample import ensure_samples, samples_store_spec
+from .specs import SampleSpec
 from .store import atomic_write_bytes, atomic_write_json, copy_tree, reusable, stable_hash
 from .train import snapshot_spec, total_free, validation_steps
 
@@ -37,7 +38,17 @@ def best_step(curve: dict[int, dict]) -> Optional[int]:
 
 
 def validate_run(
-    backend, identity: str, styles: list, specs: dict, cfg, cache: Path, run_dir: Path, final: dict, unavailable, demo
+    backend,
+    identity: str,
+    styles: list,
+    specs: dict,
+    cfg,
+    sampling: SampleSpec,
+    cache: Path,
+    run_dir: Path,
+    final: dict,
+    unavailable,
+    demo,
 ) -> tuple[dict, dict]:
     """Sample and score each style's kept adapters (``specs``: {style id: its adapter spec}); ``final``: {style id:
     the run's own scores at ``train.steps``}. Returns (the summary's ``validation`` entry, the sha256 of the files
@@ -55,8 +66,8 @@ def validate_run(
             if not reusable(adapter):
                 log.warning("style %s: no adapter kept at step %d (%s): not validated there", style.id, k, key)
                 continue
-            sspec = sample_spec(style, cfg, key, identity)
-            sdir, _, _ = ensure_samples(backend, style, adapter, cfg, sspec, cache)
+            sspec = samples_store_spec(style, sampling, key, identity)
+            sdir, _, _ = ensure_samples(backend, style, adapter, sampling, sspec, cache)
             rel = f"validation/step-{k:07d}/images/{style.id}"
             copies.update({f"{rel}/{r}": d for r, d in copy_tree(sdir / "images", run_dir / rel).items()})
             done.append(style)

@@ -100,9 +100,9 @@ def test_the_sampling_unet_compiles_only_once_its_batch_shape_is_in_the_cache(fa
 def test_cuda_graphs_and_compiled_sampling_are_scheduling_not_arithmetic(compose_cfg, demo_root):
     """Recording the step as a CUDA graph and compiling the sampling UNet leave the adapter, pool and sample
     keys alone (the same stored results are reused either way)."""
+    from helpers import samples_spec
     from stylexfer.data import discover_styles
     from stylexfer.prior import pool_key, pool_objects, pool_spec
-    from stylexfer.sample import sample_spec
     from stylexfer.train import adapter_spec
 
     style = discover_styles(demo_root)[0]
@@ -116,7 +116,7 @@ def test_cuda_graphs_and_compiled_sampling_are_scheduling_not_arithmetic(compose
     ):
         cfg = compose_cfg(over, strategy="safe")
         pool = pool_key(pool_spec(pool_objects([style], style, cfg.prior.mode), cfg.prior, "m", 512, "torch"))
-        keys.add(str((adapter_spec(style, cfg, "m", pool), sample_spec(style, cfg, "a", "m"), pool)))
+        keys.add(str((adapter_spec(style, cfg, "m", pool), samples_spec(style, cfg, "a", "m"), pool)))
     assert len(keys) == 1
 
 

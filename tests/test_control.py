@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import compose, run_cli
+from helpers import compose, run_cli, samples_spec
 from stylexfer import control
 from stylexfer.data import average_image, discover_styles
 from stylexfer.errors import ConfigError, ModelNotFoundError
-from stylexfer.sample import control_spec, sample_spec, structure_jobs
+from stylexfer.sample import control_spec, structure_jobs
+from stylexfer.specs import SampleSpec
 
 
 def arr(img):
@@ -86,15 +87,16 @@ def test_the_shipped_pocket_controlnet_matches_its_record_and_a_damaged_copy_is_
 
 def test_control_none_leaves_the_samples_key_as_it_was_and_canny_adds_one_part(demo_root):
     (style,) = discover_styles(demo_root, styles=["00"])
-    none = sample_spec(style, compose(["control=none"]), "a", "m")
-    assert none == sample_spec(style, compose([]), "a", "m") and "control" not in none
-    on = sample_spec(style, compose(["control=canny"]), "a", "m")
+    none = samples_spec(style, compose(["control=none"]), "a", "m")
+    assert none == samples_spec(style, compose([]), "a", "m") and "control" not in none
+    on = samples_spec(style, compose(["control=canny"]), "a", "m")
     assert {k: v for k, v in on.items() if k != "control"} == none
     c = on["control"]
     assert c["mode"] == "canny" and c["scale"] == 1.0 and c["controlnet"] == control.identity(control.SHIPPED_POCKET)
     # the first pass: the object's base prompt and a seed that is the object's, not the style's
     (other,) = discover_styles(demo_root, styles=["01"])
-    jobs0, jobs1 = structure_jobs(style, compose(["control=canny"])), structure_jobs(other, compose(["control=canny"]))
+    canny = SampleSpec.from_config(compose(["control=canny"]))
+    jobs0, jobs1 = structure_jobs(style, canny), structure_jobs(other, canny)
     assert jobs0[0][0] == f"an image of {style.objects[0]}"
     shared = set(style.objects) & set(other.objects)
     assert shared and all(
@@ -102,9 +104,9 @@ def test_control_none_leaves_the_samples_key_as_it_was_and_canny_adds_one_part(d
     )
     assert (
         on["control"]["structure"]["key"]
-        == sample_spec(other, compose(["control=canny"]), "a", "m")["control"]["structure"]["key"]
+        == samples_spec(other, compose(["control=canny"]), "a", "m")["control"]["structure"]["key"]
     )
-    scaled = sample_spec(style, compose(["control=canny", "control.scale=0.5"]), "a", "m")
+    scaled = samples_spec(style, compose(["control=canny", "control.scale=0.5"]), "a", "m")
     assert scaled["control"]["scale"] == 0.5 and scaled["control"]["structure"] == c["structure"]
 
 
@@ -221,7 +223,7 @@ def test_a_content_folder_gives_the_structure(tmp_path, demo_root):
     for i, stem in enumerate(style.object_files):
         Image.fromarray(np.full((64, 64, 3), 40 * i, np.uint8)).save(content / f"{stem}.png")
     cfg = compose(["control=canny", f"control.source={content}", "data.max_objects=2"])
-    spec = control_spec(style, cfg, "m")
+    spec = control_spec(style, SampleSpec.from_config(cfg), "m")
     assert spec["structure"]["dir"] == str(content.resolve()) and len(spec["structure"]["digests"]) == 2
 
 

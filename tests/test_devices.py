@@ -79,9 +79,8 @@ def gpu_backend(gpu_components, cache_dir):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_training_and_sampling_on_the_gpu_in_bf16(demo_root, gpu_components, gpu_backend, tmp_path):
-    from helpers import compose
+    from helpers import compose, make_samples
     from stylexfer.data import discover_styles
-    from stylexfer.sample import ensure_samples, sample_spec
     from stylexfer.train import adapter_spec, train_style
 
     c = gpu_components
@@ -90,9 +89,7 @@ def test_training_and_sampling_on_the_gpu_in_bf16(demo_root, gpu_components, gpu
     cfg = compose(["prior=none", "train.steps=20", "model.device=cuda", "scheduler.steps=5"])
     res = train_style(gpu_backend, style, None, cfg, adapter_spec(style, cfg, "gpu", None), tmp_path)
     assert len(res.losses) == 20 and all(math.isfinite(x) for x in res.losses)
-    folder, recs, reused = ensure_samples(
-        gpu_backend, style, res.dir, cfg, sample_spec(style, cfg, res.key, "gpu"), tmp_path
-    )
+    folder, recs, reused = make_samples(gpu_backend, style, res, cfg, "gpu", tmp_path)
     assert not reused and len(recs) == 2
     assert all((folder / "images" / r.file.split("/", 2)[-1]).exists() for r in recs)
 
@@ -322,3 +319,51 @@ def test_sampling_with_the_compiled_unet_matches_eager_and_warms_the_cache(
         d = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
         assert d.mean() <= 1.5 and d.max() <= 24  # bf16 rounding of fused kernels, not another image
     assert all(torch.equal(before[k], v) for k, v in c.unet.state_dict().items())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_style_injection_under_the_compiled_unet_compiles_the_same_graphs_for_4_steps_as_for_8(
+    demo_root, gpu_components, gpu_backend, tmp_path, monkeypatch
+):
+    """``inject=styleid`` with ``sample.compile=true``: the injecting processors are traced with the UNet and the
+    step reaches them as a tensor, so how many graphs are compiled does not grow with the sampling steps (before,
+    every step was a graph of its own, up to dynamo's limit); with ``share=0.5`` the injected and the plain
+    attention are chosen by the step inside the graph. The images equal the eager ones up to bf16 rounding, and
+    the graph's warm marker is its own (injection's variant), not plain sampling's."""
+    import numpy as np
+    from torch._dynamo.utils import counters
+
+    from helpers import compose
+    from stylexfer.backends.torch import compiled
+    from stylexfer.data import average_image, discover_styles
+    from stylexfer.sample import injection_request, samples_store_spec
+    from stylexfer.specs import SampleSpec
+    from stylexfer.store import stable_hash
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    c = gpu_components
+    (style,) = discover_styles(demo_root, styles=["01"])
+    init = average_image(style.images, 64)
+    prompts, seeds = [f"an image of {o} in style_01" for o in ("cat", "boat", "cup")], [1, 2, 3]
+    graphs, images = {}, {}
+    for steps, on in ((4, True), (8, False), (8, True)):
+        torch._dynamo.reset()
+        c.extra.pop("sampling_unet", None)
+        cfg = compose(["model.resolution=64", f"scheduler.steps={steps}", "inject=styleid", "inject.share=0.5"])
+        sp = SampleSpec.from_config(cfg)
+        request, refs = injection_request(style, sp, samples_store_spec(style, sp, None, "gpu"), tmp_path, init)
+        kw = dict(sampler="ddim", steps=steps, guidance_scale=7.5, resolution=64, init_image=init, strength=0.9)
+        before = counters["stats"]["unique_graphs"]
+        with gpu_backend.generate(**kw, compile=on, inject=request) as make:
+            images[steps, on] = make(prompts, seeds, refs[:3])
+        graphs[steps, on] = counters["stats"]["unique_graphs"] - before
+    print(f"graphs compiled (steps, compiled): {graphs}")
+    assert graphs[8, False] == 0 and 0 < graphs[8, True] == graphs[4, True]
+    variant = "inject:" + stable_hash(request["spec"])
+    assert compiled.decide_sampling(c, None, 64, 6, variant)  # warm: 3 prompts and their twins per call
+    assert not compiled.decide_sampling(c, None, 64, 6)  # plain sampling's graph is another one
+    for a, b in zip(images[8, False], images[8, True]):
+        d = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+        print(f"eager vs compiled: mean {d.mean():.2f}, max {d.max()}")
+        assert d.mean() <= 2.5 and d.max() <= 48  # bf16 rounding of fused kernels, not another image

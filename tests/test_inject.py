@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO, compose
+from helpers import REPO, compose, samples_spec
 from stylexfer import inject
 from stylexfer.backends.torch.inject import Injection, installed, predicted_x0_eps
 from stylexfer.backends.torch.sample import generate, make_pipeline, sampling
 from stylexfer.data import discover_styles
 from stylexfer.errors import ConfigError
-from stylexfer.sample import injection_request, sample_jobs, sample_spec
+from stylexfer.sample import injection_request, sample_jobs, samples_store_spec
+from stylexfer.specs import SampleSpec
 
 
 def arr(img):
@@ -70,11 +71,12 @@ def test_injecting_a_samples_own_keys_and_values_with_gamma_1_and_t_1_reproduces
 def _injected(components, demo_root, tmp_path, overrides, seeds=(1, 2, 3)):
     cfg = compose(["model=tiny", "model.resolution=64", "scheduler.steps=6", "inject=styleid", *overrides])
     (style,) = discover_styles(demo_root, styles=["01"])
-    spec = sample_spec(style, cfg, None, "tiny")
+    sp = SampleSpec.from_config(cfg)
+    spec = samples_store_spec(style, sp, None, "tiny")
     from stylexfer.data import average_image
 
     init = average_image(style.images, 64)
-    request, refs = injection_request(style, cfg, spec, tmp_path, init)
+    request, refs = injection_request(style, sp, spec, tmp_path, init)
     prompts = [f"an image of {o} in style_01" for o in ("cat", "boat", "cup")]
     kw = dict(sampler="ddim", steps=6, guidance_scale=7.5, resolution=64, init_image=init, strength=0.9)
     with sampling(components, **kw, inject=request) as make:
@@ -120,12 +122,12 @@ def test_gamma_0_needs_no_twin_and_all_references_concatenate(components, demo_r
 
 def test_inject_none_leaves_the_samples_key_and_the_backend_call_as_they_were(demo_root):
     (style,) = discover_styles(demo_root, styles=["00"])
-    none = sample_spec(style, compose(["inject=none"]), "a", "m")
-    assert none == sample_spec(style, compose([]), "a", "m") and "inject" not in none
-    on = sample_spec(style, compose(["inject=styleid"]), "a", "m")
+    none = samples_spec(style, compose(["inject=none"]), "a", "m")
+    assert none == samples_spec(style, compose([]), "a", "m") and "inject" not in none
+    on = samples_spec(style, compose(["inject=styleid"]), "a", "m")
     assert on["inject"]["gamma"] == 0.75 and on["inject"]["temperature"] == 1.5
     assert {k: v for k, v in on.items() if k != "inject"} == none
-    assert len(sample_jobs(style, compose([]))) == len(style.objects)
+    assert len(sample_jobs(style, SampleSpec.from_config(compose([])))) == len(style.objects)
 
 
 @pytest.mark.parametrize(

@@ -112,10 +112,12 @@ def test_every_module_is_on_a_floor(edges):
 
 
 def test_below_the_stages_nothing_takes_the_run_config():
-    """The backends and the data feed get typed specs (:class:`stylexfer.specs.TrainSpec`) or explicit arguments:
-    no function there has a ``cfg`` parameter, nor a name ``cfg`` at all (the whole config would be a way around the
-    spec, and what the adapter's key hashes would drift from what the backend reads)."""
-    files = sorted((REPO / "stylexfer" / "backends").rglob("*.py")) + [REPO / "stylexfer" / "feed.py"]
+    """The backends, the data feed and the sampling stage get typed specs (:mod:`stylexfer.specs`) or explicit
+    arguments: no function there has a ``cfg`` parameter, nor a name ``cfg`` at all (the whole config would be a way
+    around the spec, and what a stage's key hashes would drift from what its work reads)."""
+    files = sorted((REPO / "stylexfer" / "backends").rglob("*.py")) + [
+        REPO / "stylexfer" / name for name in ("feed.py", "sample.py")
+    ]
     bad = []
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):

@@ -1,5 +1,5 @@
-"""The typed training spec: built once from the config, read-only, handed to the backend instead of the config, and
-the same object the adapter's store key is made from."""
+"""The typed stage specs: built once from the config, read-only, handed to the backend instead of the config, and
+the same objects the stages' store keys are made from."""
 
 from __future__ import annotations
 
@@ -87,3 +87,34 @@ def test_a_pool_spec_keys_what_its_images_depend_on_and_not_how_they_are_made():
     for ov in ("prior.steps=3", "prior.seed=1", "prior.num_class_images=7", "prior.guidance_scale=2.0"):
         assert spec(ov).key != base.key
     assert base.store_spec()["prompts"] == list(base.prompts) and "batch_size" not in base.store_spec()
+
+
+def test_the_sample_spec_is_frozen_keys_what_not_how_and_gives_the_backend_its_settings(demo_root):
+    from helpers import samples_spec
+    from stylexfer.sample import samples_store_spec
+    from stylexfer.specs import SampleSpec
+
+    (style,) = discover_styles(demo_root, styles=["00"])
+    cfg = compose(["inject=styleid", "sample.compile=true"], strategy="safe")
+    sp = SampleSpec.from_config(cfg)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sp.steps = 3
+    with pytest.raises(ReadonlyConfigError):
+        sp.inject.gamma = 0.1
+    assert sp.control is None and sp.inject.gamma == 0.75 and sp.img2img and sp.steps == 40
+    # compiling is how, not what: the same key; the sampler's steps are what
+    assert samples_spec(style, compose(["inject=styleid"], strategy="safe"), "a", "m") == samples_store_spec(
+        style, sp, "a", "m"
+    )
+    assert samples_spec(style, compose(["scheduler.steps=12"], strategy="safe"), "a", "m")["steps"] == 12
+    assert sp.generate_settings() == {
+        "sampler": "ddim",
+        "steps": 40,
+        "guidance_scale": 7.5,
+        "resolution": cfg.model.resolution,
+        "fuse_lora": True,
+        "compile": True,
+    }
+    # the config the spec was built from is not tied to it
+    cfg.inject.gamma = 0.2
+    assert sp.inject.gamma == 0.75

@@ -46,6 +46,12 @@ def test_build_once_builds_once_and_cleans_up_failures(tmp_path):
         t.join()
     assert len(calls) == 1 and sum(built for _, built in results) == 1
     assert (tmp_path / "t" / "f").read_text() == "done"
+    # removed while this process runs (a user, a store clean-up): built again, not trusted from memory
+    import shutil
+
+    shutil.rmtree(tmp_path / "t")
+    path, built = build_once(tmp_path / "t", builder)
+    assert built and len(calls) == 2 and (path / "f").read_text() == "done"
 
 
 def test_chunked_generation_skips_finished_chunks_and_checkpoints_after_each_write(tmp_path, monkeypatch):
@@ -126,11 +132,10 @@ def new_process():
 def test_a_damaged_store_entry_is_rebuilt_with_one_warning_not_reused(how, backend, demo_root, tmp_path, caplog):
     """An adapter, a class image and a sample damaged outside the writer: each stage builds its entry again,
     with one warning line naming it, and ends with the same bytes as the first build."""
-    from helpers import compose
+    from helpers import compose, make_samples
     from stylexfer.backends import ADAPTER_FILE
     from stylexfer.data import discover_styles
     from stylexfer.prior import ensure_pool, pool_spec
-    from stylexfer.sample import ensure_samples, sample_spec
     from stylexfer.train import adapter_spec, train_style
 
     cfg = compose(
@@ -148,9 +153,7 @@ def test_a_damaged_store_entry_is_rebuilt_with_one_warning_not_reused(how, backe
     pool = ensure_pool(backend, pspec, tmp_path)
     aspec = adapter_spec(style, cfg, "tiny", "p")
     first = train_style(backend, style, pool, cfg, aspec, tmp_path)
-    sdir, recs, _ = ensure_samples(
-        backend, style, first.dir, cfg, sample_spec(style, cfg, first.key, "tiny"), tmp_path
-    )
+    sdir, recs, _ = make_samples(backend, style, first, cfg, "tiny", tmp_path)
     files = [first.dir / ADAPTER_FILE, pool.dir / "00001.png", sdir / "images" / recs[0].file.split("/")[-1]]
     good = [f.read_bytes() for f in files]
     for f in files:
@@ -160,7 +163,7 @@ def test_a_damaged_store_entry_is_rebuilt_with_one_warning_not_reused(how, backe
     with caplog.at_level("WARNING"):
         pool2 = ensure_pool(backend, pspec, tmp_path)
         again = train_style(backend, style, pool2, cfg, aspec, tmp_path)
-        ensure_samples(backend, style, again.dir, cfg, sample_spec(style, cfg, again.key, "tiny"), tmp_path)
+        make_samples(backend, style, again, cfg, "tiny", tmp_path)
     assert not again.reused
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 3 and all("is damaged" in w and "building it again" in w for w in warnings)

@@ -379,12 +379,14 @@ def train_phase(args, c, styles, cfg) -> dict:
 def sample_phase(args, c, styles, cfg) -> dict:
     """(b), sampling: every style's images from its stored adapter (needs a train phase in the same --work)."""
     from ..backends import ADAPTER_FILE
-    from ..sample import ensure_samples, sample_spec
+    from ..sample import ensure_samples, samples_store_spec
+    from ..specs import SampleSpec
     from ..train import style_specs
 
     cache = Path(cfg.paths.cache_dir)
     backend = _backend(c, cache)
     _sync()
+    sp = SampleSpec.from_config(cfg)
     t0 = time.time()
     n_images = 0
     for s in styles:
@@ -392,7 +394,7 @@ def sample_phase(args, c, styles, cfg) -> dict:
         adir = cache / "adapters" / key
         if not (adir / ADAPTER_FILE).exists():
             raise SystemExit(f"error: no trained adapter for style {s.id} under {args.work}: run --part train first")
-        _, recs, reused = ensure_samples(backend, s, adir, cfg, sample_spec(s, cfg, key, c.model.identity), cache)
+        _, recs, reused = ensure_samples(backend, s, adir, sp, samples_store_spec(s, sp, key, c.model.identity), cache)
         assert not reused, "samples already in the store: use a fresh --work"
         n_images += len(recs)
     _sync()
@@ -826,12 +828,15 @@ def remedies_trial(args, c, styles) -> dict:
     included: a style's first images pay for them), and with structure control (a ControlNet made by
     ``ControlNetModel.from_unet`` of the same random UNet; the first pass included). Each row runs in a store of
     its own; ``plain`` runs twice and the second is kept (the first warms the device). Seconds per image, the
-    added seconds per image, the bank's size on disk. Written to --out after every row."""
+    added seconds per image, the bank's size on disk. On CUDA also the sampling alone (the bank stored), eager and
+    with ``sample.compile=true`` (after a call that compiles), plain and with injection. Written to --out after every
+    row."""
     import shutil
 
     from diffusers import ControlNetModel
 
-    from ..sample import ensure_samples, sample_spec
+    from ..sample import ensure_samples, samples_store_spec
+    from ..specs import SampleSpec
 
     s = styles[0]
     cn_dir = args.work / "controlnet"
@@ -841,16 +846,23 @@ def remedies_trial(args, c, styles) -> dict:
         net = ControlNetModel.from_unet(c.unet, conditioning_embedding_out_channels=embedding)
         net.save_pretrained(cn_dir, safe_serialization=True)
     out = {"device": _device_name(), "versions": _versions(), "images": len(s.objects), "rows": {}}
-    for label, extra in [("warm-up", [])] + list(REMEDIES.items()):
-        more = [f"control.model={cn_dir}"] if "control=canny" in extra else []
-        store = args.work / f"store-{len(out['rows'])}-{label.split()[0]}"
-        cfg = bench_cfg(args, [*args.override, *extra, *more, "sample.compile=false", f"paths.cache_dir={store}"])
+
+    def timed(extra: list, store: Path) -> tuple[float, int]:
+        """Seconds of one style's sampling stage in ``store`` (its samples made again), and its image count."""
+        shutil.rmtree(store / "samples", ignore_errors=True)
+        cfg = bench_cfg(args, [*args.override, *extra, f"paths.cache_dir={store}"])
         backend = _backend(c, store)
         _sync()
         t0 = time.time()
-        _, recs, _ = ensure_samples(backend, s, None, cfg, sample_spec(s, cfg, None, c.model.identity), store)
+        sp = SampleSpec.from_config(cfg)
+        _, recs, _ = ensure_samples(backend, s, None, sp, samples_store_spec(s, sp, None, c.model.identity), store)
         _sync()
-        sec = time.time() - t0
+        return time.time() - t0, len(recs)
+
+    for label, extra in [("warm-up", [])] + list(REMEDIES.items()):
+        more = [f"control.model={cn_dir}"] if "control=canny" in extra else []
+        store = args.work / f"store-{len(out['rows'])}-{label.split()[0]}"
+        sec, n = timed([*extra, *more, "sample.compile=false"], store)
         banks = (
             sum(f.stat().st_size for f in (store / "banks").rglob("*.safetensors"))
             if (store / "banks").exists()
@@ -859,8 +871,18 @@ def remedies_trial(args, c, styles) -> dict:
         shutil.rmtree(store, ignore_errors=True)
         if label == "warm-up":
             continue
-        out["rows"][label] = {"style_s": sec, "per_image_s": sec / len(recs), "bank_gib": banks / 2**30}
+        out["rows"][label] = {"style_s": sec, "per_image_s": sec / n, "bank_gib": banks / 2**30}
         atomic_write_json(args.out, {"remedies": out})
+    if c.device.type == "cuda":  # the sampling itself, eager against compiled (after a call that compiles)
+        for label, extra in {"plain": [], "inject (StyleID defaults), bank stored": ["inject=styleid"]}.items():
+            store = args.work / f"store-compiled-{len(out['rows'])}"
+            timed([*extra, "sample.compile=false"], store)  # makes the bank
+            eager = timed([*extra, "sample.compile=false"], store)
+            timed([*extra, "sample.compile=true"], store)  # compiles
+            for how, (sec, n) in (("eager", eager), ("compiled", timed([*extra, "sample.compile=true"], store))):
+                out["rows"][f"{label}, {how}"] = {"style_s": sec, "per_image_s": sec / n, "bank_gib": 0.0}
+            shutil.rmtree(store, ignore_errors=True)
+            atomic_write_json(args.out, {"remedies": out})
     plain = out["rows"]["plain"]["per_image_s"]
     print(
         f"one style's sampling, {out['images']} images, {args.sample_steps} steps at {args.res} px ({out['device']})"

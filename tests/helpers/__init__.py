@@ -46,3 +46,22 @@ def train_one(components, style, cfg, pool=None, export_to: Path | None = None):
     done = train_styles(components, [style], [pool], TrainSpec.from_config(cfg), export_dirs=[export_to])
     assert not done.failed, done.failed
     return done.losses[style.id], done.layers
+
+
+def samples_spec(style, cfg, adapter_key, identity: str) -> dict:
+    """The samples' store spec of ``style`` under ``cfg``, from the SampleSpec a run builds."""
+    from stylexfer.sample import samples_store_spec
+    from stylexfer.specs import SampleSpec
+
+    return samples_store_spec(style, SampleSpec.from_config(cfg), adapter_key, identity)
+
+
+def make_samples(backend, style, adapter, cfg, identity: str, cache: Path):
+    """The sampling stage as a run calls it for ``style`` with ``adapter`` (a training result, or None): the
+    stored folder, the records and whether they were reused."""
+    from stylexfer.sample import ensure_samples, samples_store_spec
+    from stylexfer.specs import SampleSpec
+
+    sp = SampleSpec.from_config(cfg)
+    key, folder = (adapter.key, adapter.dir) if adapter is not None else (None, None)
+    return ensure_samples(backend, style, folder, sp, samples_store_spec(style, sp, key, identity), cache)

@@ -113,7 +113,8 @@ def mark_warm(c, spec, n_styles: int) -> None:
 # cache: the same policy as training (auto = compile when the cache holds the graph).
 
 
-def sampling_key(c, resolution: int, batch: int) -> str:
+def sampling_key(c, resolution: int, batch: int, variant: str = "") -> str:
+    """The sampling graph's key; ``variant``: what else is traced with the UNet (style injection's processors)."""
     return stable_hash(
         {
             "what": "sampling",
@@ -123,17 +124,18 @@ def sampling_key(c, resolution: int, batch: int) -> str:
             "dtype": str(c.dtype),
             "torch": torch.__version__,
             "gpu": _gpu(c.device),
+            **({"variant": variant} if variant else {}),
         }
     )
 
 
-def decide_sampling(c, want, resolution: int, batch: int) -> bool:
+def decide_sampling(c, want, resolution: int, batch: int, variant: str = "") -> bool:
     """Whether a pipeline context compiles its UNet (``sample.compile`` / ``prior.compile``; null = auto)."""
     if c.device.type != "cuda":
         return False
     if want is not None:
         return bool(want)
-    if _warm_marker(sampling_key(c, resolution, batch)).exists():
+    if _warm_marker(sampling_key(c, resolution, batch, variant)).exists():
         log.info("compiling the sampling UNet (%d prompts per call): its compiled graph is in the cache", batch)
         return True
     log.info(
@@ -146,9 +148,9 @@ def decide_sampling(c, want, resolution: int, batch: int) -> bool:
     return False
 
 
-def mark_sampling_warm(c, resolution: int, batch: int) -> None:
+def mark_sampling_warm(c, resolution: int, batch: int, variant: str = "") -> None:
     atomic_write_json(
-        _warm_marker(sampling_key(c, resolution, batch)),
+        _warm_marker(sampling_key(c, resolution, batch, variant)),
         {
             "model": c.model.identity,
             "what": "sampling",

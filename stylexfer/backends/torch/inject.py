@@ -4,8 +4,8 @@ Three pieces, each usable alone:
 
 - :class:`Injection`, the state the attention processors share: the banks of keys and values (per layer, a
   tensor ``(steps, references, tokens, channels)``), the current step (set by a forward pre-hook on the UNet
-  from the timestep it is called with), and what the processors do now: ``record`` (store every row's keys and
-  values at this step), ``inject`` or nothing;
+  from the timestep it is called with, as a number and as a tensor on the device), and what the processors do
+  now: ``record`` (store every row's keys and values at this step), ``inject`` or nothing;
 - :class:`InjectingProcessor`, installed through ``unet.set_attn_processor`` on the chosen decoder
   self-attention layers. While injecting, a batch is laid out per classifier-free-guidance half as
   ``[twin rows; injected rows]``: the twins sample the same prompts from the same starts without injection
@@ -16,6 +16,12 @@ Three pieces, each usable alone:
 
 The queries and keys go through the layer's own ``to_q``/``to_k``/``to_v``/``to_out`` modules, so a fused or
 unfused LoRA (peft's wrappers) acts on them as it does without injection.
+
+Under the compiled sampling UNet (``sample.compile``) the processors are traced with it. What changes from step
+to step reaches them as tensors, never as Python numbers (a number would be a guard, and every step a new graph):
+the banks are gathered with the step's index tensor, and where only a share of the steps is injected the choice
+between the injected and the plain attention is a ``torch.where`` on it. The hook that sets the step runs eagerly,
+outside the graph. So one graph serves every step (measured: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -46,8 +52,10 @@ class Injection:
         self.injected_steps = max(1, math.ceil(share * len(timesteps)))
         self.mode: Optional[str] = None  # None | "record" | "inject"
         self.step = 0
+        self.step_index = torch.zeros((), dtype=torch.long)  # the step as a tensor on the device (the banks' index)
         self.k: dict[str, list] = {n: [None] * len(timesteps) for n in self.layers}
         self.v: dict[str, list] = {n: [None] * len(timesteps) for n in self.layers}
+        self._stacked: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the banks as tensors, while injecting
         self.refs: Optional[torch.Tensor] = None  # each injected row's reference (index into the banks)
 
     @property
@@ -58,6 +66,39 @@ class Injection:
         """The step of ``timestep``: the nearest sampling timestep (Euler-type samplers use float timesteps)."""
         t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
         self.step = int(torch.argmin((self.timesteps - t).abs()))
+
+    def prepare(self, timestep, device: torch.device) -> None:
+        """Before each UNet call (eagerly, outside any compiled graph): the step of ``timestep``, its index tensor
+        on ``device`` updated in place, and, while injecting, the banks stacked there and the rows' references."""
+        self.at(timestep)
+        if self.mode == "record":
+            self._stacked.clear()  # the lists change: stacked again when injecting
+        if self.mode != "inject":
+            return
+        if self.step_index.device != device:
+            self.step_index = self.step_index.to(device)
+        self.step_index.fill_(self.step)
+        if self.refs is not None and self.refs.device != device:
+            self.refs = self.refs.to(device)
+        self.stacked(device)
+
+    def stacked(self, device: torch.device) -> None:
+        """The banks as one tensor per layer on ``device`` (made once; the sampler makes them before its first
+        call, outside the pipeline's no-grad context, so that the compiled graph's guards see the same kind of
+        tensor whether the bank was just recorded or read from the store)."""
+        for n in self.layers:
+            if n not in self._stacked:
+                self._stack(n, torch.stack(self.k[n]).to(device), torch.stack(self.v[n]).to(device))
+
+    def _stack(self, layer: str, k: torch.Tensor, v: torch.Tensor) -> None:
+        """``layer``'s banks as the tensors ``k``, ``v`` (``(steps, rows, tokens, channels)``); the per-step lists
+        become views of them (the bank is held once)."""
+        self._stacked[layer] = (k, v)
+        self.k[layer], self.v[layer] = list(k.unbind(0)), list(v.unbind(0))
+
+    @property
+    def all_steps(self) -> bool:
+        return self.injected_steps >= len(self.timesteps)
 
     def banks(self) -> dict[str, torch.Tensor]:
         """The recorded banks as tensors ``(steps, rows, tokens, channels)``, keyed ``<layer>.k`` / ``<layer>.v``."""
@@ -70,11 +111,12 @@ class Injection:
 
     def load(self, banks: dict[str, torch.Tensor]) -> None:
         for n in self.layers:
-            self.k[n], self.v[n] = list(banks[f"{n}.k"]), list(banks[f"{n}.v"])
+            self._stack(n, banks[f"{n}.k"], banks[f"{n}.v"])
 
     def kv(self, layer: str, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The reference keys and values of ``rows`` injected rows at the current step."""
-        k, v = self.k[layer][self.step], self.v[layer][self.step]
+        k_all, v_all = self._stacked[layer]
+        k, v = k_all[self.step_index], v_all[self.step_index]
         if self.concat:  # every reference's tokens, one sequence shared by every row
             return (
                 k.reshape(1, -1, k.shape[-1]).expand(rows, -1, -1),
@@ -121,10 +163,14 @@ class InjectingProcessor:
         q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         if s.mode == "record":
             s.k[self.layer][s.step], s.v[self.layer][s.step] = k.detach(), v.detach()
-        if s.mode == "inject" and s.step < s.injected_steps:
-            out = self._inject(attn, q, k, v)
-        else:
+        if s.mode != "inject":
             out = _attend(attn, q, k, v)
+        elif s.all_steps:
+            out = self._inject(attn, q, k, v)
+        elif torch.compiler.is_compiling():  # the step is a tensor in the graph: both, and the step's choice
+            out = torch.where(s.step_index < s.injected_steps, self._inject(attn, q, k, v), _attend(attn, q, k, v))
+        else:
+            out = self._inject(attn, q, k, v) if s.step < s.injected_steps else _attend(attn, q, k, v)
         return attn.to_out[1](attn.to_out[0](out))
 
     def _inject(self, attn, q, k, v) -> torch.Tensor:
@@ -165,8 +211,10 @@ def installed(unet, state: Injection):
         }
     )
 
+    @torch.compiler.disable
     def hook(_module, args, kwargs):
-        state.at(args[1] if len(args) > 1 else kwargs["timestep"])
+        sample = args[0] if args else kwargs["sample"]
+        state.prepare(args[1] if len(args) > 1 else kwargs["timestep"], sample.device)
 
     handle = unet.register_forward_pre_hook(hook, with_kwargs=True)
     try:
@@ -306,6 +354,7 @@ def injecting(pipe, c, request: dict, *, steps: int, strength: float, img2img: b
     )
     with installed(c.unet, state):
         top = fill_banks(c, state, request["references"], list(ts), pipe.scheduler.alphas_cumprod, request["bank_dir"])
+        state.stacked(c.device)
 
         def make(prompts, seeds, refs=None, controls=None):
             n = len(prompts)

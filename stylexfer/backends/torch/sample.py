@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from ...config import SamplerName
+from ...store import stable_hash
 from .models import Components
 
 log = logging.getLogger(__name__)
@@ -209,9 +210,9 @@ def sampling(
     (and fused) for the context's duration; the base weights are exactly as before afterwards. With the
     adapter fused (or none), peft's wrappers are swapped for their base layers and the UNet may run compiled
     for the first call's batch shape (``compile``: null = when the compile cache holds it, :mod:`.compiled`).
-    ``inject``: style injection (:func:`.inject.injecting`), which samples eagerly. ``control``: structure
-    control (``model``: a ControlNet folder, ``scale``, ``start``, ``end``); ``make`` then takes each prompt's
-    control image (``controls=``), and samples eagerly."""
+    ``inject``: style injection (:func:`.inject.injecting`), compiled as plain sampling is (its own graph).
+    ``control``: structure control (``model``: a ControlNet folder, ``scale``, ``start``, ``end``); ``make`` then
+    takes each prompt's control image (``controls=``), and samples eagerly."""
     from ...backends import ADAPTER_FILE
     from . import compiled
     from .train import load_peft_adapter, remove_adapters
@@ -240,36 +241,17 @@ def sampling(
                 pipe, prompts, seeds, steps, guidance_scale, resolution, init_image, strength, control, controls
             )
 
-        if compile and (inject is not None or control is not None):
-            log.info("style injection and structure control sample with the eager UNet")
-        if inject is not None:
-            from .inject import injecting
-
-            yield stack.enter_context(
-                injecting(
-                    pipe,
-                    c,
-                    inject,
-                    steps=steps,
-                    strength=strength,
-                    img2img=init_image is not None,
-                    run=run,
-                )
-            )
-            return
-        if control is not None:
-            yield run
-            return
         chosen: dict = {}
 
-        def make(prompts, seeds):
+        def run_compiled(prompts, seeds, **kw):
+            """One call, with the UNet compiled for the context's first batch shape where that is chosen."""
             if plain and "batch" not in chosen:
                 chosen["batch"] = len(prompts)
-                chosen["on"] = compiled.decide_sampling(c, compile, resolution, len(prompts))
+                chosen["on"] = compiled.decide_sampling(c, compile, resolution, len(prompts), variant)
             use = plain and chosen["on"] and len(prompts) == chosen["batch"]
             pipe.unet = compiled.sampling_unet(c) if use else c.unet
             try:
-                images = run(prompts, seeds)
+                images = run(prompts, seeds, **kw)
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as e:  # noqa: BLE001 - compiling failed (no compiler, say): the same call eagerly
@@ -282,15 +264,37 @@ def sampling(
                 )
                 chosen["on"] = use = False
                 pipe.unet = c.unet
-                images = run(prompts, seeds)
+                images = run(prompts, seeds, **kw)
             finally:
                 pipe.unet = c.unet
             if use and not chosen.get("marked"):
-                compiled.mark_sampling_warm(c, resolution, len(prompts))
+                compiled.mark_sampling_warm(c, resolution, len(prompts), variant)
                 chosen["marked"] = True
             return images
 
-        yield make
+        # the compiled graph's variant: injection's processors are traced with the UNet (their own graph)
+        variant = "" if inject is None else "inject:" + stable_hash(inject["spec"])
+        if compile and control is not None:
+            log.info("structure control samples with the eager UNet")
+        if inject is not None:
+            from .inject import injecting
+
+            yield stack.enter_context(
+                injecting(
+                    pipe,
+                    c,
+                    inject,
+                    steps=steps,
+                    strength=strength,
+                    img2img=init_image is not None,
+                    run=run if control is not None else run_compiled,
+                )
+            )
+            return
+        if control is not None:
+            yield run
+            return
+        yield run_compiled
     finally:
         stack.close()
         if peft_file:
