@@ -19,12 +19,16 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .errors import ConfigError
 from .scoring import FID_BLOCKS, METRIC_NAMES, prompt_list_file
+from .specs import POOLED_PRIORS
 
 
 class PriorMode(str, Enum):
     none = "none"
     shared = "shared"  # one class-image pool for all styles (the reference run's accidental setting)
     per_style = "per_style"  # a pool per style, of that style's own objects
+    # no class pool: the style's own images under the class prompt, the target the base model's own prediction
+    # (the adapters off) at the same noisy latent (SimpleTuner's and OneTrainer's prior preservation)
+    self = "self"
 
 
 class InitMode(str, Enum):
@@ -630,10 +634,16 @@ def validate(cfg: DictConfig) -> None:
     _check(tr.noise_offset >= 0, "train.noise_offset", tr.noise_offset, "must be >= 0 (0 = off)")
     _check(pr.weight >= 0, "prior.weight", pr.weight, "must be >= 0")
     _check(
-        pr.mode == PriorMode.none or pr.num_class_images >= 1,
+        value(pr.mode) not in POOLED_PRIORS or pr.num_class_images >= 1,
         "prior.num_class_images",
         pr.num_class_images,
         "must be >= 1",
+    )
+    _check(
+        not (value(pr.mode) == PriorMode.self.value and cfg.backend.name == "jittor"),
+        "prior.mode",
+        value(pr.mode),
+        "the jittor backend has no base-model prediction target (backend=torch does); use prior=shared or per_style",
     )
     _check(pr.steps >= 1, "prior.steps", pr.steps, "must be >= 1")
     _check(pr.batch_size >= 1, "prior.batch_size", pr.batch_size, "must be >= 1")

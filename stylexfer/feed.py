@@ -4,7 +4,8 @@ steps; what a step draws, and in which order it draws it, is decided here, so a 
 either backend (the Jittor parity test checks the adapters it leads to).
 
 Per step, :meth:`DataFeed.next` takes ``batch_size`` instance images (epoch-wise shuffled) and, under prior
-preservation, as many class images, and says for each sample how its posterior is had, by the cache policy
+preservation, as many class images (``prior=self``: the same instance images again, drawn on their own and prompted
+with the class prompt, no pool), and says for each sample how its posterior is had, by the cache policy
 (:func:`cache_policy`); then :meth:`DataFeed.noise` draws the step's noise and timesteps:
 
 - ``grid`` (random crops on the latent grid, the default): the sample is a crop key; every crop of every image is
@@ -85,12 +86,21 @@ class DataFeed:
         noise_offset: float = 0.0,
         timestep_bias: str = "none",
         resized: Optional[dict] = None,
+        self_prior_prompt: Optional[str] = None,
     ):
+        if pool is not None and self_prior_prompt is not None:
+            raise ValueError("a feed's prior samples come from a class pool or from its own images, not both")
         self.style, self.pool = style, pool
         self.batch, self.resolution, self.aug = batch_size, resolution, augmentation
         self.noise_offset, self.timestep_bias = noise_offset, timestep_bias
         self.stream = Stream(seed, style.id)
         self.prompts = [instance_prompt.format(object=o, style=style.id) for o in style.image_objects]
+        # prior=self: the prompts of the instance images' prior samples (the class prompt, no style token)
+        self.self_prompts = (
+            None
+            if self_prior_prompt is None
+            else [self_prior_prompt.format(object=o, style=style.id) for o in style.image_objects]
+        )
         self.inst = Cycler(len(style.images), self.stream.np)
         self.cls = Cycler(len(pool.images), self.stream.np) if pool is not None else None
         self.policy = cache_policy(augmentation)
@@ -111,6 +121,7 @@ class DataFeed:
             noise_offset=spec.train.noise_offset,
             timestep_bias=str(getattr(bias, "value", bias)),
             resized=resized,
+            self_prior_prompt=spec.prior.class_prompt if spec.prior.from_base else None,
         )
 
     # ------------------------------------------------------------------ what the feed holds
@@ -198,4 +209,7 @@ class DataFeed:
             cids = self.cls.take(self.batch)
             samples += self._samples(("pool", self.pool.key), self.pool.images, cids, have)
             prompts += [self.pool.prompts[i] for i in cids]
+        elif self.self_prompts is not None:  # the same images again, their own crops and noise, the class prompt
+            samples += self._samples(("style", self.style.id), self.style.images, ids, have)
+            prompts += [self.self_prompts[i] for i in ids]
         return Draw(samples, prompts)

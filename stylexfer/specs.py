@@ -43,6 +43,8 @@ SCHEDULING_KEYS = (
 # adapters keep their keys
 DEFAULT_OFF = {"timestep_bias": "none"}
 
+POOLED_PRIORS = ("shared", "per_style")  # the prior modes whose samples are a pool's class images
+
 
 def _name(choice) -> str:
     """An enum member's value, or the string itself."""
@@ -59,14 +61,27 @@ def _frozen(node) -> DictConfig:
 
 @dataclass(frozen=True)
 class PriorLoss:
-    """The prior-preservation term of the loss: ``mode`` none | shared | per_style, and its weight."""
+    """The prior-preservation term of the loss: ``mode`` none | shared | per_style | self, its weight and (under
+    ``self``, where it is the prior samples' prompt) the class prompt."""
 
     mode: str
     weight: float
+    class_prompt: str = ""
 
     @property
     def on(self) -> bool:
         return self.mode != "none"
+
+    @property
+    def pooled(self) -> bool:
+        """Whether the prior samples are a pool's class images (shared, per_style)."""
+        return self.mode in POOLED_PRIORS
+
+    @property
+    def from_base(self) -> bool:
+        """Whether the prior samples are the style's own images under the class prompt, their target the base
+        model's own prediction (``self``)."""
+        return self.mode == "self"
 
 
 @dataclass(frozen=True)
@@ -92,15 +107,19 @@ class TrainSpec:
             lora=_frozen(cfg.lora),
             train=_frozen(cfg.train),
             augmentation=_frozen(cfg.augmentation),
-            prior=PriorLoss(mode=_name(cfg.prior.mode), weight=float(cfg.prior.weight)),
+            prior=PriorLoss(
+                mode=_name(cfg.prior.mode), weight=float(cfg.prior.weight), class_prompt=str(cfg.prior.class_prompt)
+            ),
         )
 
     def adapter_key(self, style_fingerprint: str, model_identity: str, pool_key: Optional[str]) -> dict:
         """The store spec of one style's adapter (its hash is the key): this spec without its scheduling keys, the
         style's images and object names, the model and the class pool."""
         prior = {"mode": "none"} if not self.prior.on else {"mode": self.prior.mode, "weight": self.prior.weight}
-        if self.prior.on:
+        if self.prior.pooled:
             prior["pool"] = pool_key
+        elif self.prior.from_base:
+            prior["class_prompt"] = self.prior.class_prompt
         train = OmegaConf.to_container(self.train, resolve=True, enum_to_str=True)
         return {
             "version": 2,

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .config import TOTAL_FREE_SCHEDULES, PriorMode, value
+from .config import TOTAL_FREE_SCHEDULES, value
 from .data import Style
 from .errors import DeviceOutOfMemory, TrainingDiverged, first_line
 from .prior import ClassPool, ensure_pool, pool_key, pool_objects, pool_spec
-from .specs import PoolSpec, TrainSpec
+from .specs import POOLED_PRIORS, PoolSpec, TrainSpec
 from .store import atomic_write_json, build_once, file_lock, latest_checkpoint, publish, reusable, seal, stable_hash
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def adapter_spec(style: Style, cfg, model_identity: str, pool_key: Optional[str]
 
 def style_specs(model_identity: str, styles: list[Style], style: Style, cfg) -> tuple[Optional[PoolSpec], dict]:
     """(class-pool spec or None without prior preservation, adapter spec) of ``style`` among ``styles``."""
-    prior_on = value(cfg.prior.mode) != PriorMode.none.value
+    pooled = value(cfg.prior.mode) in POOLED_PRIORS  # prior=self draws from the style's own images: no pool
     spec_pool = (
         pool_spec(
             pool_objects(styles, style, cfg.prior.mode),
@@ -61,7 +61,7 @@ def style_specs(model_identity: str, styles: list[Style], style: Style, cfg) -> 
             cfg.model.resolution,
             cfg.backend.name,
         )
-        if prior_on
+        if pooled
         else None
     )
     return spec_pool, adapter_spec(style, cfg, model_identity, pool_key(spec_pool) if spec_pool else None)

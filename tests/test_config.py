@@ -26,7 +26,7 @@ def test_every_option_composes_and_validates(group, option):
 
 def test_groups_have_the_options_the_recipe_needs():
     assert set(options("model")) >= {"tiny", "sd21", "sd21_base"}
-    assert set(options("prior")) >= {"none", "shared", "per_style"}
+    assert set(options("prior")) >= {"none", "shared", "per_style", "self"}
     assert set(options("augmentation")) >= {"none", "crop", "crop_flip", "full"}
     assert set(options("init")) >= {"noise", "avg_image"}
     assert set(options("scheduler")) >= {"ddim", "dpmpp", "euler_a", "pndm"}

@@ -128,9 +128,14 @@ def _backend(c, cache: Path):
 
 
 def _shared_pool(c, styles, cfg):
-    """The workload's one shared class pool (made, or found in the store)."""
+    """The workload's one shared class pool (made, or found in the store); None where the prior has no pool
+    (``prior=none``, ``prior=self``)."""
+    from ..config import value
     from ..prior import ensure_pool, pool_objects, pool_spec
+    from ..specs import POOLED_PRIORS
 
+    if value(cfg.prior.mode) not in POOLED_PRIORS:
+        return None
     cache = Path(cfg.paths.cache_dir)
     spec = pool_spec(
         pool_objects(styles, styles[0], cfg.prior.mode),

@@ -204,6 +204,17 @@ class SlotLayers:
         """Which slot each style's rows of the step go through (``index``: the live styles' slots)."""
         self.ad.router.groups, self.ad.router.all_slots = index, everyone
 
+    @contextlib.contextmanager
+    def off(self):
+        """Every row through the base model only (the router cleared), as routed again afterwards."""
+        r = self.ad.router
+        saved = (r.index, r.groups, r.all_slots)
+        r.index = r.groups = None
+        try:
+            yield
+        finally:
+            r.index, r.groups, r.all_slots = saved
+
     def clip(self, max_norm: float, active: torch.Tensor) -> None:
         """Each slot's gradient clipped on its own; inactive slots' gradients zeroed."""
         self.ad.clip_per_slot(max_norm, active)
@@ -242,6 +253,18 @@ class PeftLayers:
 
     def route(self, index: torch.Tensor, everyone: bool) -> None:
         pass  # one style: every row is its
+
+    @contextlib.contextmanager
+    def off(self):
+        """The base model only: peft's adapters disabled, and enabled again afterwards."""
+        models = [self.c.unet] + ([self.c.text_encoder] if self.train_te else [])
+        for m in models:
+            m.disable_adapters()
+        try:
+            yield
+        finally:
+            for m in models:
+                m.enable_adapters()
 
     def clip(self, max_norm: float, active: torch.Tensor) -> None:
         torch.nn.utils.clip_grad_norm_(self.params, max_norm)
@@ -284,12 +307,14 @@ class Pass:
         self.c, self.spec, self.tr = c, spec, spec.train
         self.ids = [s.id for s in styles]
         self.n = len(styles)
-        self.use_prior = spec.prior.on and all(p is not None for p in pools)
+        # prior=self: no pools; each style's prior rows are its own images, the target the base model's prediction
+        self.from_base = spec.prior.from_base
+        self.use_prior = spec.prior.on and (self.from_base or all(p is not None for p in pools))
         self.precision = Precision(value(self.tr.mixed_precision))
         resized: dict = {}  # shared: a shared class pool is resized once, not once per style
         crops: dict = {}  # shared likewise: a shared class pool's grid crops are encoded once
         self.feeds = [
-            Feed(c, s, p if self.use_prior else None, spec, resized, raw=True, crops=crops)
+            Feed(c, s, p if self.use_prior and spec.prior.pooled else None, spec, resized, raw=True, crops=crops)
             for s, p in zip(styles, pools)
         ]
         kind = SlotLayers if value(spec.lora.kind) == "lora" else PeftLayers
@@ -320,6 +345,7 @@ class Pass:
         self.unet = c.unet
         self.indices: dict = {}  # live styles → their slots, on the device
         self._index, self._rows = None, 0  # the step's live slots and how many
+        self._prior_rows: dict = {}  # how many live styles → their prior rows (prior=self), on the device
 
     def encode_crops(self, crops: dict) -> None:
         """Every style's grid crops and the class pool's, in one stream of full batches, before the first step (the
@@ -365,9 +391,25 @@ class Pass:
         return [s for s in range(self.n) if self.alive[s]]
 
     # ------------------------------------------------------------------ the step
+    def base_targets(self, noisy, ts, targets, text):
+        """``targets`` with each live style's prior rows (the second half of its rows) replaced by the base model's
+        own prediction for them, the adapters off (``prior=self``)."""
+        c, b = self.c, self.tr.batch_size
+        if self._rows not in self._prior_rows:
+            rows = [s * 2 * b + b + j for s in range(self._rows) for j in range(b)]
+            self._prior_rows[self._rows] = torch.tensor(rows, device=c.device)
+        rows = self._prior_rows[self._rows]
+        with torch.no_grad(), self.layers.off():
+            cond = c.text_encoder(text[rows])[0] if self.train_te else text[rows]
+            with autocast_for(c, self.precision):
+                base = self.unet(noisy[rows], ts[rows], cond.to(c.dtype)).sample
+        return targets.index_copy(0, rows, base.to(targets.dtype))
+
     def forward_loss(self, noisy, ts, targets, text):
         """Each live style's loss (prompt embeddings, or token ids when the text encoder trains)."""
         c = self.c
+        if self.from_base:
+            targets = self.base_targets(noisy, ts, targets, text)
         cond = c.text_encoder(text)[0] if self.train_te else text
         with autocast_for(c, self.precision):
             pred = self.unet(noisy, ts, cond.to(c.dtype)).sample
