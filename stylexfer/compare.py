@@ -383,18 +383,32 @@ def grid(jobs: list[Job], max_images: int = 8) -> Optional[Image.Image]:
         items = [
             (f.split("/", 1)[-1].rsplit(".", 1)[0], Image.open(j.dir / f)) for f in common if (j.dir / f).exists()
         ]
-        rows.append((setting_label(j, differing, short=True)[:24], items))
+        rows.append((setting_label(j, differing, short=True)[:32], items))
     width = 8 + 6 * max((len(label) for label, _ in rows), default=6)
-    return image_grid(rows, cell=96, label_w=min(max(width, 48), 160)) if common else None
+    return image_grid(rows, cell=96, label_w=min(max(width, 48), 200)) if common else None
+
+
+def compact(v: str) -> str:
+    """An override's value as a row label shows it: a float to 3 significant digits (a search's
+    ``0.786830121714593`` as ``0.787``), anything else as it is."""
+    if not any(ch in v for ch in ".eE") or v.lower() in ("inf", "-inf", "nan"):
+        return v
+    try:
+        return f"{float(v):.3g}"
+    except ValueError:
+        return v
 
 
 def setting_label(job: Job, keys: list[str], short: bool = False) -> str:
     """A job by its values of the differing overrides it sets (``inject=styleid control=canny``; ``short``: the
-    values only), or by its name where it sets none of them (the defaults)."""
+    values only, floats to 3 digits, after the job's number), or by its name where it sets none of them."""
     parts = [(k, job.overrides[k]) for k in keys if job.overrides.get(k, "") != ""]
+    name = job.name.rsplit("/", 1)[-1]
     if not parts:
-        return job.name.rsplit("/", 1)[-1] if short else job.name
-    return " ".join(v if short else f"{k}={v}" for k, v in parts)
+        return name if short else job.name
+    if short:
+        return f"#{name} " + " ".join(compact(v) for _, v in parts)
+    return " ".join(f"{k}={v}" for k, v in parts)
 
 
 def write_outputs(out: Path, jobs: list[Job], img: Optional[Image.Image], over: tuple = ()) -> list[Path]:

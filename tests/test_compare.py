@@ -172,3 +172,20 @@ def test_no_per_object_scores_no_objects_table(tmp_path):
     rank_sweep(tmp_path / "sw")
     compare.main([str(tmp_path / "sw")])
     assert not (tmp_path / "sw" / "compare_objects.md").exists()
+
+
+def test_the_grids_row_labels_give_the_job_and_its_floats_to_three_digits(tmp_path):
+    make_job(tmp_path / "14", ["train.lr=0.00048041572972098626", "init.strength=0.7868301217145934"], {"final": 1})
+    make_job(tmp_path / "3", ["train.lr=1e-4", "init.strength=0.9"], {"final": 0.5})
+    jobs = [compare.read_job(tmp_path / n, n) for n in ("14", "3")]
+    keys = ["train.lr", "init.strength"]
+    assert compare.setting_label(jobs[0], keys, short=True) == "#14 0.00048 0.787"
+    assert compare.setting_label(jobs[1], keys, short=True) == "#3 0.0001 0.9"
+    assert compare.setting_label(jobs[0], keys) == "train.lr=0.00048041572972098626 init.strength=0.7868301217145934"
+    assert [compare.compact(v) for v in ("64", "styleid", "[a,b]", "1e-4", "nan")] == [
+        "64",
+        "styleid",
+        "[a,b]",
+        "0.0001",
+        "nan",
+    ]
