@@ -63,7 +63,8 @@ class Sample:
 
 @dataclass
 class Draw:
-    """A step's samples (instance samples first, then class samples) and their prompts."""
+    """A step's samples (instance samples first, then the prior samples: class images, or under ``prior=self`` the
+    same instance images again under the class prompt) and their prompts."""
 
     samples: list[Sample]
     prompts: list[str]
