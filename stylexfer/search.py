@@ -3,12 +3,14 @@
 :class:`CheckSearch` is a Hydra callback the presets install. At the start of the multirun, before the sweeper
 parses its ``params``, each searched key is parsed as Hydra's sweeper does, its range checked (not empty; a log
 range above 0) and its ends or choices set into the composed config and validated as a run's would be; the first
-problem ends the command in one line naming ``hydra.sweeper.params.<key>``, exit 2, before a folder is made."""
+problem ends the command in one line naming ``hydra.sweeper.params.<key>``, exit 2, before a folder is made; so does
+a ``hydra.sweeper.storage.resume`` study file that does not exist (:mod:`stylexfer.study`)."""
 
 from __future__ import annotations
 
 import copy
 import sys
+from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -25,6 +27,10 @@ def search_problem(cfg: DictConfig) -> str | None:
     sweeper = cfg.hydra.sweeper
     if "optuna" not in str(sweeper.get("_target_", "")):
         return None
+    storage = sweeper.get("storage")
+    resume = storage.get("resume") if isinstance(storage, DictConfig) else None
+    if resume and not Path(resume).is_file():
+        return f"hydra.sweeper.storage.resume={resume}: no such study file (a search's study.sqlite)"
     job = copy.deepcopy(cfg)
     with open_dict(job):
         del job["hydra"]

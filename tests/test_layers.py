@@ -27,7 +27,7 @@ FLOORS = [
     ("stages", ["prior", "feed", "sample", "train", "evaluate", "loggers", "inject", "control", "validate"]),
     ("plug-ins", ["backends.torch", "backends.jittor", "metrics", "world"]),
     ("run", ["run", "shard"]),
-    ("commands", ["main", "__main__", "compare", "export", "search", "world.__main__"]),
+    ("commands", ["main", "__main__", "compare", "export", "search", "study", "world.__main__"]),
     ("tools", ["tools"]),
 ]
 

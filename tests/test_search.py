@@ -89,3 +89,45 @@ def test_a_four_trial_search_ends_with_its_best_trial_and_compare_reads_it(tmp_p
     star = [line for line in table.splitlines() if line.startswith("| ★ |")]
     assert len(star) == 1 and f"| {winner} |" in star[0]
     assert (sweep / "plot_train-lr_final.png").is_file() and (sweep / "plot_lora-unet_lora_rank_final.png").is_file()
+    # the study itself, in SQLite beside the trials: optuna reads it back with the same four scores and best trial
+    import optuna
+
+    from stylexfer.study import SqliteStudy
+
+    study = optuna.load_study(study_name="search_recipe", storage=SqliteStudy(str(sweep / "study.sqlite")))
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(finals.values()), abs=1e-12)
+    assert study.best_value == pytest.approx(best["best_value"], abs=1e-12)
+
+
+def test_a_resume_file_that_does_not_exist_is_refused_naming_the_key(tmp_path):
+    from stylexfer.search import search_problem
+
+    missing = tmp_path / "nope.sqlite"
+    cfg = compose(["+hparams_search=recipe", f"hydra.sweeper.storage.resume={missing}"], hydra=True)
+    assert (
+        search_problem(cfg) == f"hydra.sweeper.storage.resume={missing}: no such study file (a search's study.sqlite)"
+    )
+
+
+@pytest.mark.slow
+def test_a_search_resumed_from_another_ones_study_goes_on_from_its_trials_and_leaves_its_file(tmp_path, cache_dir):
+    import optuna
+
+    from stylexfer.study import SqliteStudy
+
+    base = ["-m", "+hparams_search=recipe", "hydra.sweeper.n_jobs=1", "train.steps=2", "data.max_objects=2"]
+    base += ["prior=none", "scheduler.steps=2", "data.styles=[00]"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    res = run_cli([*base, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={first}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    before = (first / "study.sqlite").read_bytes()
+    resume = f"hydra.sweeper.storage.resume={first / 'study.sqlite'}"
+    res = run_cli([*base, "hydra.sweeper.n_trials=1", resume, f"hydra.sweep.dir={second}"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (first / "study.sqlite").read_bytes() == before
+    load = lambda d: optuna.load_study(study_name="search_recipe", storage=SqliteStudy(str(d / "study.sqlite")))  # noqa: E731
+    old, new = load(first), load(second)
+    assert [t.params for t in new.trials[:2]] == [t.params for t in old.trials]
+    assert len(new.trials) == 3 and all(t.state.name == "COMPLETE" for t in new.trials)
+    assert sorted(p.name for p in second.iterdir() if p.name.isdigit()) == ["0"]  # one new trial ran

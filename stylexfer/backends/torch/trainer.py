@@ -5,10 +5,10 @@ style's instance (and class) samples, each going through its own adapter.
 Style by style it is the recipe of :mod:`.train`: per-style random streams (image order, crops, VAE sampling,
 noise, timesteps) drawn in a fixed order, peft's LoRA initialisation, the per-style mean losses (the batch loss is
 their sum, and styles' parameters are disjoint, so each style gets its own gradient), per-style gradient clipping,
-and one LR schedule (all styles are at the same step). Under ``prior=self`` a style's prior rows are its own images
-under the class prompt and their target is the base model's prediction (:meth:`Pass.base_targets`). A style's adapter therefore does not depend on which styles
+and one LR schedule (all styles are at the same step). A style's adapter therefore does not depend on which styles
 shared its pass; ``tests/test_batched.py`` checks a pass of several styles against passes of one. A style whose
-loss turns NaN/inf stops at once (its slot is masked) while the others go on.
+loss turns NaN/inf stops at once (its slot is masked) while the others go on. Under ``prior=self`` a style's prior
+rows are its own images under the class prompt, their target the base model's prediction (:meth:`Pass.base_targets`).
 
 The pieces: :class:`Pass` (set-up: feeds, grid crops, adapters, optimizer, schedule; :meth:`Pass.step`;
 :meth:`Pass.checkpoint`; :meth:`Pass.export`) and :func:`train_styles`, the loop over them. What trains is a small
