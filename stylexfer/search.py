@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import sys
-from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -28,9 +27,12 @@ def search_problem(cfg: DictConfig) -> str | None:
     if "optuna" not in str(sweeper.get("_target_", "")):
         return None
     storage = sweeper.get("storage")
-    resume = storage.get("resume") if isinstance(storage, DictConfig) else None
-    if resume and not Path(resume).is_file():
-        return f"hydra.sweeper.storage.resume={resume}: no such study file (a search's study.sqlite)"
+    if isinstance(storage, DictConfig) and storage.get("resume"):
+        from .study import resume_problem
+
+        problem = resume_problem(storage.resume)
+        if problem:
+            return problem
     job = copy.deepcopy(cfg)
     with open_dict(job):
         del job["hydra"]

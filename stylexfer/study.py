@@ -18,11 +18,12 @@ scored and ``hydra.sweeper.n_trials`` more are run. A trial a killed process lef
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional
 
 from optuna.distributions import distribution_to_json, json_to_distribution
 from optuna.storages import InMemoryStorage
@@ -98,6 +99,26 @@ def read_rows(path: Path) -> list[tuple[tuple, list[str]]]:
         db.close()
 
 
+def resume_problem(resume: Optional[str]) -> Optional[str]:
+    """What is wrong with ``hydra.sweeper.storage.resume``, or None (no resume, or a file to resume from)."""
+    if resume and not Path(resume).is_file():
+        return f"hydra.sweeper.storage.resume={resume}: no such study file (a search's study.sqlite)"
+    return None
+
+
+def _then_save(name: str, save: str):
+    """``InMemoryStorage.<name>``, then ``self.<save>`` of its first argument (the study's or the trial's id)."""
+    base = getattr(InMemoryStorage, name)
+
+    @functools.wraps(base)
+    def method(self, ident: int, *args, **kwargs):
+        out = base(self, ident, *args, **kwargs)
+        getattr(self, save)(ident)
+        return out
+
+    return method
+
+
 class SqliteStudy(InMemoryStorage):
     """Optuna's in-memory storage, each change written through to the SQLite file ``path`` (created at the first
     change); ``resume``: a study file whose studies and trials it starts from (read only). Single process: the
@@ -110,10 +131,11 @@ class SqliteStudy(InMemoryStorage):
         self._io = threading.Lock()
         self._loading = True
         try:
-            for source in [Path(resume)] if resume else []:
-                if not source.is_file():
-                    raise FileNotFoundError(f"hydra.sweeper.storage.resume={resume}: no such study file")
-                self._load(source)
+            if resume:
+                problem = resume_problem(resume)
+                if problem:
+                    raise FileNotFoundError(problem)
+                self._load(Path(resume))
             if self.path.is_file():
                 self._load(self.path)
         finally:
@@ -121,8 +143,8 @@ class SqliteStudy(InMemoryStorage):
         if resume:  # the new file holds what it started from
             for study_id in list(self._studies):
                 self._save_study(study_id)
-                for t in self._studies[study_id].trials:
-                    self._save_trial(t._trial_id)
+            for trial_id in list(self._trial_id_to_study_id_and_number):
+                self._save_trial(trial_id)
 
     # ------------------------------------------------------------------ the file
     def _load(self, source: Path) -> None:
@@ -157,32 +179,26 @@ class SqliteStudy(InMemoryStorage):
             json.dumps(s.user_attrs),
             json.dumps(s.system_attrs),
         )
-        with self._io:
-            db = self._conn()
-            with db:
-                db.execute("INSERT OR REPLACE INTO studies VALUES (?, ?, ?, ?)", row)
+        self._write(("INSERT OR REPLACE INTO studies VALUES (?, ?, ?, ?)", row))
 
     def _save_trial(self, trial_id: int) -> None:
         if self._loading:
             return
         study_id, _ = self._trial_id_to_study_id_and_number[trial_id]
         t = self._get_trial(trial_id)
+        self._write(
+            ("INSERT OR REPLACE INTO trials VALUES (?, ?, ?)", (self._studies[study_id].name, t.number, trial_json(t)))
+        )
+
+    def _write(self, *statements: tuple[str, tuple]) -> None:
+        """Run ``statements`` ((sql, parameters) each) in one transaction."""
         with self._io:
             db = self._conn()
             with db:
-                db.execute(
-                    "INSERT OR REPLACE INTO trials VALUES (?, ?, ?)",
-                    (self._studies[study_id].name, t.number, trial_json(t)),
-                )
+                for sql, params in statements:
+                    db.execute(sql, params)
 
-    def _delete(self, name: str) -> None:
-        with self._io:
-            db = self._conn()
-            with db:
-                db.execute("DELETE FROM trials WHERE study = ?", (name,))
-                db.execute("DELETE FROM studies WHERE name = ?", (name,))
-
-    # ------------------------------------------------------------------ studies
+    # ---------------------------------------------- changes written through (the others: after the class)
     def create_new_study(self, study_name: Optional[str] = None) -> int:
         study_id = super().create_new_study(study_name)
         self._save_study(study_id)
@@ -191,50 +207,27 @@ class SqliteStudy(InMemoryStorage):
     def delete_study(self, study_id: int) -> None:
         name = self.get_study_name_from_id(study_id)
         super().delete_study(study_id)
-        self._delete(name)
+        self._write(("DELETE FROM trials WHERE study = ?", (name,)), ("DELETE FROM studies WHERE name = ?", (name,)))
 
-    def set_study_directions(self, study_id: int, directions: Sequence[StudyDirection]) -> None:
-        super().set_study_directions(study_id, directions)
-        self._save_study(study_id)
-
-    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
-        super().set_study_user_attr(study_id, key, value)
-        self._save_study(study_id)
-
-    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
-        super().set_study_system_attr(study_id, key, value)
-        self._save_study(study_id)
-
-    # ------------------------------------------------------------------ trials
     def create_new_trial(self, study_id: int, template_trial: Optional[FrozenTrial] = None) -> int:
         trial_id = super().create_new_trial(study_id, template_trial)
         self._save_trial(trial_id)
         return trial_id
 
-    def set_trial_state(self, trial_id: int, state: TrialState) -> bool:
-        changed = super().set_trial_state(trial_id, state)
-        self._save_trial(trial_id)
-        return changed
-
-    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution) -> None:
-        super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
-        self._save_trial(trial_id)
-
-    def set_trial_values(self, trial_id: int, values: Sequence[float]) -> None:
-        super().set_trial_values(trial_id, values)
-        self._save_trial(trial_id)
-
-    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
-        super().set_trial_intermediate_value(trial_id, step, intermediate_value)
-        self._save_trial(trial_id)
-
-    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        super().set_trial_user_attr(trial_id, key, value)
-        self._save_trial(trial_id)
-
-    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        super().set_trial_system_attr(trial_id, key, value)
-        self._save_trial(trial_id)
-
     def __repr__(self) -> str:
         return f"SqliteStudy({self.path})"
+
+
+# the other changes optuna makes, each written through after it: to the study's row, or to the trial's
+for _name in ("set_study_directions", "set_study_user_attr", "set_study_system_attr"):
+    setattr(SqliteStudy, _name, _then_save(_name, "_save_study"))
+for _name in (
+    "set_trial_state",
+    "set_trial_param",
+    "set_trial_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+):
+    setattr(SqliteStudy, _name, _then_save(_name, "_save_trial"))
+del _name
